@@ -1,0 +1,44 @@
+# devicehub — the two commands of the quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench venv mosquitto clean mosquitto-passwords
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall when the project's metadata changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Tests and the demo run a private broker; install the Debian package when it is missing.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	fi
+
+test: venv mosquitto
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: venv mosquitto
+	$(PY) -m devicehub.demo
+
+bench: venv mosquitto
+	$(PY) bench/drivers.py
+	@if [ -f bench/safety.py ]; then $(PY) bench/safety.py; fi
+	@if [ -f bench/mqtt.py ]; then $(PY) bench/mqtt.py; fi
+
+# Password file for the example secured broker (configs/mosquitto/).
+mosquitto-passwords:
+	@bash configs/mosquitto/make-passwords.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
