@@ -1,0 +1,336 @@
+"""Driver of the INJ-1 mesotherapy injector gun (shared/icd/inj-1.md).
+
+The gun speaks binary frames (``drivers.inj_frames``) over a serial line, or the same
+bytes over TCP for the simulator. One request is in flight at a time; its reply is
+matched by SEQ. The host numbers requests 1..255 and wraps back to 1: SEQ 0 is left to
+the gun's unsolicited events (SHOT, FAULT, TRIGGER_REFUSED), so a reply can never be
+mistaken for an event.
+
+Rules this driver keeps:
+
+- a reply must come within 200 ms, else :class:`DeviceTimeout`;
+- read-only requests (PING, GET_STATUS, HEARTBEAT) are retried up to twice, each time
+  with a fresh SEQ; a reply carrying an older SEQ is stale and ignored;
+- ARM is never retried blindly: when its reply is missing or unreadable the driver reads
+  STATUS to learn whether the gun armed;
+- a NAK becomes :class:`DeviceRefused` with the ICD code (3 out of range, 4 not allowed);
+- the cap is rounded down to 0.1 uL, never up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drivers.base import (
+    DeviceRefused,
+    DeviceStatus,
+    DeviceTimeout,
+    Device,
+    DriverError,
+    Identity,
+    NotConnected,
+    ProtocolError,
+    SafeStateResult,
+    timed_safe_state,
+)
+from drivers.endpoints import Endpoint
+from drivers.inj_frames import (
+    REFUSAL_TEXT,
+    Ack,
+    Cap,
+    Cmd,
+    FaultEvent,
+    Frame,
+    FrameParser,
+    Info,
+    Mode,
+    Nak,
+    Params,
+    PayloadError,
+    Shot,
+    State,
+    Status,
+    TriggerRefused,
+    code_text,
+    encode,
+)
+from drivers.serial_link import SerialLink
+
+log = logging.getLogger(__name__)
+
+STATE_NAMES = {State.IDLE: "idle", State.ARMED: "armed", State.FIRING: "firing", State.FAULT: "fault"}
+MODES: dict[str, Mode] = {"single": Mode.SINGLE, "burst": Mode.BURST, "nappage": Mode.NAPPAGE}
+READ_ONLY_RETRIES = 2
+#: the reply each request expects besides NAK
+EXPECTED_REPLY = {Cmd.PING: Cmd.INFO, Cmd.GET_STATUS: Cmd.STATUS}
+
+
+def state_name(code: int) -> str:
+    """The lower-case state name DeviceStatus uses, for any byte the gun may send."""
+    return STATE_NAMES.get(code, f"unknown({code})")  # type: ignore[call-overload]
+
+
+def _tenths(value: float, what: str) -> float:
+    if abs(value * 10 - round(value * 10)) > 1e-6:
+        raise ValueError(f"{what} must be a multiple of 0.1")
+    return round(value, 1)
+
+
+class InjParams(BaseModel):
+    """One shot set-up: what SET_PARAMS carries, in the ICD's ranges and resolution."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    volume_ul: float = Field(ge=1.0, le=200.0, description="shot volume, uL, resolution 0.1")
+    depth_mm: float = Field(ge=0.5, le=6.0, description="needle depth, mm, step 0.1")
+    mode: Literal["single", "burst", "nappage"] = "single"
+    rate_hz: int = Field(3, ge=1, le=10, description="shots/s while the trigger is held (burst, nappage)")
+
+    @field_validator("volume_ul")
+    @classmethod
+    def _volume_resolution(cls, v: float) -> float:
+        return _tenths(v, "volume_ul")
+
+    @field_validator("depth_mm")
+    @classmethod
+    def _depth_step(cls, v: float) -> float:
+        return _tenths(v, "depth_mm")
+
+
+class InjDriver(Device):
+    kind = "inj"
+    heartbeat_interval = 0.3
+
+    def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None, reply_timeout: float = 0.2) -> None:
+        super().__init__(endpoint, device_id=device_id)
+        self.reply_timeout = reply_timeout
+        self.identity: Identity | None = None
+        self.params: InjParams | None = None
+        #: frames that were unreadable (bad CRC, bad LEN, partial) and replies with a stale SEQ
+        self.bad_frames = 0
+        self.stale_replies = 0
+        self._link: SerialLink | None = None
+        self._parser = FrameParser()
+        self._lock = asyncio.Lock()
+        self._seq = 0
+        self._pending: tuple[int, asyncio.Future[Frame]] | None = None
+
+    # ================================================================== lifetime
+    async def connect(self) -> None:
+        if self.connected:
+            return
+        link = SerialLink(self.endpoint, self._on_data, self._on_lost)
+        await link.open()
+        self._parser.reset()
+        self._link = link
+        self.connected = True
+
+    async def close(self) -> None:
+        await super().close()
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        self._fail_pending(NotConnected(f"{self.device_id}: closed"))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        self._link = None
+        self._energised = False  # the heartbeat loop ends on its next wake-up
+        self._fail_pending(NotConnected(f"{self.device_id}: connection lost: {exc}"))
+        self._emit("connection_lost", error=str(exc) if exc else "closed by peer")
+
+    def _fail_pending(self, exc: Exception) -> None:
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(exc)
+
+    # ================================================================== receiving
+    def _on_data(self, data: bytes) -> None:
+        for item in self._parser.feed(data):
+            if isinstance(item, Frame):
+                try:
+                    self._on_frame(item)
+                except Exception:  # a bad frame must never kill the reader
+                    log.exception("%s: handling %s failed", self.device_id, item)
+            else:
+                self.bad_frames += 1
+                log.debug("%s: %s", self.device_id, item)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.is_event:
+            self._on_event(frame)
+            return
+        pending = self._pending
+        if pending is not None and frame.seq == pending[0] and not pending[1].done():
+            pending[1].set_result(frame)
+        else:
+            self.stale_replies += 1
+            log.debug("%s: ignoring stale frame seq %d cmd 0x%02X", self.device_id, frame.seq, frame.cmd)
+
+    def _on_event(self, frame: Frame) -> None:
+        try:
+            if frame.cmd == Cmd.SHOT:
+                shot = Shot.unpack(frame.payload)
+                self._emit("shot", index=shot.shot_index, volume_ul=shot.volume_x10 / 10,
+                           depth_mm=shot.depth_x10 / 10, t_ms=shot.t_ms)
+            elif frame.cmd == Cmd.FAULT:
+                code = FaultEvent.unpack(frame.payload).code
+                self._energised = False  # the gun disarmed itself; the heartbeat loop ends
+                self._emit("fault", code=code, text=code_text(code))
+            elif frame.cmd == Cmd.TRIGGER_REFUSED:
+                reason = TriggerRefused.unpack(frame.payload).reason
+                self._emit("trigger_refused", reason=reason, text=REFUSAL_TEXT.get(reason, f"reason {reason}"))
+        except PayloadError as exc:
+            self.bad_frames += 1
+            log.debug("%s: %s", self.device_id, exc)
+
+    # ================================================================== requests
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 255 + 1  # 1..255; 0 belongs to events
+        return self._seq
+
+    async def _request(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> Frame:
+        """Send one request and return its reply frame (never a NAK: that raises DeviceRefused)."""
+        error: DriverError = DeviceTimeout(f"{self.device_id}: {cmd.name} not sent")
+        async with self._lock:
+            for _ in range(retries + 1):
+                if not self.connected or self._link is None:
+                    raise NotConnected(f"{self.device_id}: not connected")
+                seq = self._next_seq()
+                fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+                self._pending = (seq, fut)
+                try:
+                    self._link.write(encode(seq, cmd, payload))
+                    frame = await asyncio.wait_for(fut, self.reply_timeout)
+                except asyncio.TimeoutError:
+                    error = DeviceTimeout(f"{self.device_id}: no reply to {cmd.name} (seq {seq}) "
+                                          f"within {self.reply_timeout * 1000:.0f} ms")
+                    continue
+                finally:
+                    self._pending = None
+                try:
+                    return self._check_reply(cmd, frame)
+                except ProtocolError as exc:
+                    error = exc
+        raise error
+
+    def _check_reply(self, cmd: Cmd, frame: Frame) -> Frame:
+        if frame.cmd == Cmd.NAK:
+            code = Nak.unpack(frame.payload).code
+            raise DeviceRefused(code, f"{cmd.name}: {code_text(code)}")
+        expected = EXPECTED_REPLY.get(cmd, Cmd.ACK)
+        if frame.cmd != expected:
+            raise ProtocolError(f"{self.device_id}: {cmd.name} answered with 0x{frame.cmd:02X}, "
+                                f"expected 0x{expected:02X}")
+        return frame
+
+    async def _ack(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> int:
+        """Send a request answered by ACK; returns the state the ACK carries."""
+        return Ack.unpack((await self._request(cmd, payload, retries=retries)).payload).state
+
+    async def _read_status(self, retries: int = READ_ONLY_RETRIES) -> Status:
+        return Status.unpack((await self._request(Cmd.GET_STATUS, retries=retries)).payload)
+
+    # ================================================================== the Device interface
+    async def identify(self) -> Identity:
+        info = Info.unpack((await self._request(Cmd.PING, retries=READ_ONLY_RETRIES)).payload)
+        self.identity = Identity(vendor="", model=f"INJ-{info.model}", serial=info.serial,
+                                 firmware=str(info.firmware))
+        return self.identity
+
+    async def configure(self, params: BaseModel) -> None:
+        """SET_PARAMS. The gun refuses it (DeviceRefused 4) while armed: disarm first."""
+        p = params if isinstance(params, InjParams) else InjParams.model_validate(params.model_dump())
+        wire = Params(round(p.volume_ul * 10), round(p.depth_mm * 10), MODES[p.mode], p.rate_hz)
+        await self._ack(Cmd.SET_PARAMS, wire.pack())
+        self.params = p
+
+    async def set_cap(self, volume_ul: float) -> None:
+        """SET_CAP: what the gun may still deliver from now on (rounded down to 0.1 uL)."""
+        if isinstance(volume_ul, bool) or not isinstance(volume_ul, (int, float)) or not math.isfinite(volume_ul):
+            raise ValueError("volume_ul must be a finite number")
+        x10 = math.floor(volume_ul * 10 + 1e-9)
+        if not 0 <= x10 <= 0xFFFFFFFF:
+            raise ValueError("volume_ul must be within 0..429496729.5")
+        await self._ack(Cmd.SET_CAP, Cap(x10).pack())
+
+    async def start(self) -> None:
+        """ARM. On a missing or unreadable reply, STATUS tells whether it armed (ARM is not retried)."""
+        try:
+            state = await self._ack(Cmd.ARM)
+        except (DeviceTimeout, ProtocolError) as exc:
+            status = await self.status()
+            if not status.output_on:
+                raise DeviceTimeout(f"{self.device_id}: ARM unanswered ({exc}); the gun is {status.state}") from exc
+            self._set_energised(True)
+            return
+        if state not in (State.ARMED, State.FIRING):
+            raise ProtocolError(f"{self.device_id}: ARM acknowledged in state {state}")
+        self._set_energised(True)
+
+    async def stop(self) -> None:
+        """DISARM. The heartbeat stops first, so if DISARM is lost the gun's watchdog disarms it."""
+        await self._stop_heartbeat()
+        await self._ack(Cmd.DISARM)
+
+    async def status(self) -> DeviceStatus:
+        st = await self._read_status()
+        armed = st.state in (State.ARMED, State.FIRING)
+        if not armed and self._energised:
+            self._energised = False  # the gun is not armed (a FAULT event may have been lost)
+        return DeviceStatus(
+            state=state_name(st.state),
+            output_on=armed,
+            fault=st.fault or None,
+            fault_text=code_text(st.fault) if st.fault else "",
+            readings={
+                "shots_total": st.shots_total,
+                "volume_total_ul": st.volume_total_x10 / 10,
+                "reservoir_ul": st.reservoir_x10 / 10,
+                "pressure_kpa": st.pressure_kpa,
+                "depth_mm": st.depth_x10 / 10,
+                "volume_ul": st.volume_x10 / 10,
+            },
+        )
+
+    async def clear_fault(self) -> None:
+        """CLEAR_FAULT; DeviceRefused(4) while the cause is still present."""
+        await self._ack(Cmd.CLEAR_FAULT)
+
+    async def heartbeat(self) -> None:
+        state = await self._ack(Cmd.HEARTBEAT, retries=READ_ONLY_RETRIES)
+        if state not in (State.ARMED, State.FIRING):
+            self._energised = False  # nothing left to keep alive
+
+    async def safe_state(self) -> SafeStateResult:
+        """DISARM, then confirm by GET_STATUS that the gun is neither armed nor firing."""
+        return await timed_safe_state(self._safe_state_raw)
+
+    async def _safe_state_raw(self) -> tuple[bool, str]:
+        await self._stop_heartbeat()
+        if not self.connected:
+            try:
+                await asyncio.wait_for(self.connect(), 0.5)
+            except (DriverError, asyncio.TimeoutError) as exc:
+                return False, f"not connected: {exc}"
+        disarm, answered = "DISARM acknowledged", True
+        try:
+            await self._ack(Cmd.DISARM, retries=1)  # idempotent, so a retry is safe
+        except DriverError as exc:
+            disarm, answered = f"DISARM failed: {exc}", isinstance(exc, DeviceRefused)
+        try:
+            # when DISARM went unanswered twice the gun is probably silent: one read is enough
+            st = await self._read_status(retries=READ_ONLY_RETRIES if answered else 0)
+        except DriverError as exc:
+            return False, f"{disarm}; GET_STATUS failed: {exc}"
+        name = state_name(st.state)
+        if st.state in (State.ARMED, State.FIRING):
+            return False, f"{disarm}; the gun is still {name}"
+        return True, f"{disarm}; the gun is {name}"
+
+
+__all__ = ["InjDriver", "InjParams", "state_name"]
