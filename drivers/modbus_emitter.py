@@ -1,0 +1,257 @@
+"""What the LED-1 and PEMF-1 drivers share: an emitter behind a Modbus register map.
+
+Both ICDs have the same shape: setpoints in holding registers from 0, the OUTPUT and
+FAULT_RESET coils, STATE/FAULT and the measurements in input registers from 0, a
+HEARTBEAT register the host changes while the output is on, MODEL/FIRMWARE at input
+registers 100/101. A subclass gives the addresses, turns its pydantic parameters into
+setpoint registers and input registers into readings.
+
+Behaviour:
+- ``configure`` writes all setpoints with one FC 0x10 and reads them back.
+- ``start`` writes OUTPUT=1, then reads STATE once: a fault found at the start (LED
+  applicator too far) raises :class:`DeviceFault` after the ``fault`` event.
+- While energised, the heartbeat writes a changing HEARTBEAT value every quarter of
+  WATCHDOG_MS (at most 0.25 s), reads the input registers and emits ``progress``
+  (at most every 0.5 s), ``exposure_done`` when STATE turns done and ``fault`` when it
+  turns fault; either ends the energised period.
+- ``safe_state`` stops the heartbeat first (so if the device cannot be reached, its
+  own watchdog turns the output off within WATCHDOG_MS), writes OUTPUT=0 once and then
+  confirms by reading coil 0 and STATE, even when the write's reply was lost (a
+  dropped reply still turned the output off). Never raises; idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from drivers.base import (
+    Device,
+    DeviceFault,
+    DeviceStatus,
+    DriverError,
+    Identity,
+    ProtocolError,
+    SafeStateResult,
+    timed_safe_state,
+)
+from drivers.endpoints import Endpoint
+from drivers.modbus_link import DEFAULT_TIMEOUT, ModbusLink
+
+log = logging.getLogger(__name__)
+
+IDLE, ON, DONE, FAULT = 0, 1, 2, 3
+STATE_NAMES = {IDLE: "idle", ON: "on", DONE: "done", FAULT: "fault"}
+
+COIL_OUTPUT = 0
+COIL_FAULT_RESET = 1
+INPUT_MODEL = 100
+INPUT_FIRMWARE = 101
+
+MAX_HEARTBEAT_S = 0.25
+PROGRESS_INTERVAL_S = 0.5
+
+
+def heartbeat_interval_for(watchdog_ms: int) -> float:
+    """A quarter of the watchdog period, at most 0.25 s: three heartbeats may be late or
+    lost before the device gives up."""
+    return min(MAX_HEARTBEAT_S, watchdog_ms / 4000.0)
+
+
+def on_grid(value: float, step: float, name: str) -> float:
+    """``value`` if it is a whole number of ``step`` (a register's resolution), else ValueError,
+    so a parameter is never silently rounded on its way to the device."""
+    n = round(value / step)
+    if abs(n * step - value) > step * 1e-6:
+        raise ValueError(f"{name} must be a multiple of {step:g}")
+    return value
+
+
+class ModbusEmitter(Device):
+    """Base of the Modbus emitter drivers; subclasses fill in the class variables and hooks."""
+
+    #: the pydantic parameter model ``configure`` takes
+    params_type: ClassVar[type[BaseModel]] = BaseModel
+    #: MODEL input register value and the model's name
+    model_code: ClassVar[int] = 0
+    model_name: ClassVar[str] = ""
+    #: holding registers 0..setpoint_count-1 are the setpoints
+    setpoint_count: ClassVar[int] = 0
+    heartbeat_register: ClassVar[int] = 0
+    watchdog_register: ClassVar[int] = 0
+    #: input registers 0..input_count-1 hold STATE, FAULT and the measurements
+    input_count: ClassVar[int] = 0
+    fault_texts: ClassVar[dict[int, str]] = {}
+
+    def __init__(
+        self,
+        endpoint: Endpoint | str,
+        *,
+        device_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        read_retries: int = 1,
+    ) -> None:
+        super().__init__(endpoint, device_id=device_id)
+        self.link = ModbusLink(self.endpoint, timeout=timeout, read_retries=read_retries,
+                               on_lost=self._connection_lost)
+        self.heartbeat_interval = heartbeat_interval_for(2000)  # type: ignore[misc]
+        self._hb_value = 0
+        self._last_state: int | None = None
+        self._last_progress = 0.0
+        self.last_status: DeviceStatus | None = None
+
+    # ------------------------------------------------------------------ lifetime
+    async def connect(self) -> None:
+        """Open the link, check the device is the model this driver speaks to, and take the
+        heartbeat period from its WATCHDOG_MS."""
+        await self.link.open()
+        self.connected = True
+        try:
+            code = (await self.link.read_input(INPUT_MODEL, 1))[0]
+            if code != self.model_code:
+                raise ProtocolError(f"{self.endpoint}: MODEL is {code:#06x}, expected {self.model_code:#06x} "
+                                    f"({self.model_name})")
+            wd = (await self.link.read_holding(self.watchdog_register, 1))[0]
+            self.heartbeat_interval = heartbeat_interval_for(wd)  # type: ignore[misc]
+            regs = await self.link.read_input(0, self.input_count)
+            self._last_state = regs[0]
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await super().close()
+        await self.link.close()
+
+    def _connection_lost(self) -> None:
+        log.warning("%s: connection lost", self.device_id)
+        self._emit("connection_lost", endpoint=str(self.endpoint))
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def setpoint_registers(self, params: BaseModel) -> list[int]:
+        """Holding registers 0..setpoint_count-1 for ``params``."""
+
+    @abstractmethod
+    def readings_from(self, regs: list[int]) -> dict[str, Any]:
+        """Readings (unit in the key) from input registers 0..input_count-1."""
+
+    @abstractmethod
+    def done_data(self, readings: dict[str, Any]) -> dict[str, Any]:
+        """What ``exposure_done`` carries: elapsed_s and the run's total."""
+
+    # ------------------------------------------------------------------ the interface
+    async def identify(self) -> Identity:
+        model, firmware = await self.link.read_input(INPUT_MODEL, 2)
+        name = self.model_name if model == self.model_code else f"unknown {model:#06x}"
+        # the ICDs have no vendor or serial-number registers
+        return Identity(vendor="", model=name, serial="", firmware=f"{firmware // 100}.{firmware % 100:02d}")
+
+    async def configure(self, params: BaseModel) -> None:
+        if not isinstance(params, self.params_type):
+            raise TypeError(f"{type(self).__name__}.configure needs {self.params_type.__name__}")
+        regs = self.setpoint_registers(params)
+        if len(regs) != self.setpoint_count:  # pragma: no cover - a subclass bug
+            raise ValueError("setpoint register count mismatch")
+        await self.link.write_registers(0, regs)
+        back = await self.link.read_holding(0, len(regs))
+        if back != regs:
+            raise ProtocolError(f"{self.endpoint}: setpoints read back as {back}, wrote {regs}")
+        self.heartbeat_interval = heartbeat_interval_for(regs[self.watchdog_register])  # type: ignore[misc]
+
+    async def start(self) -> None:
+        await self.link.write_coil(COIL_OUTPUT, True)
+        self._last_state = None
+        self._last_progress = time.monotonic()
+        self._set_energised(True)
+        regs = await self.link.read_input(0, self.input_count)
+        self._track(regs)
+        if regs[0] == FAULT:
+            raise DeviceFault(regs[1], self.fault_texts.get(regs[1], ""))
+
+    async def stop(self) -> None:
+        self._energised = False
+        await self.link.write_coil(COIL_OUTPUT, False)
+        await self.poll()
+
+    async def safe_state(self) -> SafeStateResult:
+        # Stopping the heartbeat first is the fallback: an unreachable device's own
+        # watchdog switches the output off. The running heartbeat is not cancelled
+        # mid-request (on RTU a cancelled request's late reply would be taken for ours).
+        self._energised = False
+        return await timed_safe_state(self._raw_safe_state)
+
+    async def _raw_safe_state(self) -> tuple[bool, str]:
+        write_error: DriverError | None = None
+        try:
+            await self.link.write_coil(COIL_OUTPUT, False)
+        except DriverError as exc:  # e.g. the reply was dropped: the read-back decides
+            write_error = exc
+        coil = (await self.link.read_coils(COIL_OUTPUT, 1, retries=0))[0]
+        state = (await self.link.read_input(0, 1, retries=0))[0]
+        ok = not coil and state != ON
+        detail = f"OUTPUT={int(coil)} STATE={STATE_NAMES.get(state, state)}"
+        if write_error is not None:
+            detail += f" (write: {write_error})"
+        return ok, detail
+
+    async def status(self) -> DeviceStatus:
+        coil = (await self.link.read_coils(COIL_OUTPUT, 1))[0]
+        regs = await self.link.read_input(0, self.input_count)
+        self._track(regs)
+        state, fault = regs[0], regs[1]
+        st = DeviceStatus(
+            state=STATE_NAMES.get(state, f"unknown {state}"),
+            output_on=coil,
+            fault=fault or None,
+            fault_text=self.fault_texts.get(fault, "") if fault else "",
+            readings=self.readings_from(regs),
+        )
+        self.last_status = st
+        return st
+
+    async def clear_fault(self) -> None:
+        await self.link.write_coil(COIL_FAULT_RESET, True)
+        await self.poll()
+
+    async def heartbeat(self) -> None:
+        self._hb_value = (self._hb_value + 1) & 0xFFFF
+        await self.link.write_register(self.heartbeat_register, self._hb_value)
+        await self.poll()
+
+    async def poll(self) -> list[int]:
+        """Read the input registers once and emit whatever changed."""
+        regs = await self.link.read_input(0, self.input_count)
+        self._track(regs)
+        return regs
+
+    # ------------------------------------------------------------------ events
+    def _track(self, regs: list[int]) -> None:
+        state, fault = regs[0], regs[1]
+        previous, self._last_state = self._last_state, state
+        readings = self.readings_from(regs)
+        if state == FAULT:
+            if previous != FAULT:
+                self._emit("fault", code=fault, text=self.fault_texts.get(fault, ""), **readings)
+            self._energised = False
+        elif state == DONE:
+            if self._energised or previous == ON:
+                self._emit("exposure_done", **self.done_data(readings))
+            self._energised = False
+        elif state == IDLE:
+            if self._energised:
+                log.warning("%s: output went off without a done or a fault (stopped by another host?)",
+                            self.device_id)
+            self._energised = False
+        elif state == ON and self._energised:
+            now = time.monotonic()
+            if now - self._last_progress >= PROGRESS_INTERVAL_S:
+                self._last_progress = now
+                self._emit("progress", state="on", **readings)
+
+
+__all__ = ["ModbusEmitter", "heartbeat_interval_for", "on_grid", "STATE_NAMES"]
