@@ -1,0 +1,79 @@
+"""The room's active alarms (shared/mqtt-api.md "Alarms").
+
+High: a device fault during output, a watchdog, safe state not confirmed, a dose cap
+reached. Medium: a device disconnected while idle, the outbox past 80 % of its bound.
+Low: advisories. A latched alarm stays listed until acknowledged at the console; an
+unlatched one leaves the list when its cause clears.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from devicehub.bus import Bus, rfc3339, utcnow
+
+PRIORITIES = ("high", "medium", "low")
+
+
+@dataclass
+class Alarm:
+    id: str
+    priority: str
+    source: str
+    code: str
+    text: str
+    since: str = field(default_factory=lambda: rfc3339(utcnow()))
+    latched: bool = False
+    session: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["session"] is None:
+            del d["session"]
+        return d
+
+
+class AlarmBoard:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._active: dict[str, Alarm] = {}
+        self._ids = itertools.count(1)
+
+    def active(self) -> list[dict[str, Any]]:
+        order = {p: i for i, p in enumerate(PRIORITIES)}
+        return [a.to_dict() for a in sorted(self._active.values(), key=lambda a: (order[a.priority], a.since))]
+
+    def raise_alarm(self, *, priority: str, source: str, code: str, text: str, latched: bool | None = None,
+                    session: str | None = None, key: str | None = None) -> Alarm:
+        """Raise (or refresh) an alarm; ``key`` de-duplicates one cause (default source/code)."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}")
+        key = key or f"{source}:{code}"
+        if key in self._active:
+            return self._active[key]
+        alarm = Alarm(id=f"A{next(self._ids)}-{key}", priority=priority, source=source, code=code, text=text,
+                      latched=priority == "high" if latched is None else latched, session=session)
+        self._active[key] = alarm
+        self._publish()
+        return alarm
+
+    def clear(self, key: str) -> None:
+        """The cause is gone: an unlatched alarm leaves the list; a latched one stays until acknowledged."""
+        alarm = self._active.get(key)
+        if alarm is not None and not alarm.latched:
+            del self._active[key]
+            self._publish()
+
+    def acknowledge(self, alarm_id: str | None = None) -> int:
+        """Acknowledge one alarm (by id) or all; returns how many left the list."""
+        gone = [k for k, a in self._active.items() if alarm_id is None or a.id == alarm_id]
+        for k in gone:
+            del self._active[k]
+        if gone:
+            self._publish()
+        return len(gone)
+
+    def _publish(self) -> None:
+        self.bus.emit("alarms", {"alarms": self.active()})

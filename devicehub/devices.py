@@ -1,0 +1,182 @@
+"""The room's devices as the hub holds them: drivers, connection upkeep, state and telemetry.
+
+The device manager is the only owner of the drivers. It connects them (and keeps
+trying when one is away), publishes each device's state when it changes and its
+readings at the telemetry rate (2 Hz while a session runs, 0.2 Hz idle), and tells the
+room when a device's connection is lost. Telemetry observes: publishing goes to the
+bus, which never blocks, and polling shares the driver like any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from devicehub.alarms import AlarmBoard
+from devicehub.bus import Bus
+from drivers.base import Device, DeviceStatus, DriverError
+from drivers.registry import create_driver
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 2.0
+
+
+class DeviceManager:
+    def __init__(self, config: Any, bus: Bus, alarms: AlarmBoard) -> None:
+        self.config = config
+        self.bus = bus
+        self.alarms = alarms
+        self.devices: dict[str, Device] = {}
+        self.types: dict[str, str] = {}
+        self.identity: dict[str, dict[str, str]] = {}
+        self.last_status: dict[str, DeviceStatus | None] = {}
+        self._last_state: dict[str, dict[str, Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tseq = 0
+        self.running = False  # a session is running: poll faster
+        self.telemetry_hooks: list[Callable[[str, DeviceStatus], None]] = []
+        self._wake = asyncio.Event()
+        for dev in config.devices:
+            self.devices[dev.id] = create_driver(dev.type, dev.endpoint, device_id=dev.id, **dict(dev.options or {}))
+            self.types[dev.id] = dev.type
+            self.last_status[dev.id] = None
+
+    # ------------------------------------------------------------------ lifetime
+    async def start(self) -> None:
+        await asyncio.gather(*(self._connect(i) for i in self.devices))
+        for dev_id in self.devices:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._upkeep(dev_id), name=f"upkeep-{dev_id}"))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for dev in self.devices.values():
+            with contextlib.suppress(Exception):
+                await dev.close()
+
+    def set_running(self, running: bool) -> None:
+        self.running = running
+        self._wake.set()
+
+    # ------------------------------------------------------------------ state
+    def connected(self, dev_id: str) -> bool:
+        return bool(self.devices[dev_id].connected)
+
+    def unavailable(self, ids: list[str] | None = None) -> list[str]:
+        ids = list(self.devices) if ids is None else ids
+        return [i for i in ids if i not in self.devices or not self.devices[i].connected
+                or (self.last_status.get(i) is not None and self.last_status[i].state == "fault")]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [self.state_of(i) for i in self.devices]
+
+    def state_of(self, dev_id: str) -> dict[str, Any]:
+        st = self.last_status.get(dev_id)
+        return {
+            "id": dev_id,
+            "type": self.types[dev_id],
+            "connected": self.connected(dev_id),
+            "state": (st.state if st else ("unknown" if self.connected(dev_id) else "disconnected")),
+            "fault": (st.fault if st else None),
+            "fault_text": (st.fault_text if st else ""),
+            "output_on": (st.output_on if st else False),
+            "endpoint": str(self.devices[dev_id].endpoint),
+            **({"identity": self.identity[dev_id]} if dev_id in self.identity else {}),
+        }
+
+    def _publish_state(self, dev_id: str, force: bool = False) -> None:
+        data = self.state_of(dev_id)
+        if force or data != self._last_state.get(dev_id):
+            self._last_state[dev_id] = data
+            self.bus.emit("device.state", data, device=dev_id)
+
+    def republish(self) -> None:
+        for dev_id in self.devices:
+            self._publish_state(dev_id, force=True)
+
+    # ------------------------------------------------------------------ upkeep
+    async def _connect(self, dev_id: str) -> bool:
+        dev = self.devices[dev_id]
+        try:
+            await dev.connect()
+            ident = await dev.identify()
+            self.identity[dev_id] = asdict(ident)
+            self.last_status[dev_id] = await dev.status()
+        except (DriverError, OSError) as exc:
+            log.info("%s: not available: %s", dev_id, exc)
+            with contextlib.suppress(Exception):
+                await dev.close()
+            self._publish_state(dev_id)
+            return False
+        self.alarms.clear(f"{dev_id}:disconnected")
+        self._publish_state(dev_id)
+        return True
+
+    async def _upkeep(self, dev_id: str) -> None:
+        dev = self.devices[dev_id]
+        async with dev.subscribe() as events:
+            while True:
+                if not dev.connected:
+                    self._publish_state(dev_id)
+                    if not self.running:
+                        self.alarms.raise_alarm(priority="medium", source=dev_id, code="disconnected",
+                                                text=f"{dev_id} is not connected", key=f"{dev_id}:disconnected")
+                    await asyncio.sleep(RECONNECT_S)
+                    await self._connect(dev_id)
+                    continue
+                period = 1.0 / (self.config.telemetry.running_hz if self.running else self.config.telemetry.idle_hz)
+                await self._poll(dev_id)
+                # wait for the next poll, an event worth a state update, or a rate change
+                with contextlib.suppress(asyncio.TimeoutError):
+                    ev = await asyncio.wait_for(self._next_interesting(events), period)
+                    if ev is not None and ev.kind == "connection_lost":
+                        with contextlib.suppress(Exception):
+                            await dev.close()
+
+    async def _next_interesting(self, events: asyncio.Queue[Any]) -> Any:
+        """The next event that deserves an early poll, or None when the poll rate changed."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        get: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                get = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({wake, get}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    ev = get.result()
+                    if ev.kind in ("fault", "connection_lost", "exposure_done", "train_done"):
+                        return ev
+                    continue
+                get.cancel()
+                self._wake.clear()
+                return None
+        finally:
+            for f in (wake, get):
+                if f is not None and not f.done():
+                    f.cancel()
+
+    async def _poll(self, dev_id: str) -> None:
+        dev = self.devices[dev_id]
+        try:
+            st = await dev.status()
+        except DriverError as exc:
+            log.debug("%s: status failed: %s", dev_id, exc)
+            return
+        self.last_status[dev_id] = st
+        self._publish_state(dev_id)
+        self._tseq += 1
+        self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
+                                           "output_on": st.output_on, "readings": st.readings}, device=dev_id)
+        for hook in self.telemetry_hooks:
+            try:
+                hook(dev_id, st)
+            except Exception:  # noqa: BLE001 - an observer never breaks the poll
+                log.exception("telemetry hook failed")

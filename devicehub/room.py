@@ -1,0 +1,370 @@
+"""The room: its devices, its program library, its limits, its record, and at most one session.
+
+Every front end (the console's ``devicehub run``, the hub daemon's MQTT interface and
+local console socket) goes through this one object, so a start is checked the same way
+wherever it comes from, in the order shared/mqtt-api.md gives: unknown_program,
+hard_limit, soft_limit, busy, outbox_full, device_unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from devicehub import __version__
+from devicehub.alarms import AlarmBoard
+from devicehub.bus import Bus, rfc3339, utcnow
+from devicehub.devices import DeviceManager
+from devicehub.room_api import CommandError
+from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
+from devicehub.safety import safe_state_all
+
+log = logging.getLogger(__name__)
+
+#: runtime cap quantity -> (limits.session field, factor from the limit's unit to the runner's)
+SESSION_CAPS = {
+    "volume_ul": ("injection_volume_ul", 1.0),
+    "charge_uc": ("ep_charge_uc", 1.0),
+    "fluence_j_cm2": ("led_fluence_j_cm2", 1.0),
+    "exposure_s": ("led_exposure_min", 60.0),
+    "field_time_s": ("pemf_time_min", 60.0),
+}
+
+
+class Room:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        store: Any,
+        limits: Any | None = None,
+        bus: Bus | None = None,
+        options: RunnerOptions | None = None,
+        boot: int = 0,
+        admission_checks: list[Callable[[], CommandError | None]] | None = None,
+    ) -> None:
+        from devicehub.models.limits import Limits
+        from devicehub.programs_library import ProgramLibrary
+
+        self.config = config
+        self.store = store
+        self.bus = bus or Bus()
+        self.alarms = AlarmBoard(self.bus)
+        self.limits = limits or Limits.load(config.limits)
+        self.library = ProgramLibrary(config.programs)
+        self.options = options or RunnerOptions()
+        self.boot = boot
+        self.since = rfc3339(utcnow())
+        self.admission_checks = list(admission_checks or [])
+        self.devices = DeviceManager(config, self.bus, self.alarms)
+        self.devices.telemetry_hooks.append(self._watch_runtime_limits)
+        self.current: SessionRunner | None = None
+        self._last: SessionRunner | None = None
+        self._start_lock = asyncio.Lock()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # ================================================================== lifetime
+    async def open(self) -> None:
+        """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
+        for sid in await self.store.unfinished_sessions():
+            await self.store.append_event(sid, "failed", {"reason": "hub_restart"})
+            await self.store.append_event(sid, "state", {"state": "failed", "reason": "hub_restart"})
+            log.warning("session %s was interrupted by a hub restart: marked failed", sid)
+            self.bus.emit("session.state", {"session": sid, "state": "failed", "reason": "hub_restart"}, session=sid)
+        await self.devices.start()
+        # whatever a previous hub left behind: every output off before anything else
+        await safe_state_all(self.devices.devices, "hub_start")
+
+    async def close(self) -> None:
+        if self.current is not None and not self.current.finished:
+            await self.current.abort("hub_shutdown")
+        await self.devices.close()
+
+    # ================================================================== queries
+    def programs(self) -> list[dict[str, Any]]:
+        out = []
+        for entry in self.library.list(config=self.config, limits=self.limits):
+            if getattr(entry, "error", None):
+                continue
+            out.append({"program": entry.id, "version": entry.version, "title": entry.title, "sha256": entry.sha256,
+                        "steps": entry.steps, "est_duration_s": round(entry.est_duration_s, 1),
+                        "preflight": list(entry.preflight), "soft_limits": list(entry.soft_limits)})
+        return out
+
+    def program(self, program_id: str) -> dict[str, Any]:
+        program, _sha, _raw = self._get_program(program_id)
+        return program.to_json()
+
+    def _get_program(self, program_id: str) -> tuple[Any, str, bytes]:
+        if not isinstance(program_id, str) or not program_id:
+            raise CommandError("bad_request", "program must be a non-empty string", field="program")
+        try:
+            return self.library.get(program_id)
+        except KeyError:
+            raise CommandError("unknown_program", f"no program {program_id!r} in the library",
+                               field="program") from None
+        except Exception as exc:  # an unreadable program file is not startable
+            raise CommandError("unknown_program", f"program {program_id!r} cannot be read: {exc}",
+                               field="program") from None
+
+    def status(self) -> dict[str, Any]:
+        sess = self.current or self._last
+        return {
+            "hub": {"version": __version__, "boot": self.boot, "since": self.since},
+            "devices": [{k: d[k] for k in ("id", "type", "connected", "state", "fault")} for d in self.devices.describe()],
+            "session": {"session": sess.session_id, "state": sess.state} if sess is not None else None,
+            "alarms": self.alarms.active(),
+        }
+
+    def session_summary(self, session_id: str) -> dict[str, Any]:
+        if not isinstance(session_id, str) or not session_id:
+            raise CommandError("bad_request", "session must be a non-empty string", field="session")
+        summary = self.store.read_session(session_id)
+        if summary is None:
+            raise CommandError("not_found", f"no session {session_id!r}", field="session")
+        return summary
+
+    def active_session(self) -> SessionRunner | None:
+        return self.current if self.current is not None and not self.current.finished else None
+
+    def republish(self) -> None:
+        """Every retained state again (the ``rebirth`` verb)."""
+        self.devices.republish()
+        sess = self.current or self._last
+        if sess is not None:
+            sess.publish_state()
+        self.bus.emit("alarms", {"alarms": self.alarms.active()})
+
+    # ================================================================== starting
+    def check_start(self, *, program: str, patient_ref: str, params: dict[str, Any] | None,
+                    acknowledge: list[str] | None) -> tuple[Any, str, bytes, Any]:
+        """Every check of a start, in the documented order; returns (program, sha256, raw, analysis)."""
+        from devicehub.models.loading import InputError
+        from devicehub.validation import analyse
+
+        prog, sha, raw = self._get_program(program)
+        if params:
+            try:
+                prog = prog.apply_overrides(params)
+            except InputError as exc:
+                problems = getattr(exc, "problems", [])
+                first = problems[0] if problems else None
+                raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
+                                   field=getattr(first, "field", "params"),
+                                   details=[p.to_dict() for p in problems]) from None
+        analysis = analyse(prog, self.config, self.limits, params=None, acknowledged=tuple(acknowledge or ()))
+        findings = list(analysis.findings) + self._course_findings(prog, patient_ref)
+        errors = [f for f in findings if f.severity in ("error", "hard")]
+        if errors:
+            raise CommandError("hard_limit", "; ".join(f.message for f in errors), field=errors[0].field,
+                               details=[_finding_detail(f) for f in errors])
+        acked = set(acknowledge or ())
+        soft = [f for f in findings if f.severity == "soft" and f.id not in acked]
+        if soft:
+            raise CommandError("soft_limit", "acknowledge each soft limit to start: " + "; ".join(f.message for f in soft),
+                               field=soft[0].field, details=[_finding_detail(f) for f in soft])
+        return prog, sha, raw, analysis
+
+    def _course_findings(self, prog: Any, patient_ref: str) -> list[Any]:
+        """The course limit: days since this patient's last completed session."""
+        from devicehub.models.limits import Finding
+
+        last = self.store.read_last_session_for_patient(patient_ref) if patient_ref else None
+        if not last or not last.get("ended_at"):
+            return []
+        try:
+            ended = datetime.fromisoformat(str(last["ended_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            return []
+        days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
+        limit = self.limits.course.interval_days
+        hit = limit.exceeded(days)
+        if hit is None:
+            return []
+        severity, value = hit
+        text = (f"course.interval_days: {days:.1f} days since the last session is below the "
+                f"{severity} limit {value:g} days")
+        return [Finding(id="course.interval_days", severity=severity, field="course.interval_days",
+                        value=round(days, 2), limit=value, unit="days", message=text)]
+
+    def runtime_caps(self, acknowledged: list[str]) -> dict[str, float]:
+        """The hard session caps, or the soft one where its limit was not acknowledged."""
+        caps = {}
+        for quantity, (name, factor) in SESSION_CAPS.items():
+            limit = getattr(self.limits.session, name)
+            acked = f"session.{name}" in acknowledged
+            value = limit.hard if acked or limit.soft is None else limit.soft
+            caps[quantity] = float(value) * factor
+        return caps
+
+    async def start_session(self, *, program: str, patient_ref: str, operator: str,
+                            params: dict[str, Any] | None = None, acknowledge: list[str] | None = None,
+                            origin: str = "mqtt", preflight_done_by: str | None = None,
+                            confirmation_required: bool | None = None) -> SessionRunner:
+        for name, value in (("patient_ref", patient_ref), ("operator", operator)):
+            if not isinstance(value, str) or not value.strip():
+                raise CommandError("bad_request", f"{name} must be a non-empty string", field=name)
+        async with self._start_lock:
+            try:
+                prog, sha, _raw, _analysis = self.check_start(program=program, patient_ref=patient_ref,
+                                                              params=params, acknowledge=acknowledge)
+            except CommandError as exc:
+                if exc.code in ("hard_limit", "soft_limit"):
+                    await self.store.record_refusal(program_id=str(program), patient_ref=patient_ref,
+                                                    operator=operator, origin=origin, code=exc.code,
+                                                    details=exc.details)
+                raise
+            if self.active_session() is not None:
+                raise CommandError("busy", f"session {self.current.session_id} is {self.current.state} in this room")
+            for check in self.admission_checks:
+                err = check()
+                if err is not None:
+                    raise err
+            step_devices: dict[str, str] = {}
+            for step in prog.steps:
+                if step.kind == "confirm":
+                    continue
+                step_devices[step.id] = self.config.resolve_device(_DEVICE_TYPE[step.kind],
+                                                                   getattr(step, "device", None)).id
+            missing = self.devices.unavailable(sorted(set(step_devices.values())))
+            if missing:
+                raise CommandError("device_unavailable", f"not available: {', '.join(missing)}",
+                                   details=[{"device": d, **self.devices.state_of(d)} for d in missing])
+            from devicehub.records.store import new_session_id
+
+            acked = list(acknowledge or [])
+            runner = SessionRunner(
+                session_id=new_session_id(), program=prog, program_sha256=sha,
+                devices={d: self.devices.devices[d] for d in self.devices.devices},
+                step_devices=step_devices, store=self.store, bus=self.bus, alarms=self.alarms,
+                patient_ref=patient_ref, operator=operator, origin=origin, acknowledged=acked,
+                params=params or {}, program_json=prog.to_json(),
+                confirmation_required=(self.config.remote_confirmation and origin == "mqtt")
+                if confirmation_required is None else confirmation_required,
+                caps=self.runtime_caps(acked), options=self.options,
+            )
+            self.current = runner
+            self._last = runner
+            await runner.open()
+            if preflight_done_by is not None:
+                # taken as done by the operator's flag: recorded one event per item, as such
+                for item in prog.preflight:
+                    if runner.state in ("created", "preflight"):
+                        await runner.preflight(item.id, True, preflight_done_by)
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(runner))
+            return runner
+
+    async def _watch(self, runner: SessionRunner) -> None:
+        self.devices.set_running(True)
+        try:
+            await runner.wait()
+        finally:
+            self.devices.set_running(False)
+
+    # ================================================================== RoomAPI verbs
+    async def start(self, *, program: str, patient_ref: str, operator: str,
+                    params: dict[str, dict[str, Any]] | None = None,
+                    acknowledge: list[str] | None = None, origin: str = "mqtt") -> dict[str, Any]:
+        runner = await self.start_session(program=program, patient_ref=patient_ref, operator=operator,
+                                          params=params, acknowledge=acknowledge, origin=origin)
+        return {"session": runner.session_id, "state": runner.state}
+
+    def _session(self, session_id: str | None) -> SessionRunner:
+        if not isinstance(session_id, str) or not session_id:
+            raise CommandError("bad_request", "session must be a non-empty string", field="session")
+        runner = self.current
+        if runner is None or runner.session_id != session_id:
+            if self.store.read_session(session_id) is not None:
+                raise CommandError("invalid_state", f"session {session_id} is not the room's active session",
+                                   field="session")
+            raise CommandError("not_found", f"no session {session_id!r}", field="session")
+        return runner
+
+    async def preflight(self, *, session: str, item: str, done: bool, by: str) -> dict[str, Any]:
+        runner = self._session(session)
+        try:
+            await runner.preflight(item, done, by)
+        except NotFound as exc:
+            raise CommandError("not_found", str(exc), field="item") from None
+        except InvalidState as exc:
+            raise CommandError("invalid_state", str(exc)) from None
+        return {"session": runner.session_id, "state": runner.state, "pending_items": runner.pending_preflight()}
+
+    async def confirm(self, *, session: str, by: str) -> dict[str, Any]:
+        runner = self._session(session)
+        try:
+            await runner.confirm(by)
+        except InvalidState as exc:
+            raise CommandError("invalid_state", str(exc)) from None
+        return {"session": runner.session_id, "state": runner.state}
+
+    async def pause(self, *, session: str, reason: str | None = None) -> dict[str, Any]:
+        runner = self._session(session)
+        try:
+            await runner.pause(reason)
+        except InvalidState as exc:
+            raise CommandError("invalid_state", str(exc)) from None
+        return {"session": runner.session_id, "state": runner.state}
+
+    async def resume(self, *, session: str, origin: str = "mqtt", by: str | None = None) -> dict[str, Any]:
+        runner = self._session(session)
+        try:
+            await runner.resume(remote=origin == "mqtt", by=by)
+        except InvalidState as exc:
+            raise CommandError("invalid_state", str(exc)) from None
+        return {"session": runner.session_id, "state": runner.state}
+
+    async def abort(self, *, session: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        """Never refused: every device to its safe state, the active session ended."""
+        t0 = time.monotonic()
+        runner = self.active_session()
+        if runner is not None:
+            report = await runner.abort(reason or "abort", t_trigger=t0)
+            ms = report.ms if report is not None else (time.monotonic() - t0) * 1000.0
+            return {"session": runner.session_id, "state": runner.state, "safe_state_ms": round(ms, 3)}
+        report = await safe_state_all(self.devices.devices, "abort", t_trigger=t0)
+        if not report.confirmed:
+            self.alarms.raise_alarm(priority="high", source="room", code="safe_state_unconfirmed",
+                                    text="safe state not confirmed by " + ", ".join(
+                                        d for d, s in report.devices.items() if s != "off"))
+        return {"session": None, "state": "idle", "safe_state_ms": round(report.ms, 3)}
+
+    # ================================================================== runtime limits
+    def _watch_runtime_limits(self, dev_id: str, status: Any) -> None:
+        runner = self.active_session()
+        if runner is None or runner.state != "running":
+            return
+        skin = status.readings.get("skin_temp_c")
+        if skin is None:
+            return
+        limit = self.limits.runtime.skin_temp_c
+        hit = limit.exceeded(float(skin))
+        if hit is None:
+            self.alarms.clear(f"{dev_id}:skin_temperature")
+            return
+        severity, value = hit
+        if severity == "hard":
+            self.alarms.raise_alarm(priority="high", source=dev_id, code="skin_temperature",
+                                    text=f"skin {skin:.1f} degC above the hard limit {value:g} degC",
+                                    session=runner.session_id, key=f"{dev_id}:skin_temperature_hard")
+            asyncio.get_running_loop().create_task(runner.fail("skin_temperature", trigger=f"skin_temperature:{dev_id}"))
+        else:
+            self.alarms.raise_alarm(priority="medium", source=dev_id, code="skin_temperature",
+                                    text=f"skin {skin:.1f} degC above the soft limit {value:g} degC",
+                                    session=runner.session_id, key=f"{dev_id}:skin_temperature", latched=False)
+
+
+_DEVICE_TYPE = {"injection": "inj", "electroporation": "epg", "led": "led", "pemf": "pemf"}
+
+
+def _finding_detail(f: Any) -> dict[str, Any]:
+    if hasattr(f, "detail"):
+        d = f.detail() if callable(f.detail) else f.detail
+        if isinstance(d, dict):
+            return d
+    return {"id": f.id, "field": f.field, "value": f.value, "limit": f.limit, "unit": f.unit}
+

@@ -1,0 +1,133 @@
+"""LED and PEMF steps: configure, start, watch progress, await the device's own end.
+
+The emitter times the exposure and ends it itself (its DURATION or FLUENCE_TARGET is
+the device-side cap); the host configures only what is still owed (after a pause, the
+rest of the duration or fluence), watches progress, and records what the device
+reports it delivered. Steps that run side by side meet at a barrier after configuring,
+so they start together; the start skew is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from devicehub.runner.progress import PointProgress
+from devicehub.runner.session import ActivePoint, StepFailure
+
+#: the emitter's own watchdog while on; the driver heartbeats well inside it
+WATCHDOG_MS = 1000
+#: amounts smaller than this are "nothing left to deliver"
+EPSILON_S = 0.1
+
+
+def _plan(runner: Any, step: Any) -> tuple[Any, float, dict[str, float]] | None:
+    """The device parameters for what is still owed, its expected length in s, and the planned amounts."""
+    done = runner.progress[step.id].done_amounts
+    if step.kind == "led":
+        from drivers.led import LedExposure
+
+        fluence_j = getattr(step, "fluence_j_cm2", None)
+        if fluence_j:
+            left_mj = fluence_j * 1000.0 - done.get("fluence_j_cm2", 0.0) * 1000.0
+            left_mj = min(left_mj, runner.totals.remaining("fluence_j_cm2") * 1000.0)
+            if left_mj < 1.0:
+                return None
+            expected = left_mj / step.irradiance_mw_cm2 / (getattr(step, "duty_pct", 100) / 100.0)
+            params = LedExposure(wavelength_nm=step.wavelength_nm, irradiance_mw_cm2=step.irradiance_mw_cm2,
+                                 duration_s=0, fluence_mj_cm2=int(round(left_mj)),
+                                 pulse_hz=getattr(step, "pulse_hz", 0), duty_pct=getattr(step, "duty_pct", 100),
+                                 watchdog_ms=WATCHDOG_MS)
+            return params, expected, {"fluence_j_cm2": left_mj / 1000.0}
+        left = step.duration_s - done.get("exposure_s", 0.0)
+        left = min(left, runner.totals.remaining("exposure_s"))
+        if left < EPSILON_S:
+            return None
+        params = LedExposure(wavelength_nm=step.wavelength_nm, irradiance_mw_cm2=step.irradiance_mw_cm2,
+                             duration_s=round(left, 1), fluence_mj_cm2=0, pulse_hz=getattr(step, "pulse_hz", 0),
+                             duty_pct=getattr(step, "duty_pct", 100), watchdog_ms=WATCHDOG_MS)
+        return params, left, {"exposure_s": left}
+    from drivers.pemf import PemfExposure
+
+    left = step.duration_s - done.get("field_time_s", 0.0)
+    left = min(left, runner.totals.remaining("field_time_s"))
+    if left < EPSILON_S:
+        return None
+    params = PemfExposure(waveform=step.waveform, frequency_hz=step.frequency_hz, peak_field_mt=step.peak_field_mt,
+                          duration_s=round(left, 1), watchdog_ms=WATCHDOG_MS)
+    return params, left, {"field_time_s": left}
+
+
+def _amounts(kind: str, readings: dict[str, Any]) -> dict[str, float]:
+    if kind == "led":
+        return {"exposure_s": float(readings.get("elapsed_s", 0.0)),
+                "fluence_j_cm2": float(readings.get("fluence_mj_cm2", 0.0)) / 1000.0}
+    return {"field_time_s": float(readings.get("elapsed_s", 0.0)), "field_pulses": float(readings.get("pulses", 0))}
+
+
+async def run(runner: Any, step: Any) -> None:
+    dev_id, dev = runner.device_for(step)
+    sp = runner.progress[step.id]
+    plan = _plan(runner, step)
+    barrier: asyncio.Barrier | None = getattr(runner, "alongside_barrier", None)
+    if plan is None:
+        if barrier is not None:
+            await barrier.abort()
+        return
+    params, expected_s, _planned = plan
+    await dev.configure(params)
+    pseudo = PointProgress(point=step.id, zone="")
+    settled = {"done": False}
+
+    async def settle(status: str) -> None:
+        if settled["done"]:
+            return
+        settled["done"] = True
+        try:
+            readings = (await dev.status()).readings
+        except Exception:  # noqa: BLE001 - the device may be why we stopped
+            return
+        _record(runner, step, dev_id, sp, _amounts(step.kind, readings))
+
+    if barrier is not None:
+        try:
+            await barrier.wait()
+        except asyncio.BrokenBarrierError:
+            pass
+    async with dev.subscribe() as q:
+        runner.set_active(dev_id, ActivePoint(step, pseudo, dev_id, settle=settle))
+        await dev.start()
+        runner.start_marks[step.id] = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + expected_s + runner.options.exposure_margin_s
+        done = None
+        while done is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise StepFailure("exposure_timeout", f"{dev_id}: exposure did not end in time", alarm="device_fault")
+            try:
+                ev = await asyncio.wait_for(q.get(), left)
+            except asyncio.TimeoutError:
+                continue
+            if ev.kind == "progress":
+                amounts = _amounts(step.kind, ev.data)
+                data = {"elapsed_s": round(float(ev.data.get("elapsed_s", 0.0)), 1)}
+                if step.kind == "led":
+                    data["fluence_j_cm2"] = round(amounts["fluence_j_cm2"], 4)
+                else:
+                    data["pulses"] = int(ev.data.get("pulses", 0))
+                await runner.progress_event(step.id, dev_id, **data)
+            elif ev.kind == "exposure_done":
+                done = ev
+    settled["done"] = True
+    runner.set_active(dev_id, None)
+    readings = (await dev.status()).readings
+    amounts = _amounts(step.kind, {**readings, **{k: v for k, v in done.data.items() if v is not None}})
+    _record(runner, step, dev_id, sp, amounts)
+
+
+def _record(runner: Any, step: Any, dev_id: str, sp: Any, amounts: dict[str, float]) -> None:
+    for k, v in amounts.items():
+        sp.done_amounts[k] = sp.done_amounts.get(k, 0.0) + v
+    runner.account(dev_id, None, **amounts)
