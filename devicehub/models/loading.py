@@ -132,7 +132,8 @@ def parse_yaml(text: str | bytes) -> tuple[Any, dict[Loc, int]]:
         if exc.context and exc.problem:
             what = f"{exc.problem} ({exc.context})"
         line = mark.line + 1 if mark is not None else None
-        raise InputError([Problem("", f"YAML syntax error: {what}", line=line)]) from None
+        prefix = "YAML" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise InputError([Problem("", f"{prefix}: {what}", line=line)]) from None
     except yaml.YAMLError as exc:
         raise InputError([Problem("", f"YAML error: {exc}")]) from None
     finally:
