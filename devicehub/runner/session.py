@@ -264,6 +264,7 @@ class SessionRunner:
 
     async def _start_running(self) -> None:
         resumed = self.started_at is not None
+        self.last_safe_state = None  # a resumed session's final event reports its own stop, if any
         self.started_at = self.started_at or rfc3339(utcnow())
         await self._set_state("running")
         await self.event("resumed" if resumed else "started")
