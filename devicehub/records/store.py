@@ -48,6 +48,8 @@ STATE_EVENT = "state"
 #: events whose name is itself the (terminal) state they set
 TERMINAL_EVENTS = TERMINAL_STATES
 STATE_CHANGING_EVENTS = (STATE_EVENT, *TERMINAL_EVENTS)
+#: the other events a session summary reads (start time, per-step results)
+SUMMARY_EVENTS = ("started", "step_started", "step_done")
 #: delivery statuses the runner is expected to use; ``done`` counts as a point done
 DELIVERY_DONE = "done"
 
@@ -350,6 +352,12 @@ class RecordStore:
     def close(self) -> None:
         self._conn.close()
 
+    def pragmas(self) -> dict[str, Any]:
+        """The durability settings in force on this connection (for diagnostics and tests):
+        journal_mode ``wal``, synchronous 2 (FULL), foreign_keys 1, recursive_triggers 1."""
+        return {name: self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "foreign_keys", "recursive_triggers")}
+
     def __enter__(self) -> "RecordStore":
         return self
 
@@ -592,7 +600,16 @@ class RecordStore:
         row = self._session_row(session_id)
         if row is None:
             return None
-        events = self.events(session_id)
+        # only the events a summary needs (by the (session, event) index): a long session
+        # has thousands of progress events, and the hub answers this from its loop
+        wanted = (*STATE_CHANGING_EVENTS, *SUMMARY_EVENTS)
+        rows = self._conn.execute(
+            f"SELECT idx, ts, event, data_json FROM events WHERE session_id = ? "
+            f"AND event IN ({','.join('?' * len(wanted))}) ORDER BY idx", (session_id, *wanted)).fetchall()
+        events = [{"index": r["idx"], "ts": r["ts"], "event": r["event"], "data": json.loads(r["data_json"])}
+                  for r in rows]
+        events_count = self._conn.execute("SELECT COUNT(*) FROM events WHERE session_id = ?",
+                                          (session_id,)).fetchone()[0]
         deliveries = self.deliveries(session_id)
         folded = _fold_states([(e["index"], e["ts"], e["event"], e["data"]) for e in events
                                if e["event"] in STATE_CHANGING_EVENTS], created_at=row["created_at"])
@@ -626,7 +643,7 @@ class RecordStore:
             "totals": totals,
             "steps": _steps(events, deliveries),
             "states": folded["states"],
-            "events_count": len(events),
+            "events_count": events_count,
             "in_flight": [_in_flight(d) for d in deliveries if d["result_id"] is None],
         }
 
