@@ -62,6 +62,10 @@ def crc16_modbus(data: bytes) -> int:
     return crc
 
 
+def _crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and struct.unpack("<H", frame[-2:])[0] == crc16_modbus(frame[:-2])
+
+
 def rtu_frame(unit: int, pdu: bytes) -> bytes:
     body = bytes((unit,)) + pdu
     return body + struct.pack("<H", crc16_modbus(body))
@@ -190,15 +194,32 @@ class RtuPtyPort:
     def _parse(self) -> None:
         while len(self.buf) >= 4:
             length = rtu_request_length(self.buf)
-            if length is None or length == 0 or len(self.buf) < length:
-                return  # unknown code (silence decides) or a frame still arriving
+            if length is None:
+                # an unknown function code: noise before a good frame, or a whole request
+                # of a function without a length rule (then the silence decides)
+                skip = self._next_good_frame()
+                if skip is None:
+                    return
+                self.crc_errors += 1
+                del self.buf[:skip]
+                continue
+            if length == 0 or len(self.buf) < length:
+                return  # a frame still arriving
             frame = bytes(self.buf[:length])
-            if struct.unpack("<H", frame[-2:])[0] != crc16_modbus(frame[:-2]):
+            if not _crc_ok(frame):
                 self.crc_errors += 1
                 del self.buf[:1]  # hunt for the next frame start
                 continue
             del self.buf[:length]
             self._handle(frame)
+
+    def _next_good_frame(self) -> int | None:
+        """Offset of the next complete frame with a length rule and a good CRC."""
+        for k in range(1, len(self.buf) - 3):
+            length = rtu_request_length(self.buf[k:])
+            if length and len(self.buf) - k >= length and _crc_ok(bytes(self.buf[k:k + length])):
+                return k
+        return None
 
     def _on_silence(self) -> None:
         """The line went quiet with bytes left: an unknown function code's whole frame,
@@ -206,7 +227,7 @@ class RtuPtyPort:
         self._silence = None
         frame, self.buf = bytes(self.buf), bytearray()
         if len(frame) >= 4 and rtu_request_length(frame) is None:
-            if struct.unpack("<H", frame[-2:])[0] == crc16_modbus(frame[:-2]):
+            if _crc_ok(frame):
                 self._handle(frame)
                 return
         self.crc_errors += 1
