@@ -85,8 +85,12 @@ class ProgramLibrary:
             self.problems.append(LibraryProblem(self.directory, [Problem("", f"cannot read the library: {exc.strerror or exc}")]))
             return []
 
-    def list(self) -> list[LibraryEntry]:
-        """Every readable program, sorted by id; unreadable files go to ``problems``."""
+    def list(self, *, config: HubConfig | None = None, limits: Limits | None = None) -> list[LibraryEntry]:
+        """Every readable program, sorted by id; unreadable files go to ``problems``.
+
+        ``config`` and ``limits`` given here win over the library's own for this call."""
+        config = config if config is not None else self.config
+        limits = limits if limits is not None else self.limits
         self.problems = []
         entries: list[LibraryEntry] = []
         seen: dict[str, Path] = {}
@@ -107,13 +111,16 @@ class ProgramLibrary:
                 self.problems.append(LibraryProblem(path, [Problem("id", f"{program.id!r} is also {seen[program.id].name}")]))
                 continue
             seen[program.id] = path
-            entries.append(self._entry(program, raw, path))
+            entries.append(self._entry(program, raw, path, config, limits))
         return sorted(entries, key=lambda e: e.id)
 
-    def _entry(self, program: Program, raw: bytes, path: Path) -> LibraryEntry:
-        est, soft, blocking = 0.0, [], []
-        if self.limits is not None:
-            analysis = analyse(program, self.config, self.limits)
+    def _entry(self, program: Program, raw: bytes, path: Path, config: HubConfig | None,
+               limits: Limits | None) -> LibraryEntry:
+        est: float = 0.0
+        soft: list[str] = []
+        blocking: list[str] = []
+        if limits is not None:
+            analysis = analyse(program, config, limits)
             est, soft = analysis.est_duration_s, analysis.soft_limit_ids
             blocking = [f.message for f in analysis.errors + analysis.hard]
         return LibraryEntry(

@@ -211,7 +211,7 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "union_tag_invalid":
         return f"unknown step kind {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})"
     if kind == "union_tag_not_found":
-        return f"missing {ctx.get('discriminator', 'kind')} (the step's kind)"
+        return f"missing {str(ctx.get('discriminator', 'kind')).strip(chr(39))}: every step needs its kind"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {got}"
     if kind == "list_type":
