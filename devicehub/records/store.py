@@ -186,6 +186,14 @@ def canonical_json(value: Any) -> str:
                       allow_nan=False, default=_json_default)
 
 
+def _to_json(value: Any, what: str) -> str:
+    """canonical_json for a caller's value; what cannot be recorded is a RecordError."""
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"{what} cannot be recorded as JSON: {exc}") from exc
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return format_ts(value)
@@ -394,13 +402,16 @@ class RecordStore:
         """
         check_session_id(session_id)
         if isinstance(program_json, str):
-            program_doc = json.loads(program_json)
+            try:
+                program_doc = json.loads(program_json)
+            except ValueError as exc:
+                raise RecordError(f"program_json is not JSON: {exc}") from exc
         else:
             program_doc = program_json
         row = (
             session_id, str(program_id), str(program_version), str(program_sha256),
-            canonical_json(program_doc), str(patient_ref), str(operator), str(origin),
-            canonical_json(params or {}), canonical_json(list(acknowledgements or [])),
+            _to_json(program_doc, "program_json"), str(patient_ref), str(operator), str(origin),
+            _to_json(params or {}, "params"), _to_json(list(acknowledgements or []), "acknowledgements"),
             format_ts(created_at or datetime.now(timezone.utc)),
         )
         with self._transaction() as c:
@@ -441,7 +452,7 @@ class RecordStore:
             idx = last_idx + 1
             body["event"] = event
             body["index"] = idx
-            data_json = canonical_json(body)
+            data_json = _to_json(body, f"data of event {event!r}")
             stored = json.loads(data_json)
             digest = _event_hash(last_hash, session_id, idx, stamp, event, stored)
             c.execute("INSERT INTO events(session_id, idx, ts, event, data_json, prev_hash, hash) "
@@ -461,7 +472,7 @@ class RecordStore:
             raise RecordError(f"delivery point must be an int, a string or None: {point!r}")
         return self._insert_delivery(session_id, dict(
             step_id=str(step_id), zone=None if zone is None else str(zone), point=point, device=str(device), phase="intent",
-            intent_id=None, planned_json=canonical_json(planned or {}), delivered_json=None,
+            intent_id=None, planned_json=_to_json(planned or {}, "planned"), delivered_json=None,
             status=None, event_idx=None), ts)
 
     def delivery_result(self, delivery_id: int, *, delivered: dict[str, Any], status: str,
@@ -482,7 +493,7 @@ class RecordStore:
             return self._insert_delivery(intent["session_id"], dict(
                 step_id=intent["step_id"], zone=intent["zone"], point=intent["point"],
                 device=intent["device"], phase="result", intent_id=intent["id"], planned_json=None,
-                delivered_json=canonical_json(delivered or {}), status=status,
+                delivered_json=_to_json(delivered or {}, "delivered"), status=status,
                 event_idx=None if event_idx is None else int(event_idx)), ts)
         except sqlite3.IntegrityError as exc:
             raise RecordError(f"delivery {delivery_id} already has a result") from exc
@@ -515,7 +526,7 @@ class RecordStore:
             cur = c.execute("INSERT INTO refusals(ts, program_id, patient_ref, operator, origin, code, details_json) "
                             "VALUES (?,?,?,?,?,?,?)",
                             (format_ts(ts or datetime.now(timezone.utc)), str(program_id), str(patient_ref),
-                             str(operator), str(origin), str(code), canonical_json(details or [])))
+                             str(operator), str(origin), str(code), _to_json(details or [], "details")))
             return int(cur.lastrowid)
 
     # ------------------------------------------------------------ internals
@@ -713,7 +724,10 @@ class RecordStore:
             elif head["events"] > len(event_rows):
                 first_bad, problem = len(event_rows) + 1, (
                     f"events {len(event_rows) + 1}..{head['events']} missing (chain head says {head['events']})")
-            elif head["events"] != len(event_rows) or head["event_hash"] != last_hash:
+            elif head["events"] < len(event_rows):
+                first_bad, problem = head["events"] + 1, (
+                    f"events after {head['events']} were added outside the record (chain head says {head['events']})")
+            elif head["event_hash"] != last_hash:
                 first_bad, problem = len(event_rows), "last event does not match the chain head"
         if bad_delivery is None and delivery_problem is None and head is not None:
             if head["deliveries"] != len(delivery_rows) or head["delivery_hash"] != last_delivery_hash:
