@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -64,7 +65,10 @@ async def _ask(prompt: str) -> str:
     return await asyncio.to_thread(input, prompt)
 
 
-async def run_session(config: Any, args: argparse.Namespace, params: dict[str, Any]) -> int:
+async def run_session(config: Any, args: argparse.Namespace, params: dict[str, Any],
+                      attach: Any = None) -> int:
+    """Run one session at the chair. ``attach(room, store, boot)``, if given, is an async
+    context manager factory for services living beside the room (the demo's MQTT interface)."""
     from rich.live import Live
 
     from devicehub.console_view import SessionView
@@ -81,6 +85,9 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
     await room.open()
     loop = asyncio.get_running_loop()
     runner = None
+    services = contextlib.AsyncExitStack()
+    if attach is not None:
+        await services.enter_async_context(attach(room, store, boot))
     try:
         try:
             runner = await room.start_session(
@@ -152,5 +159,6 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
     finally:
         if runner is not None and not runner.finished:
             await runner.abort("console_exit")
+        await services.aclose()
         await room.close()
         await store.close()
