@@ -1,0 +1,436 @@
+"""The hub's MQTT front end: publishes the room's bus and serves clinic requests.
+
+shared/mqtt-api.md in one object. Per connection (MQTT 5, fixed client id, clean start):
+
+1. connect with the will: retained ``offline`` status of this boot, a msg_id made for
+   this connection, the connection's ts, no seq;
+2. subscribe ``<root>/cmd/+`` (QoS 1, Retain Handling 2, Retain As Published);
+3. publish the birth (retained ``online`` status with version, boot, since) and wait
+   for its PUBACK;
+4. replay the outbox in order: the original seq, ts and msg_id with ``historical:
+   true`` and **retain false**, so that a replayed state never becomes the broker's
+   retained value;
+5. republish the current retained states (every device state, the session state, the
+   alarms) as new live messages, so the retained value ends as the current one even
+   when the last change was made while the broker was away;
+6. go on live: bus messages in the order they came, several QoS 1 publishes in flight
+   (below aiomqtt's pending threshold of 10), each leaving the outbox on its PUBACK.
+
+Every QoS 1 message (replies excepted) takes its ``seq`` when it enters the outbox, so
+the seq order is the outbox order is the wire order. Telemetry is QoS 0, never queued:
+while the broker is away it is dropped, and when publishing falls behind only the
+newest reading of each device is kept (``tseq`` gaps show what was thinned).
+
+Broker outages: reconnect with backoff 0.1 s doubling to 5 s, for ever. A clean
+:meth:`stop` publishes the retained ``offline`` status (through the outbox) before a
+normal DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from devicehub import __version__
+from devicehub.bus import HubMessage
+from devicehub.mqtt.envelope import EnvelopeFactory, dumps, mark_historical, rfc3339, utcnow
+from devicehub.mqtt.idempotency import IdempotencyStore
+from devicehub.mqtt.outbox import Outbox
+from devicehub.mqtt.requests import MAX_REQUEST_BYTES, IncomingRequest, Outcome, RequestPipeline
+from devicehub.mqtt.topics import Topics
+from devicehub.room_api import RoomAPI
+
+log = logging.getLogger(__name__)
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Stopped(Exception):
+    """Raised inside a connection once the clean shutdown is done."""
+
+
+def _sanitize(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null, times RFC 3339, the rest str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    return str(value)
+
+
+def _encode(env: dict[str, Any]) -> bytes:
+    try:
+        return dumps(env)
+    except (TypeError, ValueError):
+        return dumps(_sanitize(env))
+
+
+class MqttFrontend:
+    """One room's MQTT interface. ``await run()`` serves until :meth:`stop` (or cancel)."""
+
+    def __init__(self, room: RoomAPI, *, site: str, room_id: str, boot: int, host: str, port: int = 1883,
+                 username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None,
+                 client_id: str | None = None, keepalive: int = 30, outbox: Outbox,
+                 idempotency: IdempotencyStore, telemetry_min_interval_s: float = 0.0,
+                 on_outbox_alarm: Callable[[str | None], None] | None = None,
+                 version: str = __version__, since: datetime | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES, max_inflight: int = 6,
+                 reconnect_min_s: float = 0.1, reconnect_max_s: float = 5.0,
+                 publish_timeout_s: float = 15.0) -> None:
+        self.room = room
+        self.topics = Topics(site, room_id)
+        self.envelopes = EnvelopeFactory(site, room_id, boot)
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.tls = tls
+        self.client_id = client_id or f"devicehub-{site}-{room_id}"
+        self.keepalive = keepalive
+        self.outbox = outbox
+        if on_outbox_alarm is not None:
+            outbox.on_alarm = on_outbox_alarm
+        self.idempotency = idempotency
+        self.telemetry_min_interval_s = telemetry_min_interval_s
+        self.version = version
+        self.since = since or utcnow()
+        self.max_inflight = max_inflight
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.publish_timeout_s = publish_timeout_s
+        self.pipeline = RequestPipeline(room, self.topics, self.envelopes, idempotency, rebirth=self.rebirth,
+                                        max_request_bytes=max_request_bytes)
+        # subscribe now: nothing the room emits from here on is missed
+        self._sub = room.bus.subscribe(lossy=False)
+        #: last payload data per retained topic: (type, data, session), for rebirth and reconnects
+        self._retained: dict[str, tuple[str, Any, str | None]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._online = asyncio.Event()
+        self._stop_evt = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._requests: asyncio.Queue[IncomingRequest] = asyncio.Queue()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._telemetry: dict[str, tuple[str, bytes]] = {}
+        self._telemetry_evt = asyncio.Event()
+        self._handled: list[Callable[[Outcome], None]] = []
+        #: counters for diagnostics
+        self.telemetry_dropped = 0
+        self.replies_dropped = 0
+        self.connections = 0
+        self._running = False
+
+    # ---- what the room and the console use ------------------------------------------
+    def outbox_full(self) -> bool:
+        """True when the outbox reached its bound: the room refuses ``start`` with ``outbox_full``."""
+        return self.outbox.full()
+
+    @property
+    def connected(self) -> bool:
+        """Connected, subscribed and born (birth acknowledged)."""
+        return self._online.is_set()
+
+    async def wait_online(self, timeout: float | None = None) -> None:
+        """Wait for the birth of a connection to be acknowledged."""
+        await asyncio.wait_for(self._online.wait(), timeout)
+
+    def on_request_handled(self, callback: Callable[[Outcome], None]) -> None:
+        """Call ``callback(outcome)`` after each request (for logs, the console, tests)."""
+        self._handled.append(callback)
+
+    def birth_data(self) -> dict[str, Any]:
+        return {"state": "online", "version": self.version, "boot": self.envelopes.boot,
+                "since": rfc3339(self.since)}
+
+    def rebirth(self) -> dict[str, Any]:
+        """Republish status, every device state, the session state and the alarms (new seq)."""
+        status = self._retained.get(self.topics.status)
+        self._enqueue(self.topics.status, "status", status[1] if status else self.birth_data(), retain=True)
+        self._republish_states()
+        return {}
+
+    # ---- life cycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; survives broker outages (reconnects with backoff)."""
+        self._running = True
+        tasks = [asyncio.create_task(self._consume_bus(), name="mqtt-bus"),
+                 asyncio.create_task(self._request_worker(), name="mqtt-requests")]
+        backoff = self.reconnect_min_s
+        try:
+            while not self._stop_evt.is_set():
+                born_before = self.connections
+                try:
+                    await self._serve_connection()
+                except _Stopped:
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # broker away, refused, protocol trouble: try again
+                    log.warning("MQTT connection to %s:%s: %s", self.host, self.port, exc)
+                if self._stop_evt.is_set():
+                    break
+                if self.connections != born_before:
+                    backoff = self.reconnect_min_s
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_evt.wait(), backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
+            if not self.connected:  # stopped while away: the offline status waits in the outbox
+                self._drain_bus()
+                self._enqueue(self.topics.status, "status", {"state": "offline"}, retain=True)
+        finally:
+            self._online.clear()
+            for task in tasks + list(self._background):
+                task.cancel()
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+            self._drain_bus()
+            self._sub.close()
+            self._running = False
+            self._stopped.set()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Clean shutdown: flush the outbox (up to ``timeout``), publish retained ``offline``, disconnect."""
+        self._stop_timeout = timeout
+        self._stop_evt.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # ---- one connection ---------------------------------------------------------------
+    def _make_client(self) -> aiomqtt.Client:
+        will = self.envelopes.will()
+        return aiomqtt.Client(
+            self.host, self.port, username=self.username, password=self.password, identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5, clean_start=True, keepalive=self.keepalive,
+            will=aiomqtt.Will(self.topics.status, dumps(will), qos=1, retain=True),
+            tls_context=self.tls, socket_options=[NODELAY], timeout=10,
+            max_inflight_messages=max(20, self.max_inflight + 10))
+
+    async def _serve_connection(self) -> None:
+        client = self._make_client()  # a new client per connection: paho keeps no stale in-flight state
+        async with client:
+            self._client = client
+            self.connections += 1
+            try:
+                await client.subscribe(self.topics.cmd_filter, options=SubscribeOptions(
+                    qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._read_commands(client))
+                    tg.create_task(self._publish_outbox(client, tg))
+                    tg.create_task(self._publish_telemetry(client))
+                    tg.create_task(self._watch_stop(client))
+            except asyncio.CancelledError:
+                # shutdown by cancellation: still say offline (a normal DISCONNECT drops the will)
+                if self.connected:
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.wait_for(self._say_offline(client, flush=False), 1.0)
+                raise
+            except BaseExceptionGroup as group:
+                if group.subgroup(_Stopped) is not None:
+                    raise _Stopped from None
+                raise
+            finally:
+                self._online.clear()
+                self._client = None
+
+    async def _watch_stop(self, client: aiomqtt.Client) -> None:
+        await self._stop_evt.wait()
+        await self._say_offline(client, flush=True)
+        raise _Stopped
+
+    async def _say_offline(self, client: aiomqtt.Client, *, flush: bool) -> None:
+        timeout = getattr(self, "_stop_timeout", 5.0)
+        self._drain_bus()
+        if flush:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.outbox.wait_empty(), timeout)
+        entry_id = self._enqueue(self.topics.status, "status", {"state": "offline"}, retain=True)
+        if flush and len(self.outbox) == 1:
+            await self.outbox.wait_empty()  # the publisher sends it
+        else:  # send it now, whatever is still queued (that waits for the next boot)
+            await self.outbox.wait_committed(entry_id)
+            entry = next(e for e in await self.outbox.read(entry_id - 1, 1) if e.id == entry_id)
+            await client.publish(entry.topic, entry.payload, qos=1, retain=True, timeout=timeout)
+            self.outbox.remove([entry_id])
+
+    # ---- publishing the outbox -----------------------------------------------------------
+    async def _publish_outbox(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        snapshot = self.outbox.last_id  # what is there now is replayed as historical
+        birth = self.birth_data()
+        birth_id = self._enqueue(self.topics.status, "status", birth, retain=True)
+        await self.outbox.wait_committed(birth_id)
+        entry = next(e for e in await self.outbox.read(birth_id - 1, 1) if e.id == birth_id)
+        await client.publish(entry.topic, entry.payload, qos=1, retain=True, timeout=self.publish_timeout_s)
+        self.outbox.remove([birth_id])
+        self._online.set()
+        log.info("MQTT online at %s:%s as %s (replaying %d)", self.host, self.port, self.client_id,
+                 len(self.outbox))
+        self._republish_states()  # queued after the replay: the retained values end current
+        window = asyncio.Semaphore(self.max_inflight)
+        cursor = 0
+        while True:
+            entries = await self.outbox.read(cursor, 256)
+            if not entries:
+                await self.outbox.wait_new(max(cursor, self.outbox.committed_upto))
+                continue
+            for e in entries:
+                cursor = e.id
+                if e.id == birth_id:
+                    continue
+                historical = e.id <= snapshot
+                payload = mark_historical(e.payload) if historical else e.payload
+                await window.acquire()
+                tg.create_task(self._publish_one(client, e.id, e.topic, payload, e.retain and not historical,
+                                                 window))
+
+    async def _publish_one(self, client: aiomqtt.Client, entry_id: int, topic: str, payload: bytes, retain: bool,
+                           window: asyncio.Semaphore) -> None:
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=self.publish_timeout_s)
+        finally:
+            window.release()
+        self.outbox.remove([entry_id])
+
+    # ---- the bus -------------------------------------------------------------------------
+    async def _consume_bus(self) -> None:
+        async for msg in self._sub:
+            self._on_bus(msg)
+
+    def _drain_bus(self) -> None:
+        while (msg := self._sub.get_nowait()) is not None:
+            self._on_bus(msg)
+
+    def _on_bus(self, msg: HubMessage) -> None:
+        try:
+            self._map(msg)
+        except Exception:
+            log.exception("cannot publish %s message", msg.kind)
+
+    def _map(self, msg: HubMessage) -> None:
+        kind, data = msg.kind, msg.data
+        if kind == "device.telemetry":
+            self._on_telemetry(msg)
+        elif kind == "device.state":
+            device = msg.device or data.get("id")
+            self._enqueue(self.topics.device_state(device), kind, data, ts=msg.ts, retain=True)
+        elif kind == "session.state":
+            session = msg.session or data.get("session")
+            self._enqueue(self.topics.session, kind, data, session=session, ts=msg.ts, retain=True)
+        elif kind == "session.event":
+            session = msg.session or data.get("session")
+            self._enqueue(self.topics.session_events(session), kind, data, session=session, ts=msg.ts,
+                          retain=False)
+        elif kind == "alarms":
+            alarms = data.get("alarms", []) if isinstance(data, dict) else data
+            self._enqueue(self.topics.alarms, kind, list(alarms), session=msg.session, ts=msg.ts, retain=True)
+        elif kind == "status":
+            self._enqueue(self.topics.status, kind, {**self.birth_data(), **data}, ts=msg.ts, retain=True)
+        else:
+            log.warning("bus message of unknown kind %r not published", kind)
+
+    def _enqueue(self, topic: str, type_: str, data: Any, *, session: str | None = None,
+                 ts: datetime | None = None, retain: bool) -> int:
+        """Give a QoS 1 message its seq and put it in the outbox (in that order, at once)."""
+        env = self.envelopes.message(type_, data, seq=self.envelopes.next_seq(), session=session, ts=ts)
+        entry_id = self.outbox.add(topic, _encode(env), retain)
+        if retain:
+            self._retained[topic] = (type_, data, session)
+        return entry_id
+
+    def _republish_states(self) -> None:
+        for topic, (type_, data, session) in list(self._retained.items()):
+            if topic != self.topics.status:
+                self._enqueue(topic, type_, data, session=session, retain=True)
+
+    # ---- telemetry -----------------------------------------------------------------------
+    def _on_telemetry(self, msg: HubMessage) -> None:
+        tseq = self.envelopes.next_tseq()
+        if not self.connected:  # never queued
+            self.telemetry_dropped += 1
+            return
+        device = msg.device or msg.data.get("id")
+        topic = self.topics.device_telemetry(device)
+        env = self.envelopes.message("device.telemetry", msg.data, tseq=tseq, session=msg.session, ts=msg.ts)
+        if topic in self._telemetry:
+            self.telemetry_dropped += 1  # thinned: the newer reading replaces it
+        self._telemetry[topic] = (topic, _encode(env))
+        self._telemetry_evt.set()
+
+    async def _publish_telemetry(self, client: aiomqtt.Client) -> None:
+        self._telemetry.clear()
+        while True:
+            await self._telemetry_evt.wait()
+            self._telemetry_evt.clear()
+            batch, self._telemetry = self._telemetry, {}
+            for topic, payload in batch.values():
+                await client.publish(topic, payload, qos=0, retain=False, timeout=self.publish_timeout_s)
+            if self.telemetry_min_interval_s > 0:
+                await asyncio.sleep(self.telemetry_min_interval_s)
+
+    # ---- requests ------------------------------------------------------------------------
+    async def _read_commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            props = message.properties
+            response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+            correlation = getattr(props, "CorrelationData", None) if props is not None else None
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            req = IncomingRequest(topic=message.topic.value, payload=payload, retain=bool(message.retain),
+                                  response_topic=response_topic, correlation_data=correlation)
+            if self.topics.verb_of(req.topic) == "abort":
+                # an abort never waits behind another request, nor for this connection to live
+                task = asyncio.create_task(self._handle(req), name="mqtt-abort")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            else:
+                self._requests.put_nowait(req)
+
+    async def _request_worker(self) -> None:
+        while True:
+            req = await self._requests.get()
+            await self._handle(req)
+
+    async def _handle(self, req: IncomingRequest) -> None:
+        try:
+            outcome = await self.pipeline.handle(req)
+        except Exception:
+            log.exception("request on %s failed", req.topic)
+            return
+        if outcome.reply is not None and outcome.reply_topic is not None:
+            await self._send_reply(outcome)
+        for callback in self._handled:
+            try:
+                callback(outcome)
+            except Exception:
+                log.exception("request callback failed")
+
+    async def _send_reply(self, outcome: Outcome) -> None:
+        """QoS 1, not retained, live only: with no connection the reply is dropped."""
+        client = self._client
+        if client is None or not self.connected:
+            self.replies_dropped += 1
+            return
+        props = None
+        if outcome.correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = outcome.correlation_data
+        try:
+            await client.publish(outcome.reply_topic, dumps(outcome.reply), qos=1, retain=False,  # type: ignore[arg-type]
+                                 properties=props, timeout=self.publish_timeout_s)
+        except Exception as exc:
+            self.replies_dropped += 1
+            log.warning("reply to %s not sent: %s", outcome.reply_topic, exc)

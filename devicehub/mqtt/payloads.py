@@ -1,0 +1,362 @@
+"""Pydantic models of everything on the MQTT interface (shared/mqtt-api.md).
+
+Two uses: requests are validated with these models (strict types, unknown members
+refused, every error naming its field), and docs/schemas/*.json are generated from them
+(``python -m devicehub.mqtt.schemas docs/schemas``) so the documents and the code say
+the same. Models of what the hub publishes describe the members the contract names
+and let the room add more (``extra="allow"``); request models refuse unknown members,
+because a misspelt ``acknowledge`` must not silently start a session without it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+
+from devicehub.mqtt.envelope import parse_rfc3339
+from devicehub.room_api import ERROR_CODES, CommandError
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(max_length=1000)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+ErrorCode = Literal[ERROR_CODES]  # type: ignore[valid-type]
+SessionState = Literal["created", "preflight", "awaiting_confirmation", "running", "paused",
+                       "completed", "aborted", "failed"]
+
+
+# ---- requests ----------------------------------------------------------------------
+class Request(BaseModel):
+    """Members every request may carry."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: Annotated[str, Field(min_length=1, max_length=256,
+                                     description="unique per attempt; a repeat gets the first reply")]
+    expires_at: str | None = Field(None, description="RFC 3339 with offset; later arrivals are refused (expired)")
+    reply_to: str | None = Field(None, description="MQTT 3.1.1 reply path, under <root>/reply/")
+    correlation_id: str | None = Field(None, description="MQTT 3.1.1 correlation, echoed in the reply")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rfc3339(value)
+        return value
+
+
+class ProgramsRequest(Request):
+    pass
+
+
+class ProgramRequest(Request):
+    program: Id
+
+
+class StatusRequest(Request):
+    pass
+
+
+class SessionRequest(Request):
+    session: Id
+
+
+class StartRequest(Request):
+    program: Id
+    patient_ref: Name
+    operator: Name
+    params: dict[str, dict[str, Any]] | None = Field(
+        None, description="overrides: {<step id>: {<parameter>: value}}")
+    acknowledge: list[Id] | None = Field(None, description="soft-limit ids (<step id>.<parameter>) accepted")
+
+
+class PreflightRequest(Request):
+    session: Id
+    item: Id
+    done: bool
+    by: Name
+
+
+class PauseRequest(Request):
+    session: Id
+    reason: Text | None = None
+
+
+class ResumeRequest(Request):
+    session: Id
+
+
+class AbortRequest(Request):
+    session: Id | None = None
+    reason: Text | None = None
+
+
+class RebirthRequest(Request):
+    pass
+
+
+REQUEST_MODELS: dict[str, type[Request]] = {
+    "programs": ProgramsRequest,
+    "program": ProgramRequest,
+    "status": StatusRequest,
+    "session": SessionRequest,
+    "start": StartRequest,
+    "preflight": PreflightRequest,
+    "pause": PauseRequest,
+    "resume": ResumeRequest,
+    "abort": AbortRequest,
+    "rebirth": RebirthRequest,
+}
+VERBS = tuple(REQUEST_MODELS)
+
+
+class _CommonOnly(Request):
+    """The common members of a request whose verb is unknown (its own members are not judged)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) if loc else "(payload)"
+
+
+def validate_request(verb: str, payload: dict[str, Any]) -> Request:
+    """Validate a request payload; raise ``CommandError("bad_request")`` naming the field.
+
+    With several findings ``details`` lists them all as ``{field, message}``.
+    """
+    model = REQUEST_MODELS.get(verb, _CommonOnly)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        findings = []
+        for err in exc.errors(include_url=False):
+            field = _field_name(tuple(err.get("loc", ())))
+            if err.get("type") == "missing":
+                message = f"{field} is required"
+            elif err.get("type") == "extra_forbidden":
+                message = f"{field} is not a member of a {verb} request"
+            else:
+                text = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+                message = f"{field}: {text}"
+            findings.append({"field": field, "message": message})
+        first = findings[0]
+        raise CommandError("bad_request", first["message"], field=first["field"],
+                           details=findings if len(findings) > 1 else None) from None
+
+
+# ---- errors and replies ------------------------------------------------------------
+class LimitFinding(BaseModel):
+    """One soft or hard limit finding in ``error.details``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(description="<step id>.<parameter> for soft limits")
+    field: str
+    value: Any
+    limit: Any
+    unit: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: ErrorCode
+    message: str
+    field: str | None = None
+    details: list[dict[str, Any]] | None = Field(
+        None, description="every finding where there are several (limits: LimitFinding; bad_request: {field, message})")
+
+
+class Reply(BaseModel):
+    """What the hub sends to a reply path: no seq, no tseq."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1]
+    type: Literal["reply"]
+    site: str
+    room: str
+    boot: int
+    msg_id: str
+    ts: str
+    historical: Literal[False]
+    ok: bool
+    request_id: str | None = Field(description="null when the payload gave none readable")
+    correlation_id: str | None
+    data: Any = Field(None, description="the verb's reply data; with ok false only on an abort that acted")
+    error: ErrorInfo | None = None
+
+
+class ProgramInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    program: str
+    version: str | int
+    title: str
+    sha256: str
+    steps: int
+    est_duration_s: float
+    preflight: list[str]
+    soft_limits: list[str]
+
+
+class ProgramsReplyData(RootModel[list[ProgramInfo]]):
+    pass
+
+
+class ProgramReplyData(RootModel[dict[str, Any]]):
+    """The whole program as JSON."""
+
+
+class HubInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: str
+    boot: int
+    since: str
+
+
+class DeviceSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    connected: bool
+    state: str | None
+    fault: Any = None
+
+
+class SessionRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session: str
+    state: SessionState
+
+
+class Alarm(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    priority: Literal["high", "medium", "low"]
+    source: str
+    code: str
+    text: str
+    since: str
+    latched: bool
+    session: str | None = None
+
+
+class StatusReplyData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hub: HubInfo
+    devices: list[DeviceSummary]
+    session: SessionRef | None
+    alarms: list[Alarm]
+
+
+class SessionSummaryData(BaseModel):
+    """The recorded summary of a session (states, totals, per-step results)."""
+
+    model_config = ConfigDict(extra="allow")
+    session: str
+
+
+class SessionStateReplyData(BaseModel):
+    """Reply of start, pause and resume."""
+
+    model_config = ConfigDict(extra="allow")
+    session: str
+    state: SessionState
+
+
+class PreflightReplyData(SessionStateReplyData):
+    pending_items: list[str]
+
+
+class AbortReplyData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session: str | None
+    state: str
+    safe_state_ms: float | None
+
+
+class RebirthReplyData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+REPLY_DATA_MODELS: dict[str, type[BaseModel]] = {
+    "programs": ProgramsReplyData,
+    "program": ProgramReplyData,
+    "status": StatusReplyData,
+    "session": SessionSummaryData,
+    "start": SessionStateReplyData,
+    "preflight": PreflightReplyData,
+    "pause": SessionStateReplyData,
+    "resume": SessionStateReplyData,
+    "abort": AbortReplyData,
+    "rebirth": RebirthReplyData,
+}
+
+
+# ---- what the hub publishes ----------------------------------------------------------
+class Envelope(BaseModel):
+    """Every message the hub publishes under <root> except replies."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1]
+    type: Literal["status", "device.state", "device.telemetry", "session.state", "session.event", "alarms"]
+    site: str
+    room: str
+    boot: int = Field(description="grows by one at every hub start")
+    seq: int | None = Field(None, description="QoS 1 messages: +1 per message in one boot")
+    tseq: int | None = Field(None, description="telemetry only: its own counter")
+    msg_id: str = Field(description="ULID, unique per message: drop duplicates with it")
+    ts: str = Field(description="RFC 3339 UTC with microseconds")
+    historical: bool = Field(description="true when replayed from the outbox after an outage")
+    session: str | None = None
+    data: Any
+
+
+class StatusData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    state: Literal["online", "offline"]
+    version: str | None = None
+    boot: int | None = None
+    since: str | None = None
+
+
+class DeviceStateData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    connected: bool
+    state: str | None
+    fault: Any = None
+
+
+class TelemetryData(BaseModel):
+    """Readings of one device; members depend on the device type."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SessionStateData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session: str
+    state: SessionState
+
+
+SessionEvent = Literal["created", "preflight_item", "confirmed", "started", "paused", "resumed",
+                       "step_started", "step_done", "point_done", "train_done", "exposure_progress",
+                       "alarm", "safe_state", "completed", "aborted", "failed"]
+
+
+class SessionEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    event: SessionEvent
+    index: int = Field(ge=1, description="position in its session, from 1")
+
+
+class AlarmsData(RootModel[list[Alarm]]):
+    """The active alarms ([] when none)."""
+
+
+PUBLISHED_DATA_MODELS: dict[str, type[BaseModel]] = {
+    "status": StatusData,
+    "device.state": DeviceStateData,
+    "device.telemetry": TelemetryData,
+    "session.state": SessionStateData,
+    "session.event": SessionEventData,
+    "alarms": AlarmsData,
+}
