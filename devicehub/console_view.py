@@ -119,7 +119,8 @@ class SessionView:
         steps = [st for st in self.program.get("steps", []) if st.get("kind") in ("injection", "electroporation")]
         if not zones or not steps:
             return Text("")
-        table = Table(title="scalp grid (● done ◉ current · pending × skipped)", box=None, show_header=True)
+        table = Table(title="scalp grid", caption="● done  ◉ current  · pending  × skipped", box=None,
+                      show_header=True, min_width=48)
         table.add_column("step")
         for z in zones:
             table.add_column(z["id"])

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ async def _demo(args: argparse.Namespace) -> int:
             async with ControlClient(room.sims["inj-1"].control) as c:
                 await c.call("auto_trigger", rate_hz=4.0)  # the simulated technician
             config = HubConfig.load(room.config_path)
-            run_args = argparse.Namespace(program="demo", patient="DEMO-0001", operator="demo-technician",
+            # a new demo patient each run: the course limit (days between sessions) holds per patient
+            patient = time.strftime("DEMO-%Y%m%d-%H%M%S")
+            run_args = argparse.Namespace(program="demo", patient=patient, operator="demo-technician",
                                           ack=[], param=[], preflight_done=True, yes=True, plain=args.plain,
                                           config=str(room.config_path))
             attach = None
