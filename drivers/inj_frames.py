@@ -233,11 +233,12 @@ class FrameParser:
         out: list[Frame | FrameError] = []
         if self._buf and self._last is not None and now - self._last > self.partial_timeout:
             # The held bytes are stale. The frame they start is abandoned, but complete
-            # frames may hide behind a false start: rescan them, then drop what is left.
+            # frames may hide behind a false start (a 0x7E in noise): drop one byte and
+            # rescan until nothing is left waiting.
             out.append(PartialTimeout(bytes(self._buf)))
-            del self._buf[0]
-            self._scan(out)
-            self._buf.clear()
+            while self._buf:
+                del self._buf[0]
+                self._scan(out)
         if data:
             self._buf += data
             self._last = now
