@@ -26,7 +26,7 @@ from devicehub import capabilities
 from devicehub.models.config import HubConfig
 from devicehub.models.limits import Finding, Limit, Limits, LowerLimit, fmt_number, fmt_quantity
 from devicehub.models.loading import (
-    Loc, Problem, ProgramError, line_of, read_yaml, validate_document,
+    Loc, Problem, ProgramError, line_of, read_yaml, sort_problems, validate_document,
 )
 from devicehub.models.program import (
     STEP_DEVICE_TYPE, STEP_KINDS, ConfirmStep, ElectroporationStep, InjectionStep, LedStep,
@@ -78,8 +78,8 @@ def _load(path_or_text: str | bytes | Path, source: str | None) -> Program:
                                 source=source, context={"defer_cross_checks": True})
     problems = program.cross_check()
     if problems:
-        raise ProgramError([Problem(p.field, p.message, line_of(_parse_field(p.field), lines)) for p in problems],
-                           source=source)
+        raise ProgramError(sort_problems(Problem(p.field, p.message, line_of(_parse_field(p.field), lines))
+                                         for p in problems), source=source)
     return program
 
 

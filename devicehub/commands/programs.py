@@ -131,7 +131,7 @@ def fmt_totals(totals: dict[str, float]) -> str:
     parts = []
     for key, value in totals.items():
         label, unit = TOTAL_LABELS.get(key, (key, ""))
-        shown = fmt_number(round(value, 3))
+        shown = fmt_number(round(value, 6))
         parts.append(f"{label} {shown} {unit}".rstrip())
     return ", ".join(parts)
 

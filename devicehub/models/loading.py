@@ -251,7 +251,12 @@ def problems_from_validation(exc: ValidationError, lines: dict[Loc, int] | None 
                 line = lines[loc[:n]]
                 break
         out.append(Problem(field_path(loc), _message(err), line))
-    return out
+    return sort_problems(out)
+
+
+def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """In file order (problems without a line last), as a reader goes through the file."""
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
 def line_of(field_loc: Loc, lines: dict[Loc, int]) -> int | None:
