@@ -214,7 +214,9 @@ def render_analysis(source: str, a: Analysis, out: TextIO) -> None:
         console = Console(file=out)
         for line in head:
             console.print(line, markup=False, highlight=False)
-        steps = Table(*STEP_HEADERS, title="steps", title_justify="left")
+        steps = Table(title="steps", title_justify="left")
+        for header in STEP_HEADERS:
+            steps.add_column(header, overflow="fold")  # wrap, never elide an id
         for row in _step_rows(a):
             steps.add_row(*row)
         console.print(steps)
@@ -294,10 +296,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*headers, title=f"programs in {config.programs}", title_justify="left")
+        # the sha256 goes on lines of its own: a table cell would cut it on a narrow terminal
+        table = Table(title=f"programs in {config.programs}", title_justify="left")
+        for header in headers[:-2] + headers[-1:]:
+            table.add_column(header, overflow="fold")
         for row in rows:
-            table.add_row(*row)
-        Console().print(table)
+            table.add_row(*row[:-2], row[-1])
+        console = Console()
+        console.print(table)
+        for entry in entries:
+            console.print(f"{entry.id}  sha256 {entry.sha256}", markup=False, highlight=False, soft_wrap=True)
     else:
         print(f"programs in {config.programs}:")
         print("\n".join(_plain_table(headers, rows, indent="  ")))
