@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicehub.alarms import AlarmBoard
-from devicehub.bus import Bus, rfc3339, utcnow
+from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.runner.progress import PointProgress, StepProgress
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
@@ -199,8 +199,8 @@ class SessionRunner:
         async with self._event_lock:  # one writer, so indices and publication order agree
             ts = utcnow()
             idx = await self.store.append_event(self.session_id, name, data, ts)
-            self.bus.emit("session.event", {"event": name, "index": idx, "ts": rfc3339(ts), **data},
-                          session=self.session_id)
+            self.bus.publish(HubMessage("session.event", {"event": name, "index": idx, **data},
+                                        session=self.session_id, ts=ts))
         return idx
 
     def publish_state(self) -> None:

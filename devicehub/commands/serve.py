@@ -1,0 +1,153 @@
+"""``devicehub serve`` (the hub daemon), and the local console's ``confirm`` and ``console``.
+
+Exit codes: 0 done, 2 bad config or refused request, 1 the hub is not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the hub daemon of a room (MQTT interface and local console)")
+    p.add_argument("--config", default="configs/hub.yaml")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=serve_main)
+
+    c = sub.add_parser("confirm", help="confirm, at the chair, a session waiting in awaiting_confirmation")
+    c.add_argument("session", help="session id")
+    c.add_argument("--config", default="configs/hub.yaml")
+    c.add_argument("--by", default=None, help="who confirms (default: the logged-in user)")
+    c.set_defaults(func=confirm_main)
+
+    k = sub.add_parser("console", help="attach to the running hub: live view, pause, resume, abort")
+    k.add_argument("--config", default="configs/hub.yaml")
+    k.add_argument("--by", default=None, help="who is at the console (default: the logged-in user)")
+    k.add_argument("--plain", action="store_true", help="plain event lines instead of the live view")
+    k.add_argument("--pause", metavar="SESSION", help="pause the session and exit")
+    k.add_argument("--resume", metavar="SESSION", help="resume the session (confirmed by --by) and exit")
+    k.add_argument("--abort", nargs="?", const="", metavar="SESSION", help="abort (the active session) and exit")
+    k.add_argument("--ack-prompt", action="store_true", help="acknowledge the waiting confirm step and exit")
+    k.add_argument("--ack-alarms", action="store_true", help="acknowledge every latched alarm and exit")
+    k.set_defaults(func=console_main)
+
+
+def _load(path: str) -> Any:
+    from devicehub.models.config import HubConfig
+    from devicehub.models.loading import InputError
+
+    try:
+        return HubConfig.load(path)
+    except InputError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return None
+
+
+def _who(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER", "technician")
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    from devicehub.daemon import serve
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(config))
+
+
+def _print_reply(reply: dict[str, Any]) -> int:
+    if reply.get("ok"):
+        data = reply.get("data") or {}
+        print(" ".join(f"{k}={v}" for k, v in data.items()) if isinstance(data, dict) else data)
+        return 0
+    err = reply.get("error", {})
+    print(f"refused ({err.get('code')}): {err.get('message')}", file=sys.stderr)
+    return 2
+
+
+async def _one(config: Any, op: str, **fields: Any) -> int:
+    from devicehub.local_console import ConsoleClient
+
+    try:
+        async with ConsoleClient(config.console_socket) as c:
+            return _print_reply(await c.request(op, **fields))
+    except (FileNotFoundError, ConnectionError, PermissionError) as exc:
+        print(f"the hub is not reachable at {config.console_socket}: {exc}", file=sys.stderr)
+        return 1
+
+
+def confirm_main(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    return asyncio.run(_one(config, "confirm", session=args.session, by=_who(args.by)))
+
+
+def console_main(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    by = _who(args.by)
+    if args.pause:
+        return asyncio.run(_one(config, "pause", session=args.pause, reason=f"paused at the console by {by}"))
+    if args.resume:
+        return asyncio.run(_one(config, "resume", session=args.resume, by=by))
+    if args.abort is not None:
+        return asyncio.run(_one(config, "abort", **({"session": args.abort} if args.abort else {}),
+                                reason=f"aborted at the console by {by}"))
+    if args.ack_prompt:
+        return asyncio.run(_one(config, "prompt_ack", by=by))
+    if args.ack_alarms:
+        return asyncio.run(_one(config, "alarm_ack"))
+    return asyncio.run(_watch(config, by, args.plain))
+
+
+async def _watch(config: Any, by: str, plain: bool) -> int:
+    """The live view of the hub's session; Ctrl-C leaves (it does not abort: use --abort)."""
+    from rich.live import Live
+
+    from devicehub.console_view import SessionView
+    from devicehub.local_console import ConsoleClient
+
+    try:
+        async with ConsoleClient(config.console_socket) as c:
+            reply = await c.request("watch")
+            if not reply.get("ok"):
+                return _print_reply(reply)
+            view = SessionView(plain=plain or None)
+
+            async def feed() -> None:
+                async for m in c.messages():
+                    if m.get("kind") == "program":
+                        view.program = m.get("data") or {}
+                    else:
+                        view.feed(m.get("kind", ""), m.get("data") or {})
+
+            if view.plain:
+                await feed()
+            else:
+                task = asyncio.ensure_future(feed())
+                with Live(view.render(), console=view.console, refresh_per_second=4) as live:
+                    while not task.done():
+                        await asyncio.wait([task], timeout=0.25)
+                        live.update(view.render())
+            return 0
+    except (FileNotFoundError, ConnectionError, PermissionError) as exc:
+        print(f"the hub is not reachable at {config.console_socket}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

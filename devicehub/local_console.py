@@ -1,0 +1,185 @@
+"""The hub daemon's local console: a Unix socket in the room.
+
+Who may use it is decided by the socket file's permissions (0660, the group of the
+room's technicians): being able to open it means being at the chair. JSON lines, one
+reply per request: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {...}}``.
+
+Requests (``op``): ``status``; ``confirm`` {session, by}; ``pause`` {session, reason};
+``resume`` {session, by}; ``abort`` {session?, reason?}; ``prompt_ack`` {by};
+``alarm_ack`` {id?}; ``watch`` — after its reply the connection streams every hub
+message as ``{"kind": ..., "data": ...}`` lines (the console's live view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from devicehub.room_api import CommandError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+
+
+class ConsoleServer:
+    def __init__(self, room: Any, path: str | os.PathLike[str]) -> None:
+        self.room = room
+        self.path = Path(path)
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._client, str(self.path), limit=MAX_LINE)
+        os.chmod(self.path, 0o660)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._clients):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await self._send(writer, {"ok": False, "error": {"code": "bad_request", "message": "line too long"}})
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                reply, watch = await self.handle(line)
+                await self._send(writer, reply)
+                if watch:
+                    await self._stream(writer)
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            writer.close()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, obj: Any) -> None:
+        writer.write(json.dumps(obj, default=str).encode() + b"\n")
+        await writer.drain()
+
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        room = self.room
+        async with room.bus.subscription(lossy=True, maxsize=2000) as sub:
+            runner = room.current
+            if runner is not None:
+                await self._send(writer, {"kind": "program", "data": runner.program_json or {}})
+                await self._send(writer, {"kind": "session.state", "data": runner.snapshot()})
+            for dev in room.devices.describe():
+                await self._send(writer, {"kind": "device.state", "data": dev})
+            await self._send(writer, {"kind": "alarms", "data": {"alarms": room.alarms.active()}})
+            while True:
+                msg = await sub.get()
+                if msg.kind == "session.event" and msg.data.get("event") == "created" and room.current is not None:
+                    await self._send(writer, {"kind": "program", "data": room.current.program_json or {}})
+                await self._send(writer, {"kind": msg.kind, "data": msg.data})
+
+    async def handle(self, line: bytes) -> tuple[dict[str, Any], bool]:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return _error("bad_request", "not JSON"), False
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            return _error("bad_request", "expected an object with 'op'"), False
+        op = req["op"]
+        room = self.room
+        try:
+            if op == "status":
+                return {"ok": True, "data": room.status()}, False
+            if op == "watch":
+                return {"ok": True, "data": room.status()}, True
+            if op == "confirm":
+                return {"ok": True, "data": await room.confirm(session=req.get("session"), by=_by(req))}, False
+            if op == "pause":
+                return {"ok": True, "data": await room.pause(session=req.get("session"), reason=req.get("reason"))}, False
+            if op == "resume":
+                return {"ok": True, "data": await room.resume(session=req.get("session"), origin="console",
+                                                              by=_by(req))}, False
+            if op == "abort":
+                return {"ok": True, "data": await room.abort(session=req.get("session"),
+                                                             reason=req.get("reason") or "console")}, False
+            if op == "prompt_ack":
+                runner = room.active_session()
+                if runner is None or not runner.acknowledge_prompt(_by(req)):
+                    return _error("invalid_state", "no prompt is waiting"), False
+                return {"ok": True, "data": {"session": runner.session_id}}, False
+            if op == "alarm_ack":
+                n = room.alarms.acknowledge(req.get("id"))
+                return {"ok": True, "data": {"acknowledged": n}}, False
+        except CommandError as exc:
+            return {"ok": False, "error": exc.to_dict()}, False
+        except Exception as exc:  # noqa: BLE001 - the console never takes the hub down
+            log.exception("console request %s failed", op)
+            return _error("internal_error", f"{type(exc).__name__}: {exc}"), False
+        return _error("unknown_verb", f"unknown op {op!r}"), False
+
+
+def _by(req: dict[str, Any]) -> str:
+    by = req.get("by")
+    if not isinstance(by, str) or not by.strip():
+        raise CommandError("bad_request", "'by' (who, at the chair) is required", field="by")
+    return by
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+class ConsoleClient:
+    """The client side, for ``devicehub confirm`` and ``devicehub console``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> "ConsoleClient":
+        self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=16 * MAX_LINE)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+        await self.writer.drain()
+        line = await self.reader.readline()
+        if not line:
+            raise ConnectionError("the hub closed the console connection")
+        return json.loads(line)
+
+    async def messages(self) -> Any:
+        assert self.reader is not None
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                return
+            yield json.loads(line)
