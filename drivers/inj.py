@@ -111,7 +111,7 @@ class InjDriver(Device):
         self.reply_timeout = reply_timeout
         self.identity: Identity | None = None
         self.params: InjParams | None = None
-        #: frames that were unreadable (bad CRC, bad LEN, partial) and replies with a stale SEQ
+        #: diagnostics: unreadable frames (bad CRC, bad LEN, cut short) and replies with a stale SEQ
         self.bad_frames = 0
         self.stale_replies = 0
         self._link: SerialLink | None = None
@@ -147,6 +147,11 @@ class InjDriver(Device):
     def _fail_pending(self, exc: Exception) -> None:
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(exc)
+
+    @property
+    def noise_bytes(self) -> int:
+        """Bytes received outside any frame (diagnostics: line noise, a damaged start byte)."""
+        return self._parser.skipped
 
     # ================================================================== receiving
     def _on_data(self, data: bytes) -> None:
