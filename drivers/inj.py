@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,6 +57,7 @@ from drivers.inj_frames import (
     Status,
     TriggerRefused,
     code_text,
+    decode_payload,
     encode,
 )
 from drivers.serial_link import SerialLink
@@ -198,8 +199,12 @@ class InjDriver(Device):
         self._seq = self._seq % 255 + 1  # 1..255; 0 belongs to events
         return self._seq
 
-    async def _request(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> Frame:
-        """Send one request and return its reply frame (never a NAK: that raises DeviceRefused)."""
+    async def _request(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> Any:
+        """Send one request and return its reply's typed payload (Ack, Info or Status).
+
+        A NAK raises DeviceRefused; a reply of the wrong type or size is a ProtocolError,
+        retried like a timeout when ``retries`` allows.
+        """
         error: DriverError = DeviceTimeout(f"{self.device_id}: {cmd.name} not sent")
         async with self._lock:
             for _ in range(retries + 1):
@@ -223,7 +228,7 @@ class InjDriver(Device):
                     error = exc
         raise error
 
-    def _check_reply(self, cmd: Cmd, frame: Frame) -> Frame:
+    def _check_reply(self, cmd: Cmd, frame: Frame) -> Any:
         if frame.cmd == Cmd.NAK:
             code = Nak.unpack(frame.payload).code
             raise DeviceRefused(code, f"{cmd.name}: {code_text(code)}")
@@ -231,18 +236,20 @@ class InjDriver(Device):
         if frame.cmd != expected:
             raise ProtocolError(f"{self.device_id}: {cmd.name} answered with 0x{frame.cmd:02X}, "
                                 f"expected 0x{expected:02X}")
-        return frame
+        return decode_payload(frame)
 
     async def _ack(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> int:
         """Send a request answered by ACK; returns the state the ACK carries."""
-        return Ack.unpack((await self._request(cmd, payload, retries=retries)).payload).state
+        ack: Ack = await self._request(cmd, payload, retries=retries)
+        return ack.state
 
     async def _read_status(self, retries: int = READ_ONLY_RETRIES) -> Status:
-        return Status.unpack((await self._request(Cmd.GET_STATUS, retries=retries)).payload)
+        status: Status = await self._request(Cmd.GET_STATUS, retries=retries)
+        return status
 
     # ================================================================== the Device interface
     async def identify(self) -> Identity:
-        info = Info.unpack((await self._request(Cmd.PING, retries=READ_ONLY_RETRIES)).payload)
+        info: Info = await self._request(Cmd.PING, retries=READ_ONLY_RETRIES)
         self.identity = Identity(vendor="", model=f"INJ-{info.model}", serial=info.serial,
                                  firmware=str(info.firmware))
         return self.identity

@@ -858,6 +858,27 @@ async def test_nak_and_wrong_reply_type():
     assert [f.cmd for f in gun.received].count(Cmd.PING) == 3  # read-only: retried twice
 
 
+async def test_short_reply_is_a_protocol_error_and_reads_retry():
+    calls: list[int] = []
+
+    def respond(f: Frame) -> list[bytes]:
+        calls.append(f.cmd)
+        if f.cmd == Cmd.GET_STATUS and calls.count(Cmd.GET_STATUS) == 1:
+            return [encode(f.seq, Cmd.STATUS, bytes(19))]  # one byte short
+        if f.cmd == Cmd.GET_STATUS:
+            return [status_frame(f.seq, shots=4)]
+        return [encode(f.seq, Cmd.ACK, b"")]  # an ACK without its state byte
+
+    async with FakeGun(respond) as gun:
+        d = InjDriver(gun.endpoint)
+        await d.connect()
+        assert (await d.status()).readings["shots_total"] == 4
+        with pytest.raises(ProtocolError):
+            await d.clear_fault()  # not read-only: not retried
+        await d.close()
+    assert calls == [Cmd.GET_STATUS, Cmd.GET_STATUS, Cmd.CLEAR_FAULT]
+
+
 # =========================================================================== safe state
 
 
