@@ -244,6 +244,11 @@ def test_a_step_named_in_with_may_appear_before_its_partner():
     assert [(s.id, p.id if p else None) for s, p in program.sequence()][-1] == ("light", "field")
 
 
+def test_the_python_name_with_underscore_is_not_a_yaml_key():
+    text = (PROGRAMS / "demo.yaml").read_text().replace("with: field", "with_: field")
+    assert ("steps[3].with_", "unknown field") in [(f, m) for f, m, _ in problems_of(text)]
+
+
 def test_building_a_program_directly_still_runs_the_cross_checks():
     data = demo_data()
     data["steps"][2]["id"] = "inject"

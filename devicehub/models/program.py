@@ -42,7 +42,7 @@ DeviceId = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---------------------------------------------------------------- course, checklist, grid
@@ -207,7 +207,7 @@ DeviceStep = Union[InjectionStep, ElectroporationStep, LedStep, PemfStep]
 class Program(_Strict):
     """A session program (one YAML file of configs/programs/)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, title="Program")
+    model_config = ConfigDict(extra="forbid", strict=True, title="Program")
 
     id: str = Field(pattern=SLUG_PATTERN, max_length=64, description="the file name without .yaml")
     version: int = Field(ge=1)
