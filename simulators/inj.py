@@ -81,7 +81,11 @@ class InjSimulator(StreamDeviceSimulator):
     FIRMWARE = 102
     WATCHDOG_S = 1.0
     PRESSURE_LIMIT_KPA = 400.0
-    #: pressure relaxation time constant between shots
+    #: pressure model: each shot adds 20 kPa + 7 kPa per unit of viscosity to what is left
+    #: of the last one, which relaxes with 0.15 s from that shot's start. The worst normal
+    #: case (viscosity 20, 10 shots/s) settles near 330 kPa, under the 400 kPa limit.
+    PRESSURE_PER_SHOT_KPA = 20.0
+    PRESSURE_PER_VISCOSITY_KPA = 7.0
     PRESSURE_TAU_S = 0.15
     #: trigger hold limit accepted by the control op
     MAX_HOLD_S = 60.0
@@ -325,7 +329,7 @@ class InjSimulator(StreamDeviceSimulator):
         if self.fault_active("occlusion"):
             self._latch_fault(Code.OCCLUSION)
             return "fault"
-        peak = self.pressure_kpa(now) + 20.0 + 8.0 * self.viscosity
+        peak = self.pressure_kpa(now) + self.PRESSURE_PER_SHOT_KPA + self.PRESSURE_PER_VISCOSITY_KPA * self.viscosity
         if peak > self.PRESSURE_LIMIT_KPA:
             self._latch_fault(Code.OCCLUSION)
             return "fault"
@@ -364,7 +368,7 @@ class InjSimulator(StreamDeviceSimulator):
         scatter = float(min(0.02, max(-0.02, self.rng.normal(0.0, 0.01))))
         vol = min(self.reservoir_x10, round(self.volume_set_x10 * fraction * (1.0 + scatter)))
         depth = max(1, round(self.depth_set_x10 + float(min(1.0, max(-1.0, self.rng.normal(0.0, 0.5))))))
-        self._p_t, self._p_hold = now, False
+        self._p_hold = False  # the plunger stops: the pressure relaxes, counted from the shot's start
         if vol <= 0:
             return
         self.shots += 1

@@ -538,6 +538,23 @@ async def test_pressure_rises_with_viscosity_and_relaxes(inj, ctl):
     assert 0 < peaks[0] < peaks[1] < 400
 
 
+async def test_pressure_builds_with_shot_rate_but_stays_under_the_limit(inj, ctl):
+    await ctl.set("viscosity", 20.0)  # the thickest product, at the fastest rate
+    await armed_with_cap(inj, InjParams(volume_ul=20.0, depth_mm=1.5, mode="burst", rate_hz=10), 1000.0)
+    await ctl.call("trigger", hold_s=1.0)
+    single = (await poll_state(ctl, lambda s: s["state"] == "firing"))["pressure_kpa"]
+    highest = single
+    st = await ctl.state()
+    deadline = time.monotonic() + 3.0
+    while st["shots"] < 10 or st["state"] == "firing":
+        assert time.monotonic() < deadline, st
+        highest = max(highest, st["pressure_kpa"])
+        st = await ctl.state()
+    assert (st["state"], st["fault"], st["shots"]) == ("armed", 0, 10)
+    assert 1.5 * single < highest < 400
+    await inj.stop()
+
+
 async def test_burst_mode_fires_at_rate_while_held(inj, ctl):
     await armed_with_cap(inj, InjParams(volume_ul=10.0, depth_mm=1.0, mode="burst", rate_hz=10), 1000.0)
     async with inj.subscribe() as q:
