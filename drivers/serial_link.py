@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Callable
 
 import serial
@@ -119,8 +120,23 @@ class SerialLink:
             except (ValueError, OSError, RuntimeError):  # pragma: no cover
                 pass
         self._fd = None
-        self._sock = None
-        try:
-            ser.close()
-        except Exception:  # pragma: no cover
-            pass
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # pyserial's socket:// close() sleeps 0.3 s "for quick reconnects": that would
+            # freeze the event loop (every heartbeat in the room), so close the socket here
+            # and let the port object finish its bookkeeping on a worker thread
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+            threading.Thread(target=_quiet_close, args=(ser,), daemon=True).start()
+            return
+        _quiet_close(ser)
+
+
+def _quiet_close(ser: serial.SerialBase) -> None:
+    try:
+        ser.close()
+    except Exception:  # pragma: no cover
+        pass
