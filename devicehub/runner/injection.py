@@ -49,6 +49,12 @@ async def run(runner: Any, step: Any) -> None:
                         planned={"volume_ul": step.dose_ul, "depth_mm": step.depth_mm, "shot_ul": shot_ul,
                                  "mode": step.mode})
                 pp.status = "active"
+
+                async def settle(status: str, pp=pp) -> None:
+                    await _settle(runner, gun, dev_id, step, pp, base, counted, status)
+
+                # active from its intent on: a stop at any await below still settles the intent
+                runner.set_active(dev_id, ActivePoint(step, pp, dev_id, settle=settle))
                 point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
                 session_room = runner.totals.remaining("volume_ul")
                 cap = min(point_room, session_room)
@@ -56,11 +62,6 @@ async def run(runner: Any, step: Any) -> None:
                     raise StepFailure("dose_cap_reached", f"session volume cap leaves {session_room:.1f} uL, "
                                       f"less than one {shot_ul:.1f} uL shot", alarm="dose_cap_reached")
                 await gun.set_cap(cap)
-
-                async def settle(status: str, pp=pp) -> None:
-                    await _settle(runner, gun, dev_id, step, pp, base, counted, status)
-
-                runner.set_active(dev_id, ActivePoint(step, pp, dev_id, settle=settle))
                 runner.publish_state()
                 if not armed:
                     await gun.start()
