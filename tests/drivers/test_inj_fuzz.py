@@ -113,7 +113,7 @@ class Port:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             self.sock.sendall(encode(seq, Cmd.PING))
-            t_read = time.monotonic() + 0.1
+            t_read = time.monotonic() + 0.06  # just over the 50 ms a false start is held
             while time.monotonic() < t_read:
                 for f in self.frames(max(0.001, t_read - time.monotonic())):
                     if f.seq == seq and f.cmd == Cmd.INFO:
