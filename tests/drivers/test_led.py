@@ -137,7 +137,7 @@ async def test_exposures_end_by_duration_and_by_fluence_with_the_devices_totals(
         assert ev.kind == "exposure_done"
         sim = await ctl.state()
         assert ev.data["fluence_mj_cm2"] == 20 and sim["run"]["fluence_mj_cm2"] == pytest.approx(20)
-        assert ev.data["elapsed_s"] == pytest.approx(0.8, abs=0.1)
+        assert ev.data["elapsed_s"] == pytest.approx(0.8, abs=0.15)  # 0.1 s register, noise
         assert ev.data["elapsed_s"] == int(sim["run"]["elapsed_s"] * 10 + 1e-6) / 10
         assert sim["fluence_mj_cm2"] == pytest.approx(first + 20)
         assert sim["elapsed_s"] == pytest.approx(1.2 + sim["run"]["elapsed_s"])
