@@ -29,11 +29,22 @@ class ControlError(ValueError):
 class Connection:
     """One host connection of a byte-stream simulator (a TCP client or a pty)."""
 
-    def __init__(self, send: Callable[[bytes], None], name: str = "") -> None:
+    def __init__(self, send: Callable[[bytes], None], name: str = "",
+                 close: Callable[[], None] | None = None) -> None:
         self._send = send
+        self._close = close
         self.name = name
         self.open = True
         self.state: dict[str, Any] = {}  # per-connection parser state (partial frames, ...)
+
+    def close(self) -> None:
+        """Drop the host's connection (the simulator is going away, or the cable is pulled)."""
+        self.open = False
+        if self._close is not None:
+            try:
+                self._close()
+            except OSError:
+                pass
 
     def send(self, data: bytes) -> None:
         if self.open:

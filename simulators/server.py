@@ -62,10 +62,11 @@ async def serve(
             closers.append(port_obj.close)
             endpoint = port_obj.path
         else:
-            from simulators.stream import serve_tcp
+            from simulators.stream import drop_connections, serve_tcp
 
             server, bound = await serve_tcp(sim, host, port)
             closers.append(_server_closer(server))
+            closers.append(lambda: drop_connections(sim))
             endpoint = f"socket://{host}:{bound}"
     else:
         if pty:

@@ -23,7 +23,8 @@ class _TcpProtocol(asyncio.Protocol):
             except OSError:  # pragma: no cover
                 pass
         assert isinstance(transport, asyncio.Transport)
-        self.conn = Connection(transport.write, name=str(transport.get_extra_info("peername")))
+        self.conn = Connection(transport.write, name=str(transport.get_extra_info("peername")),
+                               close=transport.close)
         self.sim.connection_made(self.conn)
 
     def data_received(self, data: bytes) -> None:
@@ -39,6 +40,12 @@ async def serve_tcp(sim: StreamDeviceSimulator, host: str, port: int) -> tuple[a
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _TcpProtocol(sim), host, port)
     return server, server.sockets[0].getsockname()[1]
+
+
+def drop_connections(sim: StreamDeviceSimulator) -> None:
+    """Close every host connection (Python 3.11's Server.close() leaves them open)."""
+    for conn in list(sim.connections):
+        conn.close()
 
 
 class PtyPort:
