@@ -136,6 +136,7 @@ class MqttFrontend:
         self.replies_dropped = 0
         self.connections = 0
         self._running = False
+        self._said_offline = False
 
     # ---- what the room and the console use ------------------------------------------
     def outbox_full(self) -> bool:
@@ -191,7 +192,7 @@ class MqttFrontend:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop_evt.wait(), backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
-            if not self.connected:  # stopped while away: the offline status waits in the outbox
+            if not self._said_offline:  # stopped while away: the offline status waits in the outbox
                 self._drain_bus()
                 self._enqueue(self.topics.status, "status", {"state": "offline"}, retain=True)
         finally:
@@ -260,6 +261,7 @@ class MqttFrontend:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.outbox.wait_empty(), timeout)
         entry_id = self._enqueue(self.topics.status, "status", {"state": "offline"}, retain=True)
+        self._said_offline = True
         if flush and len(self.outbox) == 1:
             await self.outbox.wait_empty()  # the publisher sends it
         else:  # send it now, whatever is still queued (that waits for the next boot)
@@ -284,9 +286,11 @@ class MqttFrontend:
         window = asyncio.Semaphore(self.max_inflight)
         cursor = 0
         while True:
+            upto = self.outbox.committed_upto  # read() sees at least this far
             entries = await self.outbox.read(cursor, 256)
-            if not entries:
-                await self.outbox.wait_new(max(cursor, self.outbox.committed_upto))
+            if not entries:  # nothing unsent up to ``upto``: wait for something newer
+                cursor = max(cursor, upto)
+                await self.outbox.wait_new(cursor)
                 continue
             for e in entries:
                 cursor = e.id

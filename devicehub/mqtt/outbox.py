@@ -80,6 +80,10 @@ class Outbox:
         """Messages waiting for a PUBACK (committed or not)."""
         return self._count
 
+    def __bool__(self) -> bool:
+        """Always true: an empty outbox is still an outbox (``outbox or default`` must not replace it)."""
+        return True
+
     def fill_ratio(self) -> float:
         return self._count / self.bound
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devicehub.bus import Bus
 from devicehub.mqtt.envelope import new_ulid
@@ -222,12 +223,19 @@ def client(broker: Any, identifier: str | None = None, *, protocol: Any = aiomqt
 
 @contextlib.asynccontextmanager
 async def observing(broker: Any, *topics: str, identifier: str | None = None,
-                    protocol: Any = aiomqtt.ProtocolVersion.V5, **kwargs: Any) -> AsyncIterator[Observer]:
-    """A connected client subscribed (QoS 1) to ``topics`` and recording."""
+                    protocol: Any = aiomqtt.ProtocolVersion.V5, retain_as_published: bool = False,
+                    **kwargs: Any) -> AsyncIterator[Observer]:
+    """A connected client subscribed (QoS 1) to ``topics`` and recording.
+
+    ``retain_as_published`` (MQTT 5) shows the publisher's retain flag on live messages.
+    """
     async with client(broker, identifier, protocol=protocol, **kwargs) as c:
         obs = Observer(c)
         for t in topics:
-            await c.subscribe(t, qos=1)
+            if retain_as_published:
+                await c.subscribe(t, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                await c.subscribe(t, qos=1)
         reader = asyncio.create_task(obs._read())
         try:
             yield obs
@@ -235,6 +243,15 @@ async def observing(broker: Any, *topics: str, identifier: str | None = None,
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``cond`` with a deadline (for state that has no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.005)
 
 
 def props(response_topic: str | None = None, correlation: bytes | None = None) -> Properties:
@@ -251,8 +268,8 @@ def make_frontend(tmp: Path, broker: Any, room: StubRoom, *, site: str = "clinic
                   boot: int = 1, outbox: Outbox | None = None, store: IdempotencyStore | None = None,
                   **kwargs: Any) -> MqttFrontend:
     return MqttFrontend(room, site=site, room_id=room_id or unique("room"), boot=boot, host=broker.host,
-                        port=broker.port, outbox=outbox or Outbox(tmp / "outbox.sqlite"),
-                        idempotency=store or IdempotencyStore(tmp / "requests.sqlite"),
+                        port=broker.port, outbox=Outbox(tmp / "outbox.sqlite") if outbox is None else outbox,
+                        idempotency=IdempotencyStore(tmp / "requests.sqlite") if store is None else store,
                         reconnect_min_s=0.05, reconnect_max_s=0.5, **kwargs)
 
 
