@@ -1,0 +1,89 @@
+"""Every injectable fault of every device, injected while that device is delivering.
+
+Whatever catches the fault first (the device's own fault event, the program's impedance
+check, the runner's supervision of a silent device, the hub's skin temperature limit),
+the session must end failed with every output off: a ``safe_state`` event with its time
+and a verdict per device, a stalled device reported ``unconfirmed`` with a high alarm
+(its own watchdog then switches it off), and a record whose hash chains verify.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import DEVICES, Hub
+
+#: per device at fault: EP trains long enough (20 pulses at 20 ms) to inject a fault
+#: while one runs; otherwise short trains and 3 s of light and field alongside
+PARAMS = {
+    "epg-1": {"ep": {"pulses_per_point": 20, "period_ms": 20}, "light": {"duration_s": 1}, "field": {"duration_s": 1}},
+    "other": {"ep": {"period_ms": 10}, "light": {"duration_s": 3}, "field": {"duration_s": 3}},
+}
+
+FAULTS = [
+    ("epg-1", "overcurrent"), ("epg-1", "open_circuit"), ("epg-1", "over_temperature"), ("epg-1", "stall"),
+    ("inj-1", "occlusion"), ("inj-1", "empty"), ("inj-1", "cartridge_missing"), ("inj-1", "stall"),
+    ("led-1", "head_overheat"), ("led-1", "skin_overheat"), ("led-1", "led_open"), ("led-1", "stall"),
+    ("pemf-1", "coil_open"), ("pemf-1", "overheat"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
+]
+
+#: the device's state while it delivers (armed counts for the gun: it fires on a pull)
+DELIVERING = {
+    "epg-1": lambda s: s["state"] == "running",
+    "inj-1": lambda s: s["output_on"] and s["state"] in ("armed", "firing"),
+    "led-1": lambda s: s["output_on"],
+    "pemf-1": lambda s: s["output_on"],
+}
+
+
+async def _mid_step(hub: Hub, dev: str) -> None:
+    """Return once ``dev`` is delivering, in the middle of its step."""
+    if dev == "inj-1":
+        await hub.next_event("point_done", where=lambda e: e.get("step") == "inject")
+    elif dev == "epg-1":
+        await hub.next_event("train_done")  # one train done: the next one is mid-step
+    await hub.wait_sim(dev, DELIVERING[dev], what=f"{dev} delivering")
+
+
+@pytest.mark.parametrize("dev,fault", FAULTS, ids=[f"{d}-{f}" for d, f in FAULTS])
+async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: str, fault: str) -> None:
+    await hub.auto_trigger(20)
+    runner = await hub.start("demo", params=PARAMS.get(dev, PARAMS["other"]))
+    sid = runner.session_id
+    await _mid_step(hub, dev)
+    await hub.control(dev).inject(fault, count=-1)
+
+    assert await hub.finish(runner, 15) == "failed"
+    stalled = fault == "stall"
+
+    # the safe state: its time and each device's verdict
+    safe = await hub.next_event("safe_state")
+    assert isinstance(safe["ms"], (int, float)) and 0 <= safe["ms"] < 5000
+    expected = {d: "off" for d in DEVICES}
+    if stalled:
+        expected[dev] = "unconfirmed"
+    assert safe["devices"] == expected
+    failed = await hub.next_event("failed")
+    assert failed["safe_state_ms"] == pytest.approx(safe["ms"], abs=1e-3)
+    assert failed.get("reason")
+
+    alarms = hub.room.status()["alarms"]
+    assert any(a["priority"] == "high" for a in alarms), alarms
+    if stalled:
+        assert any(a["code"] == "safe_state_unconfirmed" and dev in a["source"] and a["priority"] == "high"
+                   for a in alarms), alarms
+
+    # the devices themselves: every output off (a stalled one once its own watchdog ran)
+    states = await hub.wait_all_off(timeout=3.0)
+    if not stalled and dev != "inj-1":
+        # a device that answers was switched off by the hub, not by its watchdog
+        assert states[dev]["state"] != "on"
+
+    # the record
+    summary = hub.store.read_session(sid)
+    assert summary["state"] == "failed" and summary["reason"] == failed["reason"]
+    assert summary["in_flight"] == [], [(e["event"], e["data"]) for e in await hub.store.events(sid)][-14:]
+    check = await hub.store.verify(sid)
+    assert check.ok, check.message
+    recorded = [e["event"] for e in await hub.store.events(sid)]
+    assert recorded.count("safe_state") == 1 and recorded[-2:] == ["failed", "state"]
