@@ -102,8 +102,8 @@ class PemfSimulator(ModbusDeviceSimulator):
         self.run_elapsed_s = 0.0
         self.done_elapsed_s = 0.0
         self.done_pulses = 0
-        #: per physics step while on: (end time, peak |B| mT, sum of I^2, samples)
-        self.history: collections.deque[tuple[float, float, float, int]] = collections.deque()
+        #: per physics step while on: (end time, peak |B| mT, integral of I^2 dt, dt)
+        self.history: collections.deque[tuple[float, float, float, float]] = collections.deque()
         self.run_started_at = self._t
         self.run_freq_hz = self.frequency_hz  # of the last run: PULSES must not change after it
 
@@ -132,7 +132,7 @@ class PemfSimulator(ModbusDeviceSimulator):
         """Real current / intended current, from the coil's resistance."""
         return NOMINAL_OHM / self.effective_ohm
 
-    def _window(self, seconds: float) -> list[tuple[float, float, float, int]]:
+    def _window(self, seconds: float) -> list[tuple[float, float, float, float]]:
         since = max(self._t - seconds, self.run_started_at)
         return [h for h in self.history if h[0] > since]
 
@@ -143,9 +143,10 @@ class PemfSimulator(ModbusDeviceSimulator):
     def coil_current_a(self) -> float:
         if not self.output_on:
             return 0.0
+        # weighted by time, not by sample: steps are as long as the requests make them
         recent = self._window(max(1.0, 1.0 / self.frequency_hz))
-        n = sum(h[3] for h in recent)
-        return math.sqrt(sum(h[2] for h in recent) / n) if n else 0.0
+        span = sum(h[3] for h in recent)
+        return math.sqrt(sum(h[2] for h in recent) / span) if span > 0 else 0.0
 
     # ------------------------------------------------------------------ physics
     def step(self, dt: float) -> None:
@@ -167,7 +168,7 @@ class PemfSimulator(ModbusDeviceSimulator):
                 gain = DRIFT_GAIN if self.fault_active("field_drift") else 1.0
                 field = current * MT_PER_A * gain * (1.0 + self.rng.normal(0.0, NOISE, n))
                 self.history.append((self._t + run_dt, float(np.max(np.abs(field))),
-                                     float(np.sum(current * current)), n))
+                                     float(np.mean(current * current)) * run_dt, run_dt))
                 i_rms = i_peak * SHAPE_RMS[kind]
                 heat_w = i_rms * i_rms * self.effective_ohm * run_dt / dt
             self.run_elapsed_s += run_dt

@@ -22,7 +22,11 @@ from simulators.led import LedSimulator
 
 pytestmark = pytest.mark.timeout(60)
 
-LONG = LedExposure(wavelength_nm=660, irradiance_mw_cm2=30, duration_s=60, watchdog_ms=200)
+#: a run that outlasts any test; a 1 s watchdog, so a loaded machine does not trip it
+LONG = LedExposure(wavelength_nm=660, irradiance_mw_cm2=30, duration_s=60, watchdog_ms=1000)
+#: the same with the shortest watchdog, for the tests about the watchdog
+LONG_WD200 = LONG.model_copy(update={"watchdog_ms": 200})
+
 
 
 async def next_event(q: asyncio.Queue[DeviceEvent], *kinds: str, timeout: float = 3.0) -> DeviceEvent:
@@ -210,7 +214,7 @@ async def test_applicator_removed_fails_the_start() -> None:
 
 async def test_watchdog_fault_when_the_device_stops_hearing_the_heartbeat() -> None:
     async with run_simulator("led") as h, LedDriver(h.endpoint) as d, h.client() as ctl:
-        await d.configure(LONG)
+        await d.configure(LONG_WD200)
         async with d.subscribe() as q:
             await d.start()
             await ctl.inject("stall", count=-1)
@@ -269,7 +273,7 @@ async def test_safe_state_from_every_state() -> None:
 
 async def test_safe_state_against_a_stalled_device_is_unconfirmed_quickly() -> None:
     async with run_simulator("led") as h, LedDriver(h.endpoint) as d, h.client() as ctl:
-        await d.configure(LONG)
+        await d.configure(LONG_WD200)
         await d.start()
         await ctl.inject("stall", count=-1)
         t0 = time.monotonic()

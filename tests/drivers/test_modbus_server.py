@@ -402,16 +402,22 @@ async def test_watchdog_fires_when_heartbeats_stop(kind: str) -> None:
         unit = Endpoint.parse(h.endpoint).unit
         c = await tcp_client(h.endpoint)
         try:
-            assert not (await c.write_register(fields["WATCHDOG_MS"][0], 200, device_id=unit)).isError()
+            wd = fields["WATCHDOG_MS"][0]
+            # fed with HEARTBEAT writes (even repeating one value: any write counts) it stays
+            # on well past WATCHDOG_MS (400 ms here, margin for a loaded machine)
+            assert not (await c.write_register(wd, 400, device_id=unit)).isError()
             assert not (await c.write_coil(0, True, device_id=unit)).isError()
             t0 = time.monotonic()
-            # fed with HEARTBEAT writes (even repeating one value: any write counts) it stays on
-            while time.monotonic() - t0 < 0.6:
-                t1 = time.monotonic()
+            while time.monotonic() - t0 < 1.0:
                 assert not (await c.write_register(hb, 5, device_id=unit)).isError()
                 assert (await c.read_input_registers(0, count=2, device_id=unit)).registers == [1, 0]
-                await asyncio.sleep(0.05)
-            # then silence (reads do not feed it): off no sooner than 200 ms after the last write
+                await asyncio.sleep(0.04)
+            assert not (await c.write_coil(0, False, device_id=unit)).isError()
+            # WATCHDOG_MS = 200, started, then silence
+            assert not (await c.write_register(wd, 200, device_id=unit)).isError()
+            t1 = time.monotonic()
+            assert not (await c.write_coil(0, True, device_id=unit)).isError()
+            # reads do not feed it: off no sooner than 200 ms after the start
             while True:
                 state, fault = (await c.read_input_registers(0, count=2, device_id=unit)).registers
                 if state != 1:

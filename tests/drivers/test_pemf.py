@@ -19,7 +19,11 @@ from simulators.pemf import PemfSimulator, waveform
 
 pytestmark = pytest.mark.timeout(60)
 
-LONG = PemfExposure(waveform="trapezoid", frequency_hz=15, peak_field_mt=2, duration_s=60, watchdog_ms=200)
+#: a run that outlasts any test; a 1 s watchdog, so a loaded machine does not trip it
+LONG = PemfExposure(waveform="trapezoid", frequency_hz=15, peak_field_mt=2, duration_s=60, watchdog_ms=1000)
+#: the same with the shortest watchdog, for the tests about the watchdog
+LONG_WD200 = LONG.model_copy(update={"watchdog_ms": 200})
+
 
 
 async def next_event(q: asyncio.Queue[DeviceEvent], *kinds: str, timeout: float = 3.0) -> DeviceEvent:
@@ -93,11 +97,11 @@ async def test_identity_and_an_exposure_ended_by_duration() -> None:
                                              ("trapezoid", math.sqrt(0.1 / 3 + 0.3 + 0.1 / 3))])
 async def test_field_and_current_follow_the_waveform(shape: str, rms: float) -> None:
     async with run_simulator("pemf") as h, PemfDriver(h.endpoint) as d:
-        await d.configure(PemfExposure(waveform=shape, frequency_hz=20, peak_field_mt=10, duration_s=30,
-                                       watchdog_ms=200))
+        await d.configure(PemfExposure(waveform=shape, frequency_hz=20, peak_field_mt=10, duration_s=30))
         async with d.subscribe() as q:
             await d.start()
-            ev = await next_event(q, "progress")
+            ev = await next_event(q, "progress", "fault")
+        assert ev.kind == "progress", ev
         assert ev.data["field_mt"] == pytest.approx(10.0, rel=0.03)
         assert ev.data["coil_current_a"] == pytest.approx(5.0 * rms, rel=0.03)  # 2 mT per A
         assert (await d.safe_state()).confirmed
@@ -160,7 +164,7 @@ async def test_a_wrong_coil_resistance_is_a_coil_fault() -> None:
 
 async def test_watchdog_and_safe_state_against_a_stall() -> None:
     async with run_simulator("pemf") as h, PemfDriver(h.endpoint) as d, h.client() as ctl:
-        await d.configure(LONG)
+        await d.configure(LONG_WD200)
         await d.start()
         await ctl.inject("stall", count=-1)
         r = await d.safe_state()
