@@ -75,14 +75,16 @@ def rtu_frame(unit: int, pdu: bytes) -> bytes:
 
 
 class _MbapProtocol(asyncio.Protocol):
-    def __init__(self, sim: ModbusHandler) -> None:
+    def __init__(self, sim: ModbusHandler, clients: set["_MbapProtocol"]) -> None:
         self.sim = sim
+        self.clients = clients
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.clients.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -115,13 +117,65 @@ class _MbapProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.clients.discard(self)
+
+
+class ModbusTcpServer(asyncio.AbstractServer):
+    """The listening server plus its client connections: closing it closes them too (so a
+    host sees the device go away; asyncio's own server leaves them open before 3.12)."""
+
+    def __init__(self, sim: ModbusHandler) -> None:
+        self.sim = sim
+        self.clients: set[_MbapProtocol] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    def _protocol(self) -> _MbapProtocol:
+        return _MbapProtocol(self.sim, self.clients)
+
+    async def listen(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def sockets(self) -> Any:
+        return self._server.sockets if self._server is not None else ()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.close_clients()
+
+    def close_clients(self) -> None:
+        for proto in list(self.clients):
+            if proto.transport is not None:
+                proto.transport.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._server is not None
+        return self._server.get_loop()
+
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def start_serving(self) -> None:
+        if self._server is not None:
+            await self._server.start_serving()
+
+    async def serve_forever(self) -> None:
+        if self._server is not None:
+            await self._server.serve_forever()
 
 
 async def serve_modbus_tcp(sim: ModbusHandler, host: str, port: int) -> tuple[asyncio.AbstractServer, int]:
     """Serve ``sim`` as a Modbus TCP server (any number of clients); returns the bound port."""
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _MbapProtocol(sim), host, port)
-    return server, server.sockets[0].getsockname()[1]
+    server = ModbusTcpServer(sim)
+    bound = await server.listen(host, port)
+    return server, bound
 
 
 # --------------------------------------------------------------------------- RTU
@@ -267,4 +321,4 @@ class RtuPtyPort:
         return f"RtuPtyPort({self.path!r})"
 
 
-__all__: list[Any] = ["serve_modbus_tcp", "RtuPtyPort", "crc16_modbus", "rtu_frame", "rtu_request_length"]
+__all__: list[Any] = ["serve_modbus_tcp", "ModbusTcpServer", "RtuPtyPort", "crc16_modbus", "rtu_frame", "rtu_request_length"]

@@ -302,6 +302,25 @@ async def test_recovery_after_dropped_replies() -> None:
         assert ident.model == "LED-1"
 
 
+async def test_a_lost_connection_is_reported_and_typed() -> None:
+    async with run_simulator("led") as h:
+        d = LedDriver(h.endpoint)
+        await d.connect()
+        events = d.subscribe()
+        q = await events.__aenter__()
+    # the simulator is gone
+    try:
+        ev = await next_event(q, "connection_lost")
+        assert ev.data["endpoint"] == h.endpoint
+        with pytest.raises(NotConnected):
+            await d.status()
+        r = await d.safe_state()
+        assert not r.confirmed and "NotConnected" in r.detail
+    finally:
+        await events.__aexit__(None, None, None)
+        await d.close()
+
+
 async def test_not_connected() -> None:
     async with run_simulator("led") as h:
         endpoint = h.endpoint
