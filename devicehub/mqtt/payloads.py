@@ -21,6 +21,7 @@ Id = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=1000)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 ErrorCode = Literal[ERROR_CODES]  # type: ignore[valid-type]
+TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 SessionState = Literal["created", "preflight", "awaiting_confirmation", "running", "paused",
                        "completed", "aborted", "failed"]
 
@@ -33,7 +34,8 @@ class Request(BaseModel):
 
     request_id: Annotated[str, Field(min_length=1, max_length=256,
                                      description="unique per attempt; a repeat gets the first reply")]
-    expires_at: str | None = Field(None, description="RFC 3339 with offset; later arrivals are refused (expired)")
+    expires_at: str | None = Field(None, description="RFC 3339 with offset; later arrivals are refused (expired)",
+                                   json_schema_extra={"format": "date-time"})
     reply_to: str | None = Field(None, description="MQTT 3.1.1 reply path, under <root>/reply/")
     correlation_id: str | None = Field(None, description="MQTT 3.1.1 correlation, echoed in the reply")
 
@@ -176,7 +178,7 @@ class Reply(BaseModel):
     room: str
     boot: int
     msg_id: str
-    ts: str
+    ts: str = Field(pattern=TS_PATTERN)
     historical: Literal[False]
     ok: bool
     request_id: str | None = Field(description="null when the payload gave none readable")
@@ -304,7 +306,7 @@ class Envelope(BaseModel):
     seq: int | None = Field(None, description="QoS 1 messages: +1 per message in one boot")
     tseq: int | None = Field(None, description="telemetry only: its own counter")
     msg_id: str = Field(description="ULID, unique per message: drop duplicates with it")
-    ts: str = Field(description="RFC 3339 UTC with microseconds")
+    ts: str = Field(description="RFC 3339 UTC with microseconds", pattern=TS_PATTERN)
     historical: bool = Field(description="true when replayed from the outbox after an outage")
     session: str | None = None
     data: Any

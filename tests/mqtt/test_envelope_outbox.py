@@ -166,3 +166,13 @@ async def test_idempotency_keeps_an_hour_and_the_last_n(tmp_path):
     assert await store.count() == 5
     assert await store.get("r14") is None and await store.get("r15") is not None
     store.close()
+
+
+def test_committed_schemas_equal_the_generated_ones(root_dir):
+    from devicehub.mqtt.schemas import differences, schemas
+
+    assert differences(root_dir / "docs" / "schemas") == [], \
+        "run: python -m devicehub.mqtt.schemas docs/schemas"
+    names = set(schemas())
+    assert {"mqtt-envelope.json", "mqtt-reply.json", "mqtt-request-start.json", "mqtt-reply-data-abort.json",
+            "mqtt-data-session-event.json", "mqtt-data-alarms.json"} <= names
