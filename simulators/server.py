@@ -77,7 +77,8 @@ async def serve(
             port_obj = modbus_server.RtuPtyPort(sim)
             port_obj.start()
             closers.append(port_obj.close)
-            endpoint = f"modbus-rtu://{port_obj.path}?baud=19200&parity=E&unit={sim.unit}"
+            # a pty carries no parity (this kernel refuses even parity on one): announce 8N1
+            endpoint = f"modbus-rtu://{port_obj.path}?baud=19200&parity=N&unit={sim.unit}"
         else:
             server, bound = await modbus_server.serve_modbus_tcp(sim, host, port)
             closers.append(_server_closer(server))
