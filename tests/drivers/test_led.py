@@ -337,7 +337,7 @@ async def test_exposure_over_rtu_on_a_pty() -> None:
         assert h.endpoint.startswith("modbus-rtu:///dev/")
         async with LedDriver(h.endpoint) as d:
             assert (await d.identify()).model == "LED-1"
-            await d.configure(LedExposure(wavelength_nm=850, irradiance_mw_cm2=20, duration_s=0.6, watchdog_ms=200))
+            await d.configure(LedExposure(wavelength_nm=850, irradiance_mw_cm2=20, duration_s=0.6, watchdog_ms=1000))
             async with d.subscribe() as q:
                 await d.start()
                 ev = await next_event(q, "exposure_done", "fault")

@@ -183,7 +183,7 @@ async def test_exposure_over_rtu_on_a_pty() -> None:
     async with run_simulator("pemf", rtu_pty=True) as h, h.client() as ctl:
         async with PemfDriver(h.endpoint) as d:
             await d.configure(PemfExposure(waveform="sine", frequency_hz=10, peak_field_mt=1, duration_s=0.5,
-                                           watchdog_ms=200))
+                                           watchdog_ms=1000))
             async with d.subscribe() as q:
                 await d.start()
                 ev = await next_event(q, "exposure_done", "fault")
