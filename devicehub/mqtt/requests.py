@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 #: requests larger than this are refused (bad_request) without being parsed
 MAX_REQUEST_BYTES = 64 * 1024
 _MAX_REQUEST_ID = 256
+_ENDED = ("completed", "aborted", "failed")
 
 
 @dataclass
@@ -264,7 +265,9 @@ class RequestPipeline:
         try:
             status = self.room.status()
             session = status.get("session") if isinstance(status, dict) else None
-            return session.get("session") if isinstance(session, dict) else None
+            if not isinstance(session, dict) or session.get("state") in _ENDED:
+                return None  # an ended session shown in the status is not one an abort can end
+            return session.get("session")
         except Exception:
             log.exception("room status failed during abort")
             return None

@@ -334,12 +334,17 @@ async def test_abort_acts_whatever_else_is_wrong(broker, tmp_path):
             return rep
 
         await aborted_with(b"{not json", "bad_request")
+        await aborted_with(b'{"request_id": "huge", "pad": "' + b"x" * (70 * 1024) + b'"}', "bad_request")
         await aborted_with({"request_id": 7, "session": "x"}, "bad_request")
         rep = await aborted_with({"request_id": "stale", "session": "01OLDSESSION"}, "not_found")
         assert rep["error"]["field"] == "session"
         old = room.make_running()
         await req.request("abort", {"request_id": "first", "session": old})
         rep = await aborted_with({"request_id": "ended", "session": old}, "invalid_state")
+        room.status = lambda: {**StubRoom.status(room), "session": {"session": old, "state": "aborted"}}
+        rep = await aborted_with({"request_id": "shown-but-ended", "session": old}, "invalid_state")
+        assert room.calls[-1] == ("abort", {"session": None, "reason": None})
+        del room.status
         past = rfc3339(utcnow() - timedelta(minutes=5))
         await aborted_with({"request_id": "late-abort", "expires_at": past}, "expired")
         # a repeated request id acts again (and says nothing is wrong when the payload is the same)
@@ -412,3 +417,41 @@ async def test_a_v311_client_gets_no_properties_but_a_reply(broker, tmp_path):
                 body = json.loads(m.payload)
                 assert body["correlation_id"] == "k" and body["ok"] and body["data"] == StubRoom.PROGRAMS
                 break
+
+
+async def test_the_example_clinic_client_runs_a_session_end_to_end(broker, tmp_path, root_dir, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clinic_client", root_dir / "examples" / "clinic_client.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # type: ignore[union-attr]
+
+    class CompletingRoom(StubRoom):
+        async def start(self, **kw):
+            reply = await super().start(**kw)
+            session = reply["session"]
+
+            async def run_it() -> None:
+                for event in ("confirmed", "started", "step_started", "step_done"):
+                    self.event(session, event)
+                    await asyncio.sleep(0)
+                self.event(session, "completed", reason=None)
+                self.set_state(session, "completed")
+                self.active = None
+
+            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(run_it()))
+            return reply
+
+    room = CompletingRoom()
+    fe = make_frontend(tmp_path, broker, room)
+    async with running(fe):
+        code = await example.run(example.parse([
+            "--host", broker.host, "--port", str(broker.port), "--site", "clinic-a", "--room", fe.topics.room,
+            "--client-id", unique("clinic"), "--patient-ref", "P-7", "--operator", "dr. a"]))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "scalp-a" in out and "awaiting_confirmation" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("20")] == \
+        ["created", "confirmed", "started", "step_started", "step_done", "completed"]
+    assert '"state": "completed"' in out
+    assert room.calls[0][0] == "programs" and room.calls[1][1]["program"] == "scalp-a"
