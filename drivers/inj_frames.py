@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import ClassVar
 
 from drivers.base import ProtocolError
+from drivers.crc import crc16_modbus  # noqa: F401 - re-exported
 
 SOF = 0x7E
 MIN_LEN = 2
@@ -117,27 +118,6 @@ def code_text(code: int) -> str:
 
 
 # --------------------------------------------------------------------------- CRC, encoding
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16_modbus(data: bytes | bytearray | memoryview) -> int:
-    """CRC-16/MODBUS: reflected polynomial 0xA001, init 0xFFFF, no final xor."""
-    crc = 0xFFFF
-    for b in bytes(data):
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
 
 
 def encode(seq: int, cmd: int, payload: bytes = b"") -> bytes:

@@ -23,6 +23,7 @@ import socket
 import struct
 import tty
 from typing import Any, Protocol
+from drivers.crc import crc16_modbus  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +40,6 @@ class ModbusHandler(Protocol):
 
 
 # --------------------------------------------------------------------------- CRC
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16_modbus(data: bytes) -> int:
-    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
 
 
 def _crc_ok(frame: bytes) -> bool:

@@ -301,7 +301,7 @@ async def test_rtu_frames_on_the_pty_split_garbage_and_crc() -> None:
     assert crc16_modbus(b"123456789") == 0x4B37  # the CRC-16/MODBUS check value
     async with run_simulator("pemf", rtu_pty=True) as h:
         ep = Endpoint.parse(h.endpoint)
-        assert h.endpoint == f"modbus-rtu://{ep.path}?baud=19200&parity=E&unit=2"
+        assert h.endpoint == f"modbus-rtu://{ep.path}?baud=19200&parity=N&unit=2"
         line = RawLine(ep.path)
         try:
             ident = rtu_frame(2, bytes.fromhex("0400640002"))
