@@ -303,3 +303,20 @@ async def test_two_rooms_on_one_broker_never_see_each_others_commands(broker, tm
         assert rooms[0].verbs_called() == ["start", "abort"]
         assert not obs.of(lambda s: s.topic.startswith(f"{fes[1].topics.root}/reply/")
                           and s.json["request_id"] == "cross")
+
+
+async def test_cancelling_the_frontend_still_leaves_a_retained_offline(broker, tmp_path):
+    room = StubRoom()
+    fe = make_frontend(tmp_path, broker, room)
+    root = fe.topics.root
+    task = asyncio.create_task(fe.run())
+    await fe.wait_online(10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    async with observing(broker, f"{root}/status") as late:
+        last = await late.wait_for(lambda s: True)
+        assert last.json["data"] == {"state": "offline"} and last.json["seq"] == 2
+    assert len(fe.outbox) == 0
+    await fe.outbox.aclose()
+    fe.idempotency.close()
