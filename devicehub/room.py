@@ -17,7 +17,7 @@ from typing import Any
 
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
-from devicehub.bus import Bus, rfc3339, utcnow
+from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.devices import DeviceManager
 from devicehub.room_api import CommandError
 from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
@@ -71,8 +71,10 @@ class Room:
     async def open(self) -> None:
         """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
         for sid in await self.store.unfinished_sessions():
-            await self.store.append_event(sid, "failed", {"reason": "hub_restart"})
-            await self.store.append_event(sid, "state", {"state": "failed", "reason": "hub_restart"})
+            for name, data in (("failed", {"reason": "hub_restart"}),
+                               ("state", {"state": "failed", "reason": "hub_restart"})):
+                idx = await self.store.append_event(sid, name, data)
+                self.bus.publish(HubMessage("session.event", {"event": name, "index": idx, **data}, session=sid))
             log.warning("session %s was interrupted by a hub restart: marked failed", sid)
             self.bus.emit("session.state", {"session": sid, "state": "failed", "reason": "hub_restart"}, session=sid)
         await self.devices.start()
