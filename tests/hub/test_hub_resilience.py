@@ -1,0 +1,262 @@
+"""The hub against bad requests, a broker outage and its own sudden death.
+
+shared/mqtt-api.md: a malformed request never changes anything and never stops the
+hub; the session never depends on the broker (on-disk outbox, replay with
+``historical: true``); a crashed hub leaves the devices to their watchdogs, the broker
+publishes its will, and the next start marks the session ``failed`` (``hub_restart``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from devicehub.local_broker import LocalBroker
+from devicehub.local_console import ConsoleClient
+from tests.hub.conftest import (
+    DEVICES,
+    Clinic,
+    HubProcess,
+    Setup,
+    acli,
+    ack_prompts,
+    auto_trigger,
+    console,
+    hub_in,
+    root_of,
+    run_to_awaiting,
+    sim_states,
+    simulated_room,
+    start_body,
+    wait_all_off,
+)
+from tests.hub.test_remote_session import index_check, seq_check
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def error_of(reply: dict[str, Any], code: str, field: str | None = None) -> dict[str, Any]:
+    assert reply["ok"] is False, reply
+    err = reply["error"]
+    assert err["code"] == code, reply
+    if field is not None:
+        assert err.get("field") == field, reply
+    assert isinstance(err["message"], str) and err["message"]
+    return err
+
+
+# ====================================================================== bad requests
+async def test_bad_requests_against_the_real_hub(setup: Setup) -> None:
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        await auto_trigger(room, 20)  # an armed gun would fire at once: nothing may arm it
+        root = setup.root
+
+        # a reply path outside the root: not acted on, and no reply; requests are handled
+        # in order, so the status reply after it proves it was handled
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = f"elsewhere/{clinic.client_id}"
+        props.CorrelationData = b"x"
+        await clinic.publish(f"{root}/cmd/start", json.dumps({"request_id": "out-1", **start_body()}),
+                             properties=props)
+        await clinic.publish(f"{root}/cmd/start", json.dumps({"request_id": "out-2", **start_body(),
+                                                              "reply_to": "devicehub/v1/other/room-1/reply/x"}))
+        status = await clinic.request("status")
+        assert status["ok"] and status["data"]["session"] is None, status
+        assert not [m for m in clinic.messages if m.topic.startswith("elsewhere/") or "/other/" in m.topic]
+
+        # retained: refused, never acted on (then the retained message is cleared)
+        error_of(await clinic.request("start", start_body(), retain=True), "retained_command")
+        await clinic.publish(f"{root}/cmd/start", b"", retain=True)
+
+        # unreadable and malformed payloads
+        error_of(await clinic.request("start", b"{not json"), "bad_request")
+        error_of(await clinic.request("start", b"\xff\xfe not utf-8"), "bad_request")
+        error_of(await clinic.request("start", b"[1, 2, 3]"), "bad_request")
+        error_of(await clinic.request("start", b'"start"'), "bad_request")
+        error_of(await clinic.request("start", json.dumps({"program": "demo", "patient_ref": "P", "operator": "o"})
+                                      .encode()), "bad_request", "request_id")
+        error_of(await clinic.request("start", start_body(program=5)), "bad_request", "program")
+        error_of(await clinic.request("start", start_body(params={"light": 3})), "bad_request")
+        error_of(await clinic.request("start", start_body(acknowledge="inject.dose_ul")), "bad_request",
+                 "acknowledge")
+        body = start_body()
+        del body["patient_ref"]
+        error_of(await clinic.request("start", body), "bad_request", "patient_ref")
+        error_of(await clinic.request("start", start_body(acknowlege=["x"])), "bad_request")  # misspelt member
+        error_of(await clinic.request("preflight", {"session": "S", "item": "consent", "done": "yes", "by": "n"}),
+                 "bad_request", "done")
+        error_of(await clinic.request("start", start_body(expires_at="tomorrow")), "bad_request", "expires_at")
+        big = json.dumps({"request_id": "big", **start_body(), "pad": "x" * (1 << 20)}).encode()
+        assert len(big) > 1 << 20
+        error_of(await clinic.request("start", big), "bad_request")
+
+        # expired, unknown verb, unknown program, unknown session
+        error_of(await clinic.request("start", start_body(expires_at="2020-01-01T00:00:00Z")), "expired")
+        error_of(await clinic.request("status", {"expires_at": "2020-01-01T00:00:00+01:00"}), "expired")
+        error_of(await clinic.request("explode", {}), "unknown_verb")
+        error_of(await clinic.request("start", start_body(program="no-such-program")), "unknown_program", "program")
+        err = error_of(await clinic.request("start", start_body(params={"ep": {"amplitude_v": 1000}})), "hard_limit")
+        assert err["details"] and all({"id", "field", "value", "limit", "unit"} <= set(d) for d in err["details"])
+        error_of(await clinic.request("preflight", {"session": "01NOSUCHSESSION", "item": "consent", "done": True,
+                                                    "by": "nurse"}), "not_found", "session")
+        error_of(await clinic.request("pause", {"session": "01NOSUCHSESSION"}), "not_found", "session")
+        error_of(await clinic.request("session", {"session": "01NOSUCHSESSION"}), "not_found", "session")
+
+        # nothing started: no session, no session topic, every simulator off and untouched
+        status = await clinic.request("status")
+        assert status["ok"] and status["data"]["session"] is None and status["data"]["alarms"] == []
+        assert not [m for m in clinic.messages if "/sessions/" in m.topic or m.topic == f"{root}/session"]
+        states = await sim_states(room)
+        assert not any(s["output_on"] for s in states.values())
+        assert states["inj-1"]["shots"] == 0 and states["epg-1"]["pulses"] == 0
+        assert hub.alive()
+
+        # ---- request ids: a repeat gets the same reply and is not acted on again
+        body = start_body(request_id="dup-start")
+        first = await clinic.request("start", body)
+        assert first["ok"] and first["data"]["state"] == "preflight", first
+        sid = first["data"]["session"]
+        again = await clinic.request("start", body)  # acted again, it would be busy
+        assert again["ok"] and again["data"] == first["data"] and again["request_id"] == "dup-start"
+        # the reply path and expires_at are not part of the request's identity
+        again = await clinic.request("start", {**body, "expires_at": "2999-01-01T00:00:00Z"}, v311=True)
+        assert again["data"] == first["data"], again
+        error_of(await clinic.request("start", {**body, "operator": "someone-else"}), "bad_request", "request_id")
+
+        pf = {"request_id": "dup-pf", "session": sid, "item": "consent", "done": True, "by": "nurse"}
+        r1 = await clinic.request("preflight", pf)
+        r2 = await clinic.request("preflight", pf)
+        assert r1["ok"] and r2["data"] == r1["data"] == {"session": sid, "state": "preflight",
+                                                         "pending_items": ["scalp_cleansed"]}
+        # (counted in the session's events below: one preflight_item)
+
+        # an errored request id is remembered too: the same reply, errors included
+        bad = start_body(request_id="dup-err", program="no-such-program")
+        e1 = error_of(await clinic.request("start", bad), "unknown_program")
+        e2 = error_of(await clinic.request("start", bad), "unknown_program")
+        assert e1 == e2
+
+        # busy: one session per room
+        error_of(await clinic.request("start", start_body()), "busy")
+        status = await clinic.request("status")
+        assert status["data"]["session"] == {"session": sid, "state": "preflight"}
+
+        # abort naming an unknown session still acts: the active session ends
+        reply = await clinic.request("abort", {"session": "01NOSUCHSESSION"})
+        error_of(reply, "not_found", "session")
+        assert reply["data"]["session"] == sid and reply["data"]["state"] == "aborted"
+        assert reply["data"]["safe_state_ms"] >= 0
+        await clinic.wait_state("aborted", session=sid)
+        await clinic.wait_event(sid, "aborted")
+        events = clinic.events(sid)
+        assert [e["data"]["event"] for e in events].count("preflight_item") == 1
+        assert [e["data"]["event"] for e in events].count("created") == 1
+        index_check(events)
+        # and one session only was ever created
+        assert {m.topic for m in clinic.messages if "/sessions/" in m.topic} == {f"{root}/sessions/{sid}/events"}
+
+        # the hub is alive and well
+        status = await clinic.request("status")
+        assert status["ok"] and status["data"]["session"] == {"session": sid, "state": "aborted"}
+        assert hub.alive()
+        await wait_all_off(room, timeout=3)
+        states = await sim_states(room)
+        assert states["inj-1"]["shots"] == 0 and states["epg-1"]["pulses"] == 0
+        seq_check(clinic, hub.boot)
+
+
+# ====================================================================== the hub killed
+async def test_hub_killed_mid_session(setup: Setup) -> None:
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        boot = hub.boot
+        await auto_trigger(room, 20)
+        params = {"light": {"duration_s": 5}, "field": {"duration_s": 5}, "ep": {"pulses_per_point": 2}}
+        sid = await run_to_awaiting(clinic, params=params)
+        acks = asyncio.create_task(ack_prompts(clinic, room, sid))
+        try:
+            assert (await console(room, "confirm", session=sid, by="tech"))["ok"]
+            await clinic.wait_for(lambda m: m.topic.endswith(f"{sid}/events")
+                                  and m.body["data"]["event"] == "step_started"
+                                  and m.body["data"]["step"] in ("light", "field"), timeout=30)
+            deadline = time.monotonic() + 5
+            while True:  # both exposures under way: outputs on
+                states = await sim_states(room)
+                if states["led-1"]["output_on"] and states["pemf-1"]["output_on"]:
+                    break
+                assert time.monotonic() < deadline, {d: s["output_on"] for d, s in states.items()}
+        finally:
+            acks.cancel()
+        seen = len(clinic.messages)
+        t_kill = time.monotonic()
+        await asyncio.to_thread(hub.kill)
+
+        # the broker publishes the will: retained offline of this boot, no seq
+        will = await clinic.wait_for(lambda m: m.topic == f"{setup.root}/status"
+                                     and m.body["data"]["state"] == "offline", timeout=10, start=seen)
+        assert will.body["boot"] == boot and "seq" not in will.body and will.body["msg_id"] and will.body["ts"]
+        async with Clinic(setup.port, setup.root, subscribe="status") as late:
+            retained = await late.wait_for(lambda m: True, timeout=5)
+            assert retained.retain and retained.body["data"]["state"] == "offline" and retained.body["boot"] == boot
+
+        # every simulator's watchdog turns its output off by itself
+        states = await wait_all_off(room, timeout=5)
+        off_s = time.monotonic() - t_kill
+        assert states["led-1"]["elapsed_s"] > 0 and states["pemf-1"]["elapsed_s"] > 0
+
+        # the hub comes back on the same config: boot + 1, the session failed (hub_restart)
+        restarted = HubProcess(room.config_path, room.directory / "hub.log")
+        await restarted.astart()
+        try:
+            assert restarted.boot == boot + 1
+            await clinic.wait_for(lambda m: m.topic == f"{setup.root}/status" and m.body["data"]["state"] == "online"
+                                  and m.body["boot"] == boot + 1, timeout=10, start=seen)
+            failed = await clinic.wait_state("failed", session=sid, start=seen)
+            assert failed["data"]["reason"] == "hub_restart" and failed["boot"] == boot + 1
+            async with Clinic(setup.port, setup.root, subscribe="session") as late:
+                retained = await late.wait_for(lambda m: True, timeout=5)
+                assert retained.retain and retained.body["data"]["state"] == "failed"
+                assert retained.body["data"]["session"] == sid and retained.body["data"]["reason"] == "hub_restart"
+
+            shown = await acli("sessions", "show", sid, "--json", "--config", setup.config)
+            assert shown.returncode == 0, shown.stderr
+            record = json.loads(shown.stdout)
+            summary = record["summary"]
+            assert summary["state"] == "failed" and summary["reason"] == "hub_restart"
+            # what the record says was delivered is what the devices delivered
+            sims = await sim_states(room)
+            assert summary["totals"]["inj-1"]["volume_ul"] == pytest.approx(sims["inj-1"]["volume_ul"], abs=0.051)
+            assert summary["totals"]["inj-1"]["shots"] == sims["inj-1"]["shots"] == 8
+            assert summary["totals"]["epg-1"]["pulses"] == sims["epg-1"]["pulses"] == 16
+            assert summary["in_flight"] == []
+            # the session's followers see its end too: index 1..N over both boots, N as recorded
+            await clinic.wait_event(sid, "failed", start=seen)
+            last = await clinic.wait_for(lambda m: m.topic.endswith(f"{sid}/events")
+                                         and m.body["data"]["event"] == "state"
+                                         and m.body["data"]["state"] == "failed", start=seen)
+            events = clinic.events(sid)
+            assert [e["data"]["index"] for e in events] == list(range(1, len(record["events"]) + 1))
+            assert last.body["boot"] == boot + 1 and events[-2]["data"]["reason"] == "hub_restart"
+            assert [e["data"]["event"] for e in events] == [e["event"] for e in record["events"]]
+            reply = await clinic.request("session", {"session": sid})
+            assert reply["data"]["state"] == "failed"
+            status = await clinic.request("status")
+            assert status["data"]["hub"]["boot"] == boot + 1
+            seq_check(clinic, boot + 1)
+        finally:
+            await asyncio.to_thread(restarted.terminate)
