@@ -229,8 +229,6 @@ class SessionRunner:
         await self.event("created", program=self.program.id, version=self.program.version, sha256=self.sha256,
                          patient_ref=self.patient_ref, operator=self.operator, origin=self.origin,
                          params=self.params, acknowledged=self.acknowledged)
-        for ack in self.acknowledged:
-            await self.event("acknowledged", limit=ack, by=self.operator)
         self.publish_state()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise-{self.session_id}")
         await self._advance_from_preflight()
