@@ -54,6 +54,7 @@ async def mqtt_frontend(config: Any, room: Any, boot: int) -> AsyncIterator[Any]
             room.alarms.clear("outbox:outbox_filling")
             room.alarms.clear("outbox:outbox_full")
         elif level == "medium":
+            room.alarms.clear("outbox:outbox_full")  # back under the bound, still past 80 %
             room.alarms.raise_alarm(priority="medium", source="outbox", code="outbox_filling", latched=False,
                                     text="the MQTT outbox is past 80 % of its bound", key="outbox:outbox_filling")
         else:
