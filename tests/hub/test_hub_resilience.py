@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from devicehub.local_broker import LocalBroker
 from devicehub.local_console import ConsoleClient
+from devicehub.records.store import RecordStore
 from tests.hub.conftest import (
     DEVICES,
     Clinic,
@@ -260,3 +261,99 @@ async def test_hub_killed_mid_session(setup: Setup) -> None:
             seq_check(clinic, boot + 1)
         finally:
             await asyncio.to_thread(restarted.terminate)
+
+
+# ====================================================================== the broker away
+@pytest.fixture
+def persistent_broker() -> Iterator[LocalBroker]:
+    """A private Mosquitto that keeps client sessions across a restart, as a clinic's broker does.
+
+    The state directory lives directly under the temporary directory and is open to all:
+    Mosquitto started as root drops to its own user before writing it.
+    """
+    state = tempfile.mkdtemp(prefix="devicehub-broker-state-")
+    os.chmod(state, 0o777)
+    broker = LocalBroker(extra_conf=f"persistence true\npersistence_location {state}/\n")
+    try:
+        with broker:
+            yield broker
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def recorded_events(room: Any, sid: str) -> int:
+    """How many events the record holds for the session now (read-only, as the CLI reads it)."""
+    with RecordStore(room.directory / "devicehub.sqlite", readonly=True) as store:
+        return store.session(sid)["events_count"]
+
+
+async def _watch_until(watch: ConsoleClient, pred: Any, timeout: float) -> list[dict[str, Any]]:
+    """Read the console's live stream until ``pred(message)``; returns what was read."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    it = watch.messages()
+    while True:
+        m = await asyncio.wait_for(it.__anext__(), max(0.01, deadline - time.monotonic()))
+        got.append(m)
+        if pred(m):
+            return got
+
+
+async def test_broker_outage_mid_session(persistent_broker: LocalBroker, tmp_path: Path) -> None:
+    broker = persistent_broker
+    with simulated_room(tmp_path / "room", broker.port) as room:
+        root = root_of(room.site)
+        async with hub_in(room) as hub, Clinic(broker.port, root, client_id=f"follower-{uuid.uuid4().hex[:6]}",
+                                                persistent=True) as clinic:
+            await hub.astart()
+            await auto_trigger(room, 10)
+            sid = await run_to_awaiting(clinic)
+            async with ConsoleClient(room.directory / "devicehub.sock") as watch:
+                assert (await watch.request("watch"))["ok"]
+                assert (await console(room, "confirm", session=sid, by="tech"))["ok"]
+                await clinic.wait_event(sid, "point_done")
+
+                # the broker goes away mid-injection; the session goes on (the technician
+                # at the chair acknowledges the confirm step meanwhile)
+                await asyncio.to_thread(broker.stop)
+                before = recorded_events(room, sid)  # every later event can only come from the outbox
+                away = await _watch_until(watch, lambda m: m["kind"] == "session.event"
+                                          and m["data"]["event"] == "prompt"
+                                          or m["kind"] == "session.state" and "prompt" in m["data"], 20)
+                assert (await console(room, "prompt_ack", by="tech"))["ok"]
+                away += await _watch_until(watch, lambda m: m["kind"] == "session.event"
+                                           and m["data"]["event"] == "train_done", 20)
+                assert away
+                during = range(before + 1, recorded_events(room, sid) + 1)
+                assert len(during) >= 3, "events must happen while the broker is away"
+                await asyncio.to_thread(broker.start)
+
+            done = await clinic.wait_event(sid, "completed", timeout=60)
+            await clinic.wait_for(lambda m: m.topic.endswith(f"{sid}/events") and m.body["data"]["event"] == "state"
+                                  and m.body["data"]["state"] == "completed", timeout=10)
+            assert clinic.connects >= 2
+            summary = (await clinic.request("session", {"session": sid}))["data"]
+            assert summary["state"] == "completed"
+
+        # every event once after msg_id de-duplication, the outage's flagged historical
+        unique: dict[str, dict[str, Any]] = {}
+        order: list[dict[str, Any]] = []
+        for m in clinic.messages:
+            b = m.body
+            if isinstance(b, dict) and "msg_id" in b and b["msg_id"] not in unique:
+                unique[b["msg_id"]] = b
+                order.append(b)
+        events = [b for b in order if b.get("type") == "session.event" and b.get("session") == sid]
+        indices = sorted(e["data"]["index"] for e in events)
+        assert indices == list(range(1, summary["events_count"] + 1)), indices
+        historical = [e for e in events if e["historical"]]
+        assert historical, "the events of the outage come from the outbox, flagged historical"
+        assert {e["data"]["index"] for e in historical} >= set(during)
+        assert done["data"]["totals"] == summary["totals"]
+        # seq of the boot as a set: the replay fills the gap the outage left
+        boot = hub.boot
+        seqs = sorted(b["seq"] for b in order if b.get("boot") == boot and "seq" in b)
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+        # the birth of the new connection comes before the replay
+        first_hist = next(i for i, b in enumerate(order) if b.get("historical") and b.get("type") == "session.event")
+        assert any(b.get("type") == "status" and b["data"]["state"] == "online" for b in order[:first_hist][-50:])
