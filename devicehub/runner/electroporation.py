@@ -99,8 +99,9 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
             if left <= 0:
                 raise StepFailure("train_timeout", f"{dev_id}: no DONE within {timeout:.1f} s", alarm="device_fault")
             try:
-                ev = await asyncio.wait_for(q.get(), left)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancel
+                    ev = await q.get()
+            except TimeoutError:
                 continue
             if ev.kind == "pulse":
                 offsets.append(int(ev.data.get("t_us", 0)))

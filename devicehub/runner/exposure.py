@@ -107,8 +107,9 @@ async def run(runner: Any, step: Any) -> None:
             if left <= 0:
                 raise StepFailure("exposure_timeout", f"{dev_id}: exposure did not end in time", alarm="device_fault")
             try:
-                ev = await asyncio.wait_for(q.get(), left)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancel
+                    ev = await q.get()
+            except TimeoutError:
                 continue
             if ev.kind == "progress":
                 amounts = _amounts(step.kind, ev.data)
