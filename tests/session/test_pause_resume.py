@@ -126,18 +126,45 @@ async def test_pause_mid_train_resumes_without_double_or_missing_pulses(hub: Hub
     assert (await hub.store.verify(sid)).ok
 
 
+async def test_pause_at_the_instant_a_pulse_arrives_stops_the_step(hub: Hub) -> None:
+    """The stop's cancel must not be lost when it lands while a device event is handed to
+    the step (asyncio.wait_for on Python 3.11 swallowed it: the old step ran on beside the
+    resumed one, and the pause itself waited 2 s for it)."""
+    await hub.auto_trigger(20)
+    params = {**FAST_DEMO, "ep": {"pulses_per_point": 50, "period_ms": 10, "zones": ["left"]}}
+    runner = await hub.start("demo", params=params)
+    sid = runner.session_id
+    await hub.next_event("train_done")
+    epg = hub.room.devices.devices["epg-1"]
+    async with epg.subscribe() as q:  # the EPG driver's own event stream, as the step sees it
+        while (await q.get()).kind != "pulse":
+            pass
+        # no await between the pulse and the pause: the step has that same pulse in hand
+        t0 = time.monotonic()
+        await hub.room.pause(session=sid)
+        took = time.monotonic() - t0
+    assert took < 1.0
+    await hub.room.resume(session=sid, origin="console", by="tech")
+    assert await hub.finish(runner, 20) == "completed", runner.reason
+    assert (await hub.sim_state("epg-1"))["pulses"] == 4 * 50
+    summary = hub.store.read_session(sid)
+    assert summary["totals"]["epg-1"]["pulses"] == 200
+
+
 async def test_pause_mid_injection_resumes_without_double_or_missing_shots(hub: Hub) -> None:
     await hub.auto_trigger(10)
     runner = await hub.start("demo", params=FAST_DEMO)
     sid = runner.session_id
     for _ in range(3):
         await hub.next_event("point_done", where=lambda e: e["step"] == "inject")
-    # the technician stops pulling, the operator pauses between two shots
+    # the technician stops pulling; the gun is capped for the next point and waits for a
+    # pull; the operator pauses between two shots
     await hub.auto_trigger(0)
-    await hub.wait_sim("inj-1", lambda s: s["state"] == "armed", what="the gun armed, not firing")
+    await hub.wait_sim("inj-1", lambda s: s["state"] == "armed" and s["cap_ul"] > 0,
+                       what="the gun armed and capped, not firing")
     await hub.room.pause(session=sid)
     gun = await hub.sim_state("inj-1")
-    assert not gun["output_on"] and gun["state"] == "idle" and gun["cap_ul"] == 0, gun
+    assert not gun["output_on"] and gun["state"] == "idle", gun  # disarmed: a pull is refused
     assert gun["shots"] == 3
     await hub.room.resume(session=sid, origin="console", by="tech")
     await hub.auto_trigger(10)
