@@ -35,6 +35,9 @@ Readings of the ICD this simulator implements (the safe one where it is silent):
   trigger; its watchdog still disarms it and latches fault 5 (reported once the stall
   ends, in STATUS).
 - ``auto_trigger`` pulls are brief: one shot per pull in every mode.
+- ``over_delivery`` (control ``set`` only, not a physical input of the ICD) stands in for
+  a worn valve: every shot delivers that fraction more than set (0.5: 1.5 x), past the
+  cap, and reports what it delivered. Tests use it to prove the host's own bound.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ U32 = 0xFFFFFFFF
 class InjSimulator(StreamDeviceSimulator):
     kind: ClassVar[str] = "inj"
     fault_names: ClassVar[tuple[str, ...]] = ("occlusion", "empty", "cartridge_missing", "corrupt", "drop_reply", "stall")
-    inputs: ClassVar[dict[str, tuple[float, float]]] = {"reservoir_ul": (0.0, 10000.0), "viscosity": (0.5, 20.0)}
+    inputs: ClassVar[dict[str, tuple[float, float]]] = {"reservoir_ul": (0.0, 10000.0), "viscosity": (0.5, 20.0),
+                                                        "over_delivery": (0.0, 1.0)}
 
     MODEL = 1
     FIRMWARE = 102
@@ -105,6 +109,7 @@ class InjSimulator(StreamDeviceSimulator):
         # world
         self.reservoir_x10 = 100_000  # a full 10 mL syringe
         self.viscosity = 1.0
+        self.over_delivery = 0.0  # a misbehaving gun: this fraction more than set, per shot
         # totals since the simulator started
         self.shots = 0
         self.volume_total_x10 = 0
@@ -366,7 +371,7 @@ class InjSimulator(StreamDeviceSimulator):
         """Account for what left the syringe and report it in a SHOT event."""
         now = self.now()
         scatter = float(min(0.02, max(-0.02, self.rng.normal(0.0, 0.01))))
-        vol = min(self.reservoir_x10, round(self.volume_set_x10 * fraction * (1.0 + scatter)))
+        vol = min(self.reservoir_x10, round(self.volume_set_x10 * fraction * (1.0 + scatter) * (1.0 + self.over_delivery)))
         depth = max(1, round(self.depth_set_x10 + float(min(1.0, max(-1.0, self.rng.normal(0.0, 0.5))))))
         self._p_hold = False  # the plunger stops: the pressure relaxes, counted from the shot's start
         if vol <= 0:
@@ -415,6 +420,8 @@ class InjSimulator(StreamDeviceSimulator):
             self._check_conditions()
         elif name == "viscosity":
             self.viscosity = value
+        elif name == "over_delivery":
+            self.over_delivery = value
 
     def op_trigger(self, req: dict[str, Any]) -> dict[str, Any]:
         hold = req.get("hold_s", 1.0)
@@ -451,6 +458,7 @@ class InjSimulator(StreamDeviceSimulator):
             "mode": self.mode.name.lower(),
             "rate": self.rate,
             "viscosity": self.viscosity,
+            "over_delivery": self.over_delivery,
             "auto_trigger_hz": self.auto_trigger_hz,
             "serial": self.serial,
             "requests": dict(self.requests),
