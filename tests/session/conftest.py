@@ -50,52 +50,13 @@ async def poll(check: Callable[[], Awaitable[Any]], *, timeout: float, interval:
         await asyncio.sleep(interval)
 
 
-@dataclass
-class Hub:
-    """A Room on a SimulatedRoom, with the record store and a bus subscription."""
+@dataclass(kw_only=True)
+class Sims:
+    """The simulated room's devices, seen through their control channels only."""
 
     sim: SimulatedRoom
-    config: HubConfig
-    store: HubStore
-    room: Room
-    sub: Subscription
-    #: every session event seen so far (in order), whether a test waited for it or not
-    events: list[dict[str, Any]] = field(default_factory=list)
     _clients: dict[str, ControlClient] = field(default_factory=dict)
 
-    # ------------------------------------------------------------ sessions
-    async def start(self, program: str = "demo", *, params: dict[str, Any] | None = None,
-                    acknowledge: list[str] | None = None, preflight: bool = True,
-                    patient: str = "P-1", operator: str = "tech") -> SessionRunner:
-        """Start a session at the console (no remote confirmation), preflight taken as done."""
-        return await self.room.start_session(
-            program=program, patient_ref=patient, operator=operator, params=params,
-            acknowledge=acknowledge, origin="console",
-            preflight_done_by=f"{operator} (test)" if preflight else None, confirmation_required=False)
-
-    async def finish(self, runner: SessionRunner, timeout: float = 30.0) -> str:
-        """The session's final state; fails the test if it does not end in time."""
-        return await asyncio.wait_for(runner.wait(), timeout)
-
-    async def next_event(self, name: str, *, timeout: float = 10.0,
-                         where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        """The next ``session.event`` called ``name`` (matching ``where``) from the bus."""
-        async def wait() -> dict[str, Any]:
-            while True:
-                msg = await self.sub.get()
-                if msg.kind != "session.event":
-                    continue
-                self.events.append(msg.data)
-                if msg.data.get("event") == name and (where is None or where(msg.data)):
-                    return msg.data
-
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
-            seen = [e.get("event") for e in self.events[-15:]]
-            raise AssertionError(f"no session event {name!r} within {timeout:.1f} s; last seen: {seen}") from None
-
-    # ------------------------------------------------------------ simulators
     def control(self, dev: str) -> ControlClient:
         if dev not in self._clients:
             self._clients[dev] = ControlClient(self.sim.sims[dev].control)
@@ -128,10 +89,59 @@ class Hub:
 
         return await poll(probe, timeout=timeout, what="every output off")
 
-    async def close_clients(self) -> None:
+    async def release(self) -> None:
+        """Clear every injected fault (a stalled device would hold up whoever closes it), stop
+        the simulated technician, close the control connections."""
+        with contextlib.suppress(Exception):
+            for dev in DEVICES:
+                await self.control(dev).clear()
+            await self.auto_trigger(0)
         for c in self._clients.values():
             await c.close()
         self._clients.clear()
+
+
+@dataclass(kw_only=True)
+class Hub(Sims):
+    """A Room on a SimulatedRoom, with the record store and a bus subscription."""
+
+    config: HubConfig
+    store: HubStore
+    room: Room
+    sub: Subscription
+    #: every session event seen so far (in order), whether a test waited for it or not
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def start(self, program: str = "demo", *, params: dict[str, Any] | None = None,
+                    acknowledge: list[str] | None = None, preflight: bool = True,
+                    patient: str = "P-1", operator: str = "tech") -> SessionRunner:
+        """Start a session at the console (no remote confirmation), preflight taken as done."""
+        return await self.room.start_session(
+            program=program, patient_ref=patient, operator=operator, params=params,
+            acknowledge=acknowledge, origin="console",
+            preflight_done_by=f"{operator} (test)" if preflight else None, confirmation_required=False)
+
+    async def finish(self, runner: SessionRunner, timeout: float = 30.0) -> str:
+        """The session's final state; fails the test if it does not end in time."""
+        return await asyncio.wait_for(runner.wait(), timeout)
+
+    async def next_event(self, name: str, *, timeout: float = 10.0,
+                         where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next ``session.event`` called ``name`` (matching ``where``) from the bus."""
+        async def wait() -> dict[str, Any]:
+            while True:
+                msg = await self.sub.get()
+                if msg.kind != "session.event":
+                    continue
+                self.events.append(msg.data)
+                if msg.data.get("event") == name and (where is None or where(msg.data)):
+                    return msg.data
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            seen = [e.get("event") for e in self.events[-15:]]
+            raise AssertionError(f"no session event {name!r} within {timeout:.1f} s; last seen: {seen}") from None
 
 
 def write_limits(path: Path, changes: dict[str, dict[str, Any]]) -> Path:
@@ -145,40 +155,63 @@ def write_limits(path: Path, changes: dict[str, dict[str, Any]]) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def open_hub(directory: Path, *, limits: Path | None = None,
-                   options: RunnerOptions | None = None) -> AsyncIterator[Hub]:
-    """Fresh simulators, a fresh store, a Room opened on them; all closed afterwards."""
+async def open_sims(directory: Path, *, limits: Path | None = None) -> AsyncIterator[SimulatedRoom]:
+    """Fresh simulators and their hub config in ``directory``; stopped afterwards."""
     sim = SimulatedRoom(directory, **({"limits": limits} if limits is not None else {}))
     await asyncio.to_thread(sim.start)
-    store = room = hub = None
     try:
-        config = HubConfig.load(sim.config_path)
-        store = HubStore(config.store)
+        yield sim
+    finally:
+        await asyncio.to_thread(sim.stop)
+
+
+@contextlib.asynccontextmanager
+async def open_room(config: HubConfig, *, options: RunnerOptions | None = None
+                    ) -> AsyncIterator[tuple[HubStore, Room, Subscription]]:
+    """A Room opened on ``config`` with its store (the hub as ``devicehub run`` builds it)."""
+    store = HubStore(config.store)
+    room = None
+    try:
         room = Room(config, store=store, boot=await store.next_boot(),
                     options=options or RunnerOptions(auto_acknowledge_prompts=True))
         sub = room.bus.subscribe()
         await room.open()
-        hub = Hub(sim=sim, config=config, store=store, room=room, sub=sub)
-        yield hub
+        yield store, room, sub
     finally:
-        if hub is not None:
-            # a stalled simulator would make the room's closing wait for replies that never come
-            with contextlib.suppress(Exception):
-                for dev in DEVICES:
-                    await hub.control(dev).clear()
-                await hub.auto_trigger(0)
-            await hub.close_clients()
         if room is not None:
             await room.close()
-        if store is not None:
-            await store.close()
-        await asyncio.to_thread(sim.stop)
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_hub(directory: Path, *, limits: Path | None = None,
+                   options: RunnerOptions | None = None) -> AsyncIterator[Hub]:
+    """Fresh simulators, a fresh store, a Room opened on them; all closed afterwards."""
+    async with open_sims(directory, limits=limits) as sim:
+        config = HubConfig.load(sim.config_path)
+        async with open_room(config, options=options) as (store, room, sub):
+            hub = Hub(sim=sim, config=config, store=store, room=room, sub=sub)
+            try:
+                yield hub
+            finally:
+                await hub.release()  # before the room closes: no stalled device to wait for
 
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     async with open_hub(tmp_path / "room") as h:
         yield h
+
+
+@pytest.fixture
+async def sims(tmp_path: Path) -> AsyncIterator[Sims]:
+    """The simulators alone: for tests where the hub is another process."""
+    async with open_sims(tmp_path / "room") as sim:
+        s = Sims(sim=sim)
+        try:
+            yield s
+        finally:
+            await s.release()
 
 
 def devicehub_cmd(*args: str) -> list[str]:
