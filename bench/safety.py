@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import contextlib
 import sys
 import time
@@ -321,6 +322,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print_safe_state(results["safe_state"])
     results["start_skew"] = await skew_part(args)
     print_skew(results["start_skew"])
+    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]  # others' load during the run
     return results
 
 
