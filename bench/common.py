@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -241,6 +242,7 @@ class Simulators:
         self.sims: dict[str, Sim] = {}
         self._thread: Any = None
         self._procs: list[subprocess.Popen[str]] = []
+        self._err_files: list[Any] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -257,16 +259,21 @@ class Simulators:
                 self.sims[kind] = Sim(kind, h.endpoint, h.control, h.sim)
         else:
             for kind in self.kinds:
+                # stderr to a file, not a pipe nobody reads: a chatty simulator would block on a full pipe
+                err_file = tempfile.TemporaryFile(mode="w+")
+                self._err_files.append(err_file)
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "simulators", kind, "--port", "0", "--seed", "1"],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                    stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=str(ROOT),
                     env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                 )
                 self._procs.append(proc)
                 assert proc.stdout is not None
                 line = proc.stdout.readline()
                 if not line:
-                    err = proc.stderr.read() if proc.stderr else ""
+                    proc.wait(5)
+                    err_file.seek(0)
+                    err = err_file.read()
                     self.stop()
                     raise RuntimeError(f"simulator {kind} exited before announcing: {err}")
                 ann = json.loads(line)
@@ -287,6 +294,9 @@ class Simulators:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+        for f in self._err_files:
+            f.close()
+        self._err_files.clear()
 
     def __enter__(self) -> "Simulators":
         return self.start()

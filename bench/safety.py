@@ -54,6 +54,8 @@ from drivers.pemf import PemfDriver, PemfExposure  # noqa: E402
 from simulators.control import ControlClient  # noqa: E402
 
 TARGET_P99_MS = 50.0
+#: iterations that go wrong (device will not energise, no fault event) before the run gives up
+MAX_ERRORS = 10
 #: the events the runner supervises (devicehub.runner.session.SUPERVISED_EVENTS)
 SUPERVISED = ("fault", "connection_lost", "heartbeat_failed")
 #: fault path: (device, control fault name), used in turn
@@ -174,6 +176,14 @@ class Room:
         await self.ctl[device].clear()
         await self.devices[device].clear_fault()
 
+    async def recover_all(self) -> None:
+        """After something unplanned: every device off, causes removed, faults cleared."""
+        await safe_state_all(self.devices, "bench recovery")
+        for k, st in (await self.states()).items():
+            await self.ctl[k].clear()
+            if st["state"].lower() == "fault":
+                await self.devices[k].clear_fault()
+
 
 async def safe_state_part(args: argparse.Namespace) -> dict[str, Any]:
     with Simulators(["epg", "inj", "led", "pemf"], mode=args.sims) as sims:
@@ -185,10 +195,20 @@ async def safe_state_part(args: argparse.Namespace) -> dict[str, Any]:
         aborts: list[SafeStateReport] = []
         faults: list[tuple[str, float, Tripped]] = []  # (fault name, t_inject, trip)
         still_on: list[str] = []
+        errors: list[str] = []
         t_start = time.monotonic()
         try:
-            for i in range(2 * args.iterations):
-                await room.energise()
+            i = 0
+            while i < 2 * args.iterations:
+                try:
+                    await room.energise()
+                except Exception as exc:  # noqa: BLE001 - recorded, recovered, and the run goes on
+                    errors.append(f"energise before stop {i}: {type(exc).__name__}: {exc}")
+                    if len(errors) > MAX_ERRORS:
+                        raise
+                    sup.armed = False
+                    await room.recover_all()
+                    continue
                 if i % 2 == 0:
                     t0 = time.monotonic()
                     rep = await safe_state_all(room.devices, "abort", t_trigger=t0)
@@ -198,14 +218,22 @@ async def safe_state_part(args: argparse.Namespace) -> dict[str, Any]:
                     sup.armed = True
                     t_inject = time.monotonic()
                     await room.ctl[device].inject(fault)
-                    trip = await asyncio.wait_for(sup.trips.get(), 5.0)
+                    try:
+                        trip = await asyncio.wait_for(sup.trips.get(), 5.0)
+                    except asyncio.TimeoutError:
+                        errors.append(f"stop {i}: no fault event within 5 s of injecting {device} {fault}")
+                        if len(errors) > MAX_ERRORS:
+                            raise
+                        sup.armed = False
+                        await room.recover_all()
+                        continue
                     faults.append((f"{device} {fault}", t_inject, trip))
-                    rep = trip.report
                 on = await room.all_off()
                 if on:
-                    still_on.append(f"iteration {i}: {','.join(on)} still on")
+                    still_on.append(f"stop {i}: {','.join(on)} still on")
                 if i % 2 == 1:
                     await room.recover(faults[-1][2].device)
+                i += 1
         finally:
             sup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +268,7 @@ async def safe_state_part(args: argparse.Namespace) -> dict[str, Any]:
         "meets_target": summary(both)["p99"] < TARGET_P99_MS,
         "outputs_left_on": still_on,
         "unexpected_events": [f"{d} {k} {data}" for d, k, data in sup.unexpected],
+        "errors": errors,
         "seconds": round(elapsed, 1),
     }
 
@@ -345,7 +374,10 @@ def print_safe_state(r: dict[str, Any]) -> None:
     verdict = "ok" if r["meets_target"] else "ABOVE TARGET"
     print(f"p99 of every stop {r['all_stops_ms']['p99']:.2f} ms (target < {r['target_p99_ms']:.0f} ms): {verdict}; "
           f"unconfirmed: {r['abort']['unconfirmed'] + r['fault']['unconfirmed']}; outputs left on: "
-          f"{len(r['outputs_left_on'])}; unexpected events: {len(r['unexpected_events'])}")
+          f"{len(r['outputs_left_on'])}; unexpected events: {len(r['unexpected_events'])}; "
+          f"errors: {len(r['errors'])}")
+    for line in r["errors"] + r["outputs_left_on"] + r["unexpected_events"]:
+        print("  " + line)
     print(flush=True)
 
 
