@@ -19,6 +19,6 @@ _CRC_TABLE = _crc_table()
 def crc16_modbus(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/MODBUS: reflected polynomial 0xA001, init 0xFFFF, no final xor; sent low byte first."""
     crc = 0xFFFF
-    for b in bytes(data):
+    for b in data:  # bytes, bytearray and memoryview all iterate as ints
         crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
     return crc

@@ -218,8 +218,10 @@ class EpgDriver(Device):
         if remaining <= 0:
             raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms")
         try:
-            item = await asyncio.wait_for(self._replies.get(), remaining)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no task per reply (see bench/README.md)
+            async with asyncio.timeout(remaining):
+                item = await self._replies.get()
+        except TimeoutError:
             raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms") from None
         if item is _PREEMPT:
             raise DeviceTimeout(f"{self.device_id}: {_PREEMPT.name}")

@@ -215,8 +215,9 @@ class InjDriver(Device):
                 self._pending = (seq, fut)
                 try:
                     self._link.write(encode(seq, cmd, payload))
-                    frame = await asyncio.wait_for(fut, self.reply_timeout)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(self.reply_timeout):  # no extra task per request
+                        frame = await fut
+                except TimeoutError:
                     error = DeviceTimeout(f"{self.device_id}: no reply to {cmd.name} (seq {seq}) "
                                           f"within {self.reply_timeout * 1000:.0f} ms")
                     continue

@@ -167,13 +167,13 @@ class ModbusLink:
             if not self._client.connected:
                 await self._connect()
             try:
-                rr = await asyncio.wait_for(
-                    getattr(self._client, method)(*args, device_id=self.unit, **kwargs),
-                    self.timeout * 2 + 0.5,  # guard above pymodbus' own timeout
-                )
+                # a guard above pymodbus' own timeout; asyncio.timeout runs the call in this
+                # task (wait_for would add a task and loop iterations to every request)
+                async with asyncio.timeout(self.timeout * 2 + 0.5):
+                    rr = await getattr(self._client, method)(*args, device_id=self.unit, **kwargs)
             except ConnectionException as exc:
                 raise NotConnected(f"{self.endpoint}: {what}: {exc}") from exc
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 last = DeviceTimeout(f"{self.endpoint}: {what}: no reply")
                 last.__cause__ = exc
                 continue
