@@ -14,6 +14,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.hub.conftest import (
     DEVICES,
@@ -219,3 +221,43 @@ async def test_abort_mid_run(setup: Setup) -> None:
         summary = await clinic.request("session", {"session": sid})
         assert summary["data"]["state"] == "aborted"
         assert json.dumps(summary["data"])  # the record is readable JSON
+
+
+@pytest.mark.xfail(strict=False, reason="hub bug: an abort handled while a start is opening its session "
+                                        "(Room.start_session -> SessionRunner.open) ends the session in the "
+                                        "record, then open() goes on, the record refuses its next state "
+                                        "(RecordError), and the runner stays 'preflight' in memory: the room is "
+                                        "busy for ever and further aborts do nothing (see the MQTT tests' report)")
+async def test_start_then_abort_back_to_back(setup: Setup) -> None:
+    """A clinic that starts and at once aborts (an operator's second thought) must leave the room usable.
+
+    The abort overtakes nothing it should not: either it finds the new session and ends
+    it (``aborted``), or it comes before it and says ``idle``, and the session then waits
+    in preflight (nothing energised) until aborted again. Either way a new start is
+    accepted afterwards. Forty back-to-back pairs, because the interleaving varies.
+    """
+    root = setup.root
+    async with Clinic(setup.port, root) as clinic:
+        await setup.hub.astart()
+        for i in range(40):
+            start = len(clinic.messages)
+            for verb, body in (("start", start_body(request_id=f"s{i}")), ("abort", {"request_id": f"a{i}"})):
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = f"{root}/reply/{clinic.client_id}/{verb}{i}"
+                props.CorrelationData = f"{verb}{i}".encode()
+                await clinic.publish(f"{root}/cmd/{verb}", json.dumps(body), properties=props)
+            started = (await clinic.wait_for(lambda m: m.topic.endswith(f"/start{i}"), start=start)).body
+            aborted = (await clinic.wait_for(lambda m: m.topic.endswith(f"/abort{i}"), start=start)).body
+            assert started["ok"], started
+            sid = started["data"]["session"]
+            assert aborted["ok"] and aborted["data"]["safe_state_ms"] >= 0, aborted
+            if aborted["data"]["session"] == sid:
+                assert aborted["data"]["state"] == "aborted", aborted
+            else:
+                assert aborted["data"] == {"session": None, "state": "idle",
+                                           "safe_state_ms": aborted["data"]["safe_state_ms"]}, aborted
+                again = await clinic.request("abort", {"session": sid})
+                assert again["ok"] and again["data"]["state"] == "aborted", again
+            status = await clinic.request("status")
+            assert status["data"]["session"] == {"session": sid, "state": "aborted"}, status
+        assert not any((await outputs_on(setup.room)).values())
