@@ -290,8 +290,9 @@ class SessionRunner:
         await self._stop("aborted", trigger="abort", reason=reason or "abort", t_trigger=t_trigger)
         return self.last_safe_state
 
-    async def fail(self, reason: str, *, trigger: str | None = None, t_trigger: float | None = None) -> None:
-        await self._stop("failed", trigger=trigger or reason, reason=reason, t_trigger=t_trigger)
+    async def fail(self, reason: str, *, trigger: str | None = None, t_trigger: float | None = None,
+                   alarm: dict[str, Any] | None = None) -> None:
+        await self._stop("failed", trigger=trigger or reason, reason=reason, t_trigger=t_trigger, alarm=alarm)
 
     async def wait(self) -> str:
         await self._finished.wait()
@@ -308,8 +309,9 @@ class SessionRunner:
         return self._prompt_step
 
     # ================================================================== stopping
-    async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None) -> None:
-        """Pause, abort or fail: outputs off first, then the record."""
+    async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
+                    alarm: dict[str, Any] | None = None) -> None:
+        """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
         if self.finished or (self._stopping and kind == "paused"):
             return
@@ -318,6 +320,8 @@ class SessionRunner:
             # failure outranks an abort or a pause in the final state
             if kind == "failed":
                 self._escalate = (reason, trigger)
+                if alarm is not None:
+                    await self.event("alarm", **alarm)
             return
         self._stopping = True
         self._escalate = None
@@ -326,6 +330,8 @@ class SessionRunner:
             task.cancel()
         report = await safe_state_all(self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
         self.last_safe_state = report
+        if alarm is not None:  # recorded once the room is safe, never before
+            await self.event("alarm", **alarm)
         if task is not None and task is not asyncio.current_task():
             await asyncio.wait([task], timeout=2.0)
         await self._settle_active("interrupted" if kind == "paused" else kind)
@@ -399,13 +405,13 @@ class SessionRunner:
             if exc.alarm:
                 self.alarms.raise_alarm(priority="high", source=self.current_step or "runner", code=exc.alarm,
                                         text=exc.text, session=self.session_id)
-            await self.event("alarm", code=exc.alarm or exc.reason, text=exc.text, priority="high")
-            await self._stop("failed", trigger=exc.reason, reason=exc.reason)
+            await self._stop("failed", trigger=exc.reason, reason=exc.reason,
+                             alarm={"code": exc.alarm or exc.reason, "text": exc.text, "priority": "high"})
         except CapExceeded as exc:
             self.alarms.raise_alarm(priority="high", source="runner", code="dose_cap_reached", text=str(exc),
                                     session=self.session_id)
-            await self.event("alarm", code="dose_cap_reached", text=str(exc), priority="high")
-            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached")
+            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached",
+                             alarm={"code": "dose_cap_reached", "text": str(exc), "priority": "high"})
         except Exception as exc:  # noqa: BLE001 - an unexpected error still ends in the safe state
             log.exception("session %s: unexpected error", self.session_id)
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
@@ -548,9 +554,9 @@ class SessionRunner:
             self.alarms.raise_alarm(priority="high", source=dev_id, code=alarm_code,
                                     text=f"{dev_id}: {text} ({code})", session=self.session_id,
                                     key=f"{dev_id}:{alarm_code}")
-            await self.event("alarm", device=dev_id, code=alarm_code, device_code=code, text=str(text),
-                             priority="high")
-            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t)
+            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t,
+                            alarm={"device": dev_id, "code": alarm_code, "device_code": code, "text": str(text),
+                                   "priority": "high"})
 
 
 class InvalidState(Exception):
