@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from devicehub.runner.session import ActivePoint, StepFailure
+from devicehub.runner.session import StepFailure
 from drivers.epg import EpgTrain
 
 
@@ -52,14 +52,10 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
     train = EpgTrain(amplitude_v=step.amplitude_v, width_ms=step.width_ms, period_ms=step.period_ms, pulses=pulses,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
-    if pp.delivery_id is None:
-        pp.delivery_id = await runner.store.delivery_intent(
-            runner.session_id, step_id=step.id, zone=pp.zone, point=pp.point, device=dev_id,
-            planned={"pulses": pulses, "amplitude_v": step.amplitude_v, "width_ms": step.width_ms,
-                     "period_ms": step.period_ms, **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {})})
-    pp.status = "active"
     offsets: list[int] = []
-    accounted = {"done": False}
+    # "triggered": from the moment OUTP:TRIG may have reached the device; before it, the
+    # device's train report is the previous point's and must not be counted again
+    accounted = {"done": False, "triggered": False}
 
     async def settle(status: str) -> None:
         """After a stop mid-train: count the pulses the device reported, no more, no less."""
@@ -69,6 +65,8 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
         n = len(offsets)
         charge = energy = 0.0
         try:
+            if not accounted["triggered"]:
+                raise LookupError("no train was triggered for this point")
             rep = await epg.train_report()
             if rep.pulses == n:
                 charge, energy = rep.charge_uc, rep.energy_mj
@@ -85,11 +83,14 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
             "pulses": n, "charge_uc": round(charge, 3), "energy_mj": round(energy, 3)})
         pp.delivery_id = None
 
-    runner.set_active(dev_id, ActivePoint(step, pp, dev_id, settle=settle))
+    await runner.begin_point(dev_id, step, pp, settle, planned={
+        "pulses": pulses, "amplitude_v": step.amplitude_v, "width_ms": step.width_ms, "period_ms": step.period_ms,
+        **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {})})
     runner.publish_state()
     timeout = pulses * step.period_ms / 1000.0 + runner.options.train_margin_s
     async with epg.subscribe() as q:
         await epg.start()
+        accounted["triggered"] = True
         await epg.trigger()
         done = None
         loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from devicehub.runner.session import ActivePoint, StepFailure
+from devicehub.runner.session import StepFailure
 from drivers.inj import InjParams
 
 
@@ -43,18 +43,14 @@ async def run(runner: Any, step: Any) -> None:
                 if pp.get("volume_ul") >= step.dose_ul * (1 - tol):
                     await _point_done(runner, step, dev_id, pp)
                     continue
-                if pp.delivery_id is None:
-                    pp.delivery_id = await runner.store.delivery_intent(
-                        runner.session_id, step_id=step.id, zone=zone, point=pt.id, device=dev_id,
-                        planned={"volume_ul": step.dose_ul, "depth_mm": step.depth_mm, "shot_ul": shot_ul,
-                                 "mode": step.mode})
-                pp.status = "active"
 
                 async def settle(status: str, pp=pp) -> None:
                     await _settle(runner, gun, dev_id, step, pp, base, counted, status)
 
-                # active from its intent on: a stop at any await below still settles the intent
-                runner.set_active(dev_id, ActivePoint(step, pp, dev_id, settle=settle))
+                # active from its intent on: a stop at any await from here settles the intent
+                await runner.begin_point(dev_id, step, pp, settle,
+                                         planned={"volume_ul": step.dose_ul, "depth_mm": step.depth_mm,
+                                                  "shot_ul": shot_ul, "mode": step.mode})
                 point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
                 session_room = runner.totals.remaining("volume_ul")
                 cap = min(point_room, session_room)

@@ -72,6 +72,8 @@ class ActivePoint:
     device_id: str
     settle: Callable[[str], Awaitable[None]] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the delivery intent's write, while it is under way (its id is not known yet)
+    intent: asyncio.Future[int] | None = None
 
 
 class SessionRunner:
@@ -368,6 +370,11 @@ class SessionRunner:
 
     async def _settle_active(self, status: str) -> None:
         for dev_id, ap in list(self._active.items()):
+            if ap.intent is not None and ap.progress.delivery_id is None:
+                try:  # a stop while the intent was being written: its id is needed to settle it
+                    ap.progress.delivery_id = await asyncio.wait_for(asyncio.shield(ap.intent), 2.0)
+                except Exception as exc:  # noqa: BLE001 - then the intent is not in the record
+                    log.warning("intent of %s not recorded: %s", ap.progress.point, exc)
             if ap.settle is not None:
                 try:
                     await asyncio.wait_for(ap.settle(status), 2.0)
@@ -495,6 +502,20 @@ class SessionRunner:
         await self.event("prompt_acknowledged", step=step.id, by=by)
 
     # ================================================================== accounting
+    async def begin_point(self, device_id: str, step: Any, pp: PointProgress,
+                          settle: Callable[[str], Awaitable[None]], *, planned: dict[str, Any]) -> None:
+        """Record the point's delivery intent and make it active, so that a stop at any moment
+        from here on (even during the intent's own write) settles it: no intent is ever left
+        without its result."""
+        ap = ActivePoint(step, pp, device_id, settle=settle)
+        self.set_active(device_id, ap)
+        if pp.delivery_id is None:
+            ap.intent = asyncio.ensure_future(self.store.delivery_intent(
+                self.session_id, step_id=step.id, zone=pp.zone, point=pp.point, device=device_id,
+                planned=planned))
+            pp.delivery_id = await asyncio.shield(ap.intent)
+        pp.status = "active"
+
     def set_active(self, device_id: str, ap: ActivePoint | None) -> None:
         if ap is None:
             self._active.pop(device_id, None)
