@@ -136,6 +136,8 @@ class SessionRunner:
         self._event_lock = asyncio.Lock()
         self._last_progress_event: dict[str, float] = {}
         self._escalate: tuple[str | None, str] | None = None
+        #: set once open() is done: a stop must not overtake the session's own creation
+        self._opened = asyncio.Event()
         self.start_marks: dict[str, float] = {}
         self.alongside_barrier: asyncio.Barrier | None = None
 
@@ -221,6 +223,12 @@ class SessionRunner:
     # ================================================================== lifecycle
     async def open(self) -> None:
         """Create the record and enter preflight / awaiting_confirmation, or start running."""
+        try:
+            await self._open()
+        finally:
+            self._opened.set()
+
+    async def _open(self) -> None:
         await self.store.create_session(
             self.session_id, program_id=self.program.id, program_version=self.program.version,
             program_sha256=self.sha256, program_json=self.program_json or {}, patient_ref=self.patient_ref,
@@ -287,6 +295,9 @@ class SessionRunner:
         await self._start_running()
 
     async def abort(self, reason: str | None = None, *, t_trigger: float | None = None) -> SafeStateReport | None:
+        # an abort that arrives while the session is being created waits for that (a few
+        # record writes, nothing energised yet), so the record never ends before it began
+        await self._opened.wait()
         if self.finished:
             return None
         await self._stop("aborted", trigger="abort", reason=reason or "abort", t_trigger=t_trigger)
@@ -294,6 +305,7 @@ class SessionRunner:
 
     async def fail(self, reason: str, *, trigger: str | None = None, t_trigger: float | None = None,
                    alarm: dict[str, Any] | None = None) -> None:
+        await self._opened.wait()
         await self._stop("failed", trigger=trigger or reason, reason=reason, t_trigger=t_trigger, alarm=alarm)
 
     async def wait(self) -> str:

@@ -223,11 +223,6 @@ async def test_abort_mid_run(setup: Setup) -> None:
         assert json.dumps(summary["data"])  # the record is readable JSON
 
 
-@pytest.mark.xfail(strict=False, reason="hub bug: an abort handled while a start is opening its session "
-                                        "(Room.start_session -> SessionRunner.open) ends the session in the "
-                                        "record, then open() goes on, the record refuses its next state "
-                                        "(RecordError), and the runner stays 'preflight' in memory: the room is "
-                                        "busy for ever and further aborts do nothing (see the MQTT tests' report)")
 async def test_start_then_abort_back_to_back(setup: Setup) -> None:
     """A clinic that starts and at once aborts (an operator's second thought) must leave the room usable.
 
