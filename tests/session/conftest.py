@@ -179,8 +179,18 @@ async def open_room(config: HubConfig, *, options: RunnerOptions | None = None
         yield store, room, sub
     finally:
         if room is not None:
-            await room.close()
-        await store.close()
+            await _bounded(room.close(), "Room.close()")
+        await _bounded(store.close(), "HubStore.close()")
+
+
+async def _bounded(aw: Awaitable[Any], what: str, timeout: float = 15.0) -> None:
+    """A close that hangs fails the test with the tasks still running, instead of hanging it."""
+    try:
+        async with asyncio.timeout(timeout):
+            await aw
+    except TimeoutError:
+        stuck = [f"{t.get_name()}: {t.get_coro()!r}" for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        raise AssertionError(f"{what} did not finish within {timeout:.0f} s; tasks: {stuck}") from None
 
 
 @contextlib.asynccontextmanager

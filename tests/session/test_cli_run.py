@@ -32,16 +32,18 @@ async def _spawn(sims: Sims, *extra: str, program: str = "demo") -> asyncio.subp
         *devicehub_cmd("run", program, "--config", str(sims.sim.config_path), "--patient", "P-1",
                        "--operator", "tech", "--preflight-done", "--yes", "--plain", *extra),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # faulthandler: a hung run dumps its threads' stacks on SIGABRT (see _finish)
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
 
 
 async def _finish(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> tuple[int, str, str]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError("devicehub run did not end in time") from None
+        proc.send_signal(signal.SIGABRT)
+        out, err = await proc.communicate()
+        raise AssertionError(f"devicehub run did not end within {timeout:.0f} s\n--- stdout\n{out.decode()[-3000:]}"
+                             f"\n--- stderr\n{err.decode()[-3000:]}") from None
     return proc.returncode, out.decode(), err.decode()
 
 
