@@ -27,7 +27,6 @@ from devicehub.local_broker import LocalBroker
 from devicehub.local_console import ConsoleClient
 from devicehub.records.store import RecordStore
 from tests.hub.conftest import (
-    DEVICES,
     Clinic,
     HubProcess,
     Setup,

@@ -23,7 +23,6 @@ from tests.hub.conftest import (
     Clinic,
     Setup,
     acli,
-    ack_prompts,
     auto_trigger,
     console,
     outputs_on,
