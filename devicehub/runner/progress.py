@@ -18,6 +18,8 @@ class PointProgress:
     delivered: dict[str, float] = field(default_factory=dict)
     status: str = "pending"  # pending | active | done | skipped
     delivery_id: int | None = None
+    #: amounts already written in earlier delivery rows of this point (after a pause)
+    recorded: dict[str, float] = field(default_factory=dict)
 
     def add(self, **amounts: float) -> None:
         for k, v in amounts.items():

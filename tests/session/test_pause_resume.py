@@ -186,11 +186,6 @@ async def test_pause_mid_injection_resumes_without_double_or_missing_shots(hub: 
     assert (await hub.store.verify(sid)).ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner bug: injection delivery results are the point's running totals, not what was "
-    "delivered under that intent (as EP records them): a point paused after 2 of its 4 burst "
-    "shots has rows of 2 and 4 shots, so every sum of the rows (the summary's per-step "
-    "delivered, the totals after a crash) counts those 2 shots twice"))
 async def test_pause_mid_point_records_each_shot_once(hub: Hub) -> None:
     await hub.auto_trigger(20)
     runner = await hub.start("demo", params={**FAST_DEMO, "inject": {"mode": "burst", "shot_ul": 5, "rate_hz": 2}})
@@ -212,10 +207,6 @@ async def test_pause_mid_point_records_each_shot_once(hub: Hub) -> None:
     assert inject["delivered"]["inj-1"]["volume_ul"] == pytest.approx(gun["volume_ul"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner bug: a single-mode point whose shot was cut short by the pause can only take "
-    "another full shot, which its cap (dose x 1.05 - partial) refuses: the resumed session "
-    "fails with dose_cap_reached ('session volume cap leaves ...') instead of delivering the rest"))
 async def test_pause_mid_shot_resumes_with_only_the_rest_of_the_dose(hub: Hub) -> None:
     await hub.auto_trigger(10)
     runner = await hub.start("demo", params=FAST_DEMO)
