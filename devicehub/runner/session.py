@@ -346,8 +346,19 @@ class SessionRunner:
         self.last_safe_state = report
         if alarm is not None:  # recorded once the room is safe, never before
             await self.event("alarm", **alarm)
-        if task is not None and task is not asyncio.current_task():
-            await asyncio.wait([task], timeout=2.0)
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            # the step outlived the safe state: it may have commanded a device since, so it
+            # is cancelled until it ends (one cancel can be swallowed by a wait_for whose
+            # inner future completes at the same moment, Python 3.11) and the room is made
+            # safe again behind it
+            await self._end_task(task)
+            again = await safe_state_all(self.devices, trigger, timeout=self.options.safe_state_timeout_s)
+            if not again.confirmed:
+                report = SafeStateReport(trigger=report.trigger, ms=report.ms,
+                                         devices={d: ("off" if report.devices.get(d) == "off" and s == "off"
+                                                      else "unconfirmed") for d, s in again.devices.items()},
+                                         details={**report.details, **again.details}, device_ms=report.device_ms)
+                self.last_safe_state = report
         await self._settle_active("interrupted" if kind == "paused" else kind)
         await self.event("safe_state", **report.event_data())
         if not report.confirmed:
@@ -364,6 +375,16 @@ class SessionRunner:
             self._stopping = False
             return
         await self._finish(kind, reason)
+
+    @staticmethod
+    async def _end_task(task: asyncio.Task[Any], timeout: float = 2.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not task.done() and loop.time() < deadline:
+            task.cancel()
+            await asyncio.wait([task], timeout=0.05)
+        if not task.done():
+            log.error("the step task did not end after its cancellation: %r", task)
 
     async def _finish(self, final: str, reason: str | None) -> None:
         self.ended_at = rfc3339(utcnow())

@@ -194,7 +194,9 @@ async def test_pause_mid_point_records_each_shot_once(hub: Hub) -> None:
     await hub.auto_trigger(0)
     await hub.wait_sim("inj-1", lambda s: s["state"] == "armed", what="the gun armed, not firing")
     await hub.room.pause(session=sid)
-    assert (await hub.sim_state("inj-1"))["shots"] == 2
+    # the simulated technician may have pulled once more before it stopped: the point is
+    # part way either way (4 shots make it)
+    assert 2 <= (await hub.sim_state("inj-1"))["shots"] < 4
     await hub.room.resume(session=sid, origin="console", by="tech")
     await hub.auto_trigger(20)
     assert await hub.finish(runner, 20) == "completed", runner.reason
