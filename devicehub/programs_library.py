@@ -77,6 +77,8 @@ class ProgramLibrary:
         self.limits = limits
         #: unreadable files found by the last ``list()``
         self.problems: list[LibraryProblem] = []
+        #: path -> ((inode, mtime_ns, size), (program, sha256, raw)) of files already parsed
+        self._parsed: dict[Path, tuple[tuple[int, int, int], tuple[Program, str, bytes]]] = {}
 
     def _files(self) -> list[Path]:
         try:
@@ -146,10 +148,17 @@ class ProgramLibrary:
         """
         path = self.path_of(program_id)
         try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._parsed.get(path)
+            if cached is not None and cached[0] == key:
+                return cached[1]  # unchanged file: no re-parse on every start (ms of YAML on the loop)
             raw = path.read_bytes()
         except OSError as exc:
             raise ProgramError([Problem("", f"cannot read: {exc.strerror or exc}")], source=str(path)) from None
         program = parse_program(raw, str(path))
         if program.id != program_id:
             raise ProgramError([Problem("id", f"{program.id!r} does not match the file name {path.name!r}")], source=str(path))
-        return program, hashlib.sha256(raw).hexdigest(), raw
+        result = (program, hashlib.sha256(raw).hexdigest(), raw)
+        self._parsed[path] = (key, result)
+        return result

@@ -71,7 +71,11 @@ class Room:
     async def open(self) -> None:
         """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
         for sid in await self.store.unfinished_sessions():
-            for name, data in (("failed", {"reason": "hub_restart"}),
+            # what had been delivered, as the record's delivery rows say (the document's
+            # failed event carries the totals per device)
+            summary = await self.store.session(sid) or {}
+            totals = summary.get("totals") or {}
+            for name, data in (("failed", {"reason": "hub_restart", "totals": totals}),
                                ("state", {"state": "failed", "reason": "hub_restart"})):
                 idx = await self.store.append_event(sid, name, data)
                 self.bus.publish(HubMessage("session.event", {"event": name, "index": idx, **data}, session=sid))

@@ -252,7 +252,7 @@ def _loads(text: str | None) -> Any:
 
 
 #: delivered fields that are not amounts: their total is the largest value seen
-MAX_FIELDS = frozenset({"depth_mm", "timing_error_us"})
+MAX_FIELDS = frozenset({"depth_mm", "timing_error_us", "impedance_ohm", "settle_ms"})
 
 
 def _is_max_field(key: str) -> bool:
