@@ -128,7 +128,7 @@ class MqttFrontend:
         self._stopped = asyncio.Event()
         self._requests: asyncio.Queue[IncomingRequest] = asyncio.Queue()
         self._background: set[asyncio.Task[Any]] = set()
-        self._telemetry: dict[str, tuple[str, bytes]] = {}
+        self._telemetry: dict[str, tuple[int, HubMessage]] = {}
         self._telemetry_evt = asyncio.Event()
         self._handled: list[Callable[[Outcome], None]] = []
         #: counters for diagnostics
@@ -363,16 +363,16 @@ class MqttFrontend:
 
     # ---- telemetry -----------------------------------------------------------------------
     def _on_telemetry(self, msg: HubMessage) -> None:
-        tseq = self.envelopes.next_tseq()
+        tseq = self.envelopes.next_tseq()  # taken on arrival: thinned readings show as gaps
         if not self.connected:  # never queued
             self.telemetry_dropped += 1
             return
         device = msg.device or msg.data.get("id")
         topic = self.topics.device_telemetry(device)
-        env = self.envelopes.message("device.telemetry", msg.data, tseq=tseq, session=msg.session, ts=msg.ts)
         if topic in self._telemetry:
             self.telemetry_dropped += 1  # thinned: the newer reading replaces it
-        self._telemetry[topic] = (topic, _encode(env))
+        # encoded when sent, not here: a reading thinned away costs nothing but this
+        self._telemetry[topic] = (tseq, msg)
         self._telemetry_evt.set()
 
     async def _publish_telemetry(self, client: aiomqtt.Client) -> None:
@@ -381,8 +381,10 @@ class MqttFrontend:
             await self._telemetry_evt.wait()
             self._telemetry_evt.clear()
             batch, self._telemetry = self._telemetry, {}
-            for topic, payload in batch.values():
-                await client.publish(topic, payload, qos=0, retain=False, timeout=self.publish_timeout_s)
+            for topic, (tseq, msg) in batch.items():
+                env = self.envelopes.message("device.telemetry", msg.data, tseq=tseq, session=msg.session,
+                                             ts=msg.ts)
+                await client.publish(topic, _encode(env), qos=0, retain=False, timeout=self.publish_timeout_s)
             if self.telemetry_min_interval_s > 0:
                 await asyncio.sleep(self.telemetry_min_interval_s)
 

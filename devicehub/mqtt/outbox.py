@@ -66,6 +66,11 @@ class Outbox:
         self._count = int(count)
         self._next_id = int(max_id) + 1
         self._committed_upto = int(max_id)
+        #: messages from before this process (a restart's replay) are read from disk; those
+        #: added since are also kept in memory until acknowledged, so the publisher never
+        #: reads back what it has just written
+        self._restored_upto = int(max_id)
+        self._mem: dict[int, OutboxEntry] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._ops: list[tuple[str, object]] = []  # ("ins", row) | ("del", id), in order
         self._removing: set[int] = set()  # removed in memory, delete not committed yet
@@ -126,7 +131,9 @@ class Outbox:
             raise RuntimeError("outbox closed")
         entry_id = self._next_id
         self._next_id += 1
-        self._ops.append(("ins", (entry_id, topic, bytes(payload), 1 if retain else 0, time.time())))
+        payload = bytes(payload)
+        self._ops.append(("ins", (entry_id, topic, payload, 1 if retain else 0, time.time())))
+        self._mem[entry_id] = OutboxEntry(entry_id, topic, payload, bool(retain))
         self._count += 1
         self._update_alarm()
         self._kick()
@@ -146,6 +153,7 @@ class Outbox:
             if entry_id in self._removing or entry_id > self.last_id:
                 continue
             self._removing.add(entry_id)
+            self._mem.pop(entry_id, None)
             self._ops.append(("del", entry_id))
             self._count = max(0, self._count - 1)
         self._update_alarm()
@@ -222,6 +230,15 @@ class Outbox:
         upto = self._committed_upto
         if upto <= after_id:
             return []
+        if after_id >= self._restored_upto:  # all written by this process: no disk read
+            out = []
+            for entry_id in range(after_id + 1, upto + 1):
+                entry = self._mem.get(entry_id)
+                if entry is not None:
+                    out.append(entry)
+                    if len(out) >= limit:
+                        break
+            return out
         rows = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._select, after_id, upto, limit)
         return [OutboxEntry(r[0], r[1], bytes(r[2]), bool(r[3])) for r in rows if r[0] not in self._removing]
