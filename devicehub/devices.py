@@ -53,11 +53,16 @@ class DeviceManager:
             self._tasks.append(asyncio.get_running_loop().create_task(self._upkeep(dev_id), name=f"upkeep-{dev_id}"))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # cancelled until they end: one cancel can be swallowed (a wait_for whose inner
+        # future completes at the same moment, Python 3.11; pymodbus uses wait_for)
+        tasks = list(self._tasks)
+        for _ in range(100):
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.1)
         self._tasks.clear()
         for dev in self.devices.values():
             with contextlib.suppress(Exception):
@@ -136,8 +141,9 @@ class DeviceManager:
                 period = 1.0 / (self.config.telemetry.running_hz if self.running else self.config.telemetry.idle_hz)
                 await self._poll(dev_id)
                 # wait for the next poll, an event worth a state update, or a rate change
-                with contextlib.suppress(asyncio.TimeoutError):
-                    ev = await asyncio.wait_for(self._next_interesting(events), period)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(period):  # not wait_for: it can swallow a cancel
+                        ev = await self._next_interesting(events)
                     if ev is not None and ev.kind == "connection_lost":
                         with contextlib.suppress(Exception):
                             await dev.close()

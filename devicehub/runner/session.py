@@ -27,7 +27,7 @@ from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.runner.progress import PointProgress, StepProgress
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
-from drivers.base import Device, DeviceEvent
+from drivers.base import Device, DeviceEvent, DriverError
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +452,15 @@ class SessionRunner:
                                     session=self.session_id)
             await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached",
                              alarm={"code": "dose_cap_reached", "text": str(exc), "priority": "high"})
+        except DriverError as exc:
+            # a device that failed a request mid-step (a timeout, a refusal, a lost link)
+            text = str(exc)
+            dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),
+                       self.step_devices.get(self.current_step or "", "device"))
+            self.alarms.raise_alarm(priority="high", source=dev, code="device_error", text=text,
+                                    session=self.session_id, key=f"{dev}:device_error")
+            await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}",
+                             alarm={"device": dev, "code": "device_error", "text": text, "priority": "high"})
         except Exception as exc:  # noqa: BLE001 - an unexpected error still ends in the safe state
             log.exception("session %s: unexpected error", self.session_id)
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
