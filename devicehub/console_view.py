@@ -38,6 +38,10 @@ class SessionView:
     # ------------------------------------------------------------------ input
     def feed(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "session.state":
+            if self.plain and (data.get("state"), data.get("session")) != (self.session.get("state"),
+                                                                        self.session.get("session")):
+                self.console.print(f"session {data.get('session')} {data.get('state')}"
+                                   + (f" ({data['reason']})" if data.get("reason") else ""), highlight=False)
             self.session = data
             self.prompt = data.get("prompt")
         elif kind == "session.event":
