@@ -210,6 +210,14 @@ class FrameParser:
     def feed(self, data: bytes | bytearray | memoryview = b"", now: float | None = None) -> list[Frame | FrameError]:
         if now is None:
             now = time.monotonic()
+        if not self._buf and len(data) >= 6 and data[0] == SOF and len(data) == data[1] + 4 \
+                and MIN_LEN <= data[1] <= MAX_LEN:
+            # the usual case, one whole reply in one chunk: no buffering, no scan
+            length = data[1]
+            body = bytes(data[1:2 + length])
+            if crc16_modbus(body) == data[2 + length] | (data[3 + length] << 8):
+                self.frames += 1
+                return [Frame(body[1], body[2], body[3:])]
         out: list[Frame | FrameError] = []
         if self._buf and self._last is not None and now - self._last > self.partial_timeout:
             # The held bytes are stale. The frame they start is abandoned, but complete
@@ -223,8 +231,11 @@ class FrameParser:
             self._buf += data
             self._last = now
         self._scan(out)
-        self.frames += sum(isinstance(x, Frame) for x in out)
-        self.errors += sum(isinstance(x, FrameError) for x in out)
+        for x in out:
+            if isinstance(x, Frame):
+                self.frames += 1
+            else:
+                self.errors += 1
         return out
 
     def _scan(self, out: list[Frame | FrameError]) -> None:
