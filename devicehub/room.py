@@ -9,9 +9,10 @@ hard_limit, soft_limit, busy, outbox_full, device_unavailable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -292,36 +293,26 @@ class Room:
 
     async def preflight(self, *, session: str, item: str, done: bool, by: str) -> dict[str, Any]:
         runner = self._session(session)
-        try:
+        with _as_command_errors(not_found_field="item"):
             await runner.preflight(item, done, by)
-        except NotFound as exc:
-            raise CommandError("not_found", str(exc), field="item") from None
-        except InvalidState as exc:
-            raise CommandError("invalid_state", str(exc)) from None
         return {"session": runner.session_id, "state": runner.state, "pending_items": runner.pending_preflight()}
 
     async def confirm(self, *, session: str, by: str) -> dict[str, Any]:
         runner = self._session(session)
-        try:
+        with _as_command_errors():
             await runner.confirm(by)
-        except InvalidState as exc:
-            raise CommandError("invalid_state", str(exc)) from None
         return {"session": runner.session_id, "state": runner.state}
 
     async def pause(self, *, session: str, reason: str | None = None) -> dict[str, Any]:
         runner = self._session(session)
-        try:
+        with _as_command_errors():
             await runner.pause(reason)
-        except InvalidState as exc:
-            raise CommandError("invalid_state", str(exc)) from None
         return {"session": runner.session_id, "state": runner.state}
 
     async def resume(self, *, session: str, origin: str = "mqtt", by: str | None = None) -> dict[str, Any]:
         runner = self._session(session)
-        try:
+        with _as_command_errors():
             await runner.resume(remote=origin == "mqtt", by=by)
-        except InvalidState as exc:
-            raise CommandError("invalid_state", str(exc)) from None
         return {"session": runner.session_id, "state": runner.state}
 
     async def abort(self, *, session: str | None = None, reason: str | None = None) -> dict[str, Any]:
@@ -362,6 +353,17 @@ class Room:
             self.alarms.raise_alarm(priority="medium", source=dev_id, code="skin_temperature",
                                     text=f"skin {skin:.1f} degC above the soft limit {value:g} degC",
                                     session=runner.session_id, key=f"{dev_id}:skin_temperature", latched=False)
+
+
+@contextlib.contextmanager
+def _as_command_errors(not_found_field: str | None = None) -> Iterator[None]:
+    """The runner's refusals, as the error codes the front ends answer with."""
+    try:
+        yield
+    except NotFound as exc:
+        raise CommandError("not_found", str(exc), field=not_found_field) from None
+    except InvalidState as exc:
+        raise CommandError("invalid_state", str(exc)) from None
 
 
 _DEVICE_TYPE = {"injection": "inj", "electroporation": "epg", "led": "led", "pemf": "pemf"}

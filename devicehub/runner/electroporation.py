@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from devicehub.runner.session import StepFailure
+from devicehub.runner.session import StepFailure, next_event
 from drivers.epg import EpgTrain
+
+#: the load assumed when no impedance was measured (as the program validation assumes)
+DEFAULT_LOAD_OHM = 500.0
 
 
 async def run(runner: Any, step: Any) -> None:
@@ -47,8 +50,17 @@ async def run(runner: Any, step: Any) -> None:
 async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any, pulses: int,
                          ohm: float | None) -> None:
     cap_room = runner.totals.remaining("charge_uc")
-    if cap_room <= 0:
-        raise StepFailure("dose_cap_reached", "session EP charge cap reached", alarm="dose_cap_reached")
+    # the charge this train is expected to carry: V/R per pulse with the impedance just
+    # measured (else the load the validation assumed), never above the current limit at
+    # which the device aborts a train; a train that would pass the session's cap is not
+    # started (what a train really carried is checked against the cap after it, too)
+    load = ohm or (step.impedance.min_ohm if getattr(step, "impedance", None) else DEFAULT_LOAD_OHM)
+    per_pulse_ma = min(float(step.current_limit_ma), step.amplitude_v / max(load, 1.0) * 1000.0)
+    expected_uc = per_pulse_ma * step.width_ms * pulses  # mA x ms = uC
+    if expected_uc > cap_room + 1e-9:
+        raise StepFailure("dose_cap_reached", f"{pp.point}: a train of {pulses} pulses would carry about "
+                          f"{expected_uc:.0f} uC; the session's EP charge cap leaves {cap_room:.0f} uC",
+                          alarm="dose_cap_reached")
     train = EpgTrain(amplitude_v=step.amplitude_v, width_ms=step.width_ms, period_ms=step.period_ms, pulses=pulses,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
@@ -93,17 +105,10 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
         accounted["triggered"] = True
         await epg.trigger()
         done = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = asyncio.get_running_loop().time() + timeout
+        late = StepFailure("train_timeout", f"{dev_id}: no DONE within {timeout:.1f} s", alarm="device_fault")
         while done is None:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise StepFailure("train_timeout", f"{dev_id}: no DONE within {timeout:.1f} s", alarm="device_fault")
-            try:
-                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancel
-                    ev = await q.get()
-            except TimeoutError:
-                continue
+            ev = await next_event(q, deadline, late)
             if ev.kind == "pulse":
                 offsets.append(int(ev.data.get("t_us", 0)))
             elif ev.kind == "train_done":

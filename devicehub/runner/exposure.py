@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from devicehub.runner.progress import PointProgress
-from devicehub.runner.session import ActivePoint, StepFailure
+from devicehub.runner.session import ActivePoint, StepFailure, next_event
 
 #: the emitter's own watchdog while on; the driver heartbeats well inside it
 WATCHDOG_MS = 1000
@@ -99,18 +99,11 @@ async def run(runner: Any, step: Any) -> None:
         runner.set_active(dev_id, ActivePoint(step, pseudo, dev_id, settle=settle))
         await dev.start()
         runner.start_marks[step.id] = time.monotonic()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + expected_s + runner.options.exposure_margin_s
+        deadline = asyncio.get_running_loop().time() + expected_s + runner.options.exposure_margin_s
+        late = StepFailure("exposure_timeout", f"{dev_id}: exposure did not end in time", alarm="device_fault")
         done = None
         while done is None:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise StepFailure("exposure_timeout", f"{dev_id}: exposure did not end in time", alarm="device_fault")
-            try:
-                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancel
-                    ev = await q.get()
-            except TimeoutError:
-                continue
+            ev = await next_event(q, deadline, late)
             if ev.kind == "progress":
                 amounts = _amounts(step.kind, ev.data)
                 data = {"elapsed_s": round(float(ev.data.get("elapsed_s", 0.0)), 1)}

@@ -45,6 +45,22 @@ class StepFailure(Exception):
         self.alarm = alarm  # an alarm code to raise (high), if any
 
 
+async def next_event(q: asyncio.Queue[DeviceEvent], deadline: float, failure: StepFailure) -> DeviceEvent:
+    """The device's next event, or ``failure`` raised once the loop's clock passes ``deadline``.
+
+    asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel, and a
+    step that outlives its cancellation is what the stop path must never see.
+    """
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise failure
+    try:
+        async with asyncio.timeout(left):
+            return await q.get()
+    except TimeoutError:
+        raise failure from None
+
+
 @dataclass
 class RunnerOptions:
     #: a point's injected dose is reached at dose x (1 - tolerance); the gun's cap allows dose x (1 + tolerance)
