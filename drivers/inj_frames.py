@@ -16,6 +16,7 @@ decoding raises only :class:`PayloadError` (a :class:`FrameError`).
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from dataclasses import dataclass
@@ -120,8 +121,19 @@ def code_text(code: int) -> str:
 # --------------------------------------------------------------------------- CRC, encoding
 
 
-def encode(seq: int, cmd: int, payload: bytes = b"") -> bytes:
-    """One complete frame; raises ValueError for values that cannot be framed."""
+@functools.lru_cache(maxsize=4096)
+def _encode_cached(seq: int, cmd: int, payload: bytes) -> bytes:
+    return encode(seq, cmd, payload, cache=False)
+
+
+def encode(seq: int, cmd: int, payload: bytes = b"", *, cache: bool = True) -> bytes:
+    """One complete frame; raises ValueError for values that cannot be framed.
+
+    Frames repeat (a GET_STATUS or HEARTBEAT differs only by its SEQ), so whole frames
+    are kept: a request's CRC is computed once per SEQ, not once per request.
+    """
+    if cache and isinstance(payload, bytes):
+        return _encode_cached(seq, int(cmd), payload)
     if not 0 <= seq <= 255:
         raise ValueError(f"seq {seq} outside 0..255")
     if not 0 <= cmd <= 255:

@@ -152,7 +152,7 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
         while (msg := sub.get_nowait()) is not None:
             view.feed(msg.kind, msg.data)
         report = await store.call(write_report, runner.session_id, config.store.parent / "reports")
-        print(f"session {runner.session_id} {final}" + (f" ({runner.reason})" if runner.reason else ""))
+        print(f"result: session {runner.session_id} {final}" + (f" ({runner.reason})" if runner.reason else ""))
         print(f"record: {config.store} (devicehub sessions show {runner.session_id} --config {args.config})")
         print(f"report: {report}")
         return EXIT.get(final, 4)
