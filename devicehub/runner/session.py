@@ -154,6 +154,11 @@ class SessionRunner:
         self._escalate: tuple[str | None, str] | None = None
         #: set once open() is done: a stop must not overtake the session's own creation
         self._opened = asyncio.Event()
+        #: preflight, confirm, pause and resume one at a time (abort and faults never wait on it)
+        self._transition = asyncio.Lock()
+        #: set while no stop is under way
+        self._stop_idle = asyncio.Event()
+        self._stop_idle.set()
         self.start_marks: dict[str, float] = {}
         self.alongside_barrier: asyncio.Barrier | None = None
 
@@ -228,8 +233,7 @@ class SessionRunner:
 
     async def _set_state(self, state: str, reason: str | None = None) -> None:
         previous, self.state = self.state, state
-        if reason:
-            self.reason = reason
+        self.reason = reason  # a reason belongs to the state it came with
         data: dict[str, Any] = {"state": state, "previous": previous}
         if reason:
             data["reason"] = reason
@@ -270,6 +274,10 @@ class SessionRunner:
             await self._start_running()
 
     async def preflight(self, item: str, done: bool, by: str) -> None:
+        async with self._transition:
+            await self._preflight(item, done, by)
+
+    async def _preflight(self, item: str, done: bool, by: str) -> None:
         if self.state not in ("created", "preflight"):
             raise InvalidState(f"session is {self.state}; preflight items are taken before it starts")
         ids = [i.id for i in self.program.preflight]
@@ -281,10 +289,11 @@ class SessionRunner:
         await self._advance_from_preflight()
 
     async def confirm(self, by: str) -> None:
-        if self.state != "awaiting_confirmation":
-            raise InvalidState(f"session is {self.state}, not awaiting_confirmation")
-        await self.event("confirmed", by=by)
-        await self._start_running()
+        async with self._transition:  # two confirmations at once start one run, not two
+            if self.state != "awaiting_confirmation":
+                raise InvalidState(f"session is {self.state}, not awaiting_confirmation")
+            await self.event("confirmed", by=by)
+            await self._start_running()
 
     async def _start_running(self) -> None:
         resumed = self.started_at is not None
@@ -296,19 +305,21 @@ class SessionRunner:
         self._run_task = asyncio.get_running_loop().create_task(self._run(), name=f"run-{self.session_id}")
 
     async def pause(self, reason: str | None = None) -> None:
-        if self.state != "running":
-            raise InvalidState(f"session is {self.state}; only a running session can pause")
-        await self._stop("paused", trigger="pause", reason=reason)
+        async with self._transition:
+            if self.state != "running" or self._stopping:
+                raise InvalidState(f"session is {self.state}; only a running session can pause")
+            await self._stop("paused", trigger="pause", reason=reason)
 
     async def resume(self, *, remote: bool = False, by: str | None = None) -> None:
-        if self.state != "paused":
-            raise InvalidState(f"session is {self.state}; only a paused session can resume")
-        if remote and self.confirmation_required:
-            await self._set_state("awaiting_confirmation", reason="resume")
-            return
-        if by:
-            await self.event("confirmed", by=by)
-        await self._start_running()
+        async with self._transition:
+            if self.state != "paused":
+                raise InvalidState(f"session is {self.state}; only a paused session can resume")
+            if remote and self.confirmation_required:
+                await self._set_state("awaiting_confirmation", reason="resume")
+                return
+            if by:
+                await self.event("confirmed", by=by)
+            await self._start_running()
 
     async def abort(self, reason: str | None = None, *, t_trigger: float | None = None) -> SafeStateReport | None:
         # an abort that arrives while the session is being created waits for that (a few
@@ -346,15 +357,27 @@ class SessionRunner:
         if self.finished or (self._stopping and kind == "paused"):
             return
         if self._stopping:
-            # already stopping (e.g. a fault during an abort): let that path finish, but a
-            # failure outranks an abort or a pause in the final state
+            # already stopping (e.g. a fault during an abort): that path finishes first, and a
+            # failure outranks an abort or a pause in its final state; an abort that arrived
+            # during a pause then ends the paused session itself (an abort is never lost)
             if kind == "failed":
                 self._escalate = (reason, trigger)
                 if alarm is not None:
                     await self.event("alarm", **alarm)
+            await self._stop_idle.wait()
+            if kind == "aborted" and not self.finished:
+                await self._stop(kind, trigger=trigger, reason=reason, t_trigger=t0)
             return
         self._stopping = True
+        self._stop_idle.clear()
         self._escalate = None
+        try:
+            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm)
+        finally:
+            self._stop_idle.set()
+
+    async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
+                        alarm: dict[str, Any] | None) -> None:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()

@@ -114,12 +114,14 @@ class Hub(Sims):
 
     async def start(self, program: str = "demo", *, params: dict[str, Any] | None = None,
                     acknowledge: list[str] | None = None, preflight: bool = True,
-                    patient: str = "P-1", operator: str = "tech") -> SessionRunner:
-        """Start a session at the console (no remote confirmation), preflight taken as done."""
+                    patient: str = "P-1", operator: str = "tech",
+                    confirmation_required: bool = False) -> SessionRunner:
+        """Start a session at the console (no remote confirmation unless asked), preflight taken as done."""
         return await self.room.start_session(
             program=program, patient_ref=patient, operator=operator, params=params,
             acknowledge=acknowledge, origin="console",
-            preflight_done_by=f"{operator} (test)" if preflight else None, confirmation_required=False)
+            preflight_done_by=f"{operator} (test)" if preflight else None,
+            confirmation_required=confirmation_required)
 
     async def finish(self, runner: SessionRunner, timeout: float = 30.0) -> str:
         """The session's final state; fails the test if it does not end in time."""

@@ -8,9 +8,12 @@ exactly.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+
+from devicehub.room_api import CommandError
 
 from .conftest import DEVICES, FAST_DEMO, Hub
 
@@ -228,3 +231,41 @@ async def test_pause_mid_shot_resumes_with_only_the_rest_of_the_dose(hub: Hub) -
     inj_points = [e["data"] for e in recorded if e["event"] == "point_done" and e["data"]["step"] == "inject"]
     assert len(inj_points) == 8
     assert all(p["delivered"]["volume_ul"] == pytest.approx(20.0, rel=0.05) for p in inj_points)
+
+
+# ---------------------------------------------------------------------------- races
+
+
+async def test_an_abort_during_a_pause_is_not_lost(hub: Hub) -> None:
+    await hub.auto_trigger(20)
+    runner = await hub.start("demo", params={**FAST_DEMO, "ep": {"pulses_per_point": 50, "period_ms": 20}})
+    sid = runner.session_id
+    await hub.next_event("train_done")
+    # both at once: the pause takes the stop path first, the abort must still end the session
+    pause, abort = await asyncio.gather(hub.room.pause(session=sid, reason="first"),
+                                        hub.room.abort(session=sid, reason="second"))
+    assert pause["session"] == sid
+    assert abort["session"] == sid and abort["state"] == "aborted", abort
+    assert await hub.finish(runner, 5) == "aborted"
+    assert runner.reason == "second"
+    assert not any(s["output_on"] for s in (await hub.sim_states()).values())
+    states = [e["data"]["state"] for e in await hub.store.events(sid) if e["event"] == "state"]
+    assert states[-1] == "aborted"
+    assert (await hub.store.verify(sid)).ok
+
+
+async def test_two_confirmations_at_once_start_one_run(hub: Hub) -> None:
+    await hub.auto_trigger(20)
+    runner = await hub.start("demo", params=FAST_DEMO, confirmation_required=True)
+    sid = runner.session_id
+    assert runner.state == "awaiting_confirmation"
+    results = await asyncio.gather(hub.room.confirm(session=sid, by="a"), hub.room.confirm(session=sid, by="b"),
+                                   return_exceptions=True)
+    ok = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, CommandError)]
+    assert len(ok) == 1 and len(refused) == 1 and refused[0].code == "invalid_state", results
+    assert await hub.finish(runner, 30) == "completed", runner.reason
+    events = [e["event"] for e in await hub.store.events(sid)]
+    assert events.count("started") == 1 and events.count("confirmed") == 1
+    # a completed session carries no reason left over from an earlier state
+    assert runner.reason is None and "reason" not in runner.snapshot()
