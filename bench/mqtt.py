@@ -223,15 +223,15 @@ async def _hub_telemetry_round(fe: Any, bus: Any, device: str, seconds: float) -
 
 async def _hub_telemetry_paced_round(fe: Any, bus: Any, device: str, seconds: float) -> int:
     """A new reading as soon as the front end has taken the previous one: its publish path
-    without the thinning. (Peeks at the front end's pending-reading slot and its bus queue,
-    both private: a bench may, the product must not.)"""
+    without the thinning. (Peeks at the front end's pending-reading slot, which is
+    private: a bench may, the product must not.)"""
     from devicehub.bus import HubMessage
 
     end = time.monotonic() + seconds
     n = 0
     data = dict(TELEMETRY, id=device)
     while time.monotonic() < end:
-        if not fe._telemetry and not fe._sub._items:
+        if not fe._telemetry:
             bus.publish(HubMessage("device.telemetry", data, device=device))
             n += 1
         await asyncio.sleep(0)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 KINDS = ("status", "device.state", "device.telemetry", "session.state", "session.event", "alarms")
 
@@ -88,10 +91,31 @@ class Subscription:
 class Bus:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self._listeners: list[Callable[[HubMessage], None]] = []
 
     def publish(self, msg: HubMessage) -> None:
         for sub in list(self._subs):
             sub._put(msg)
+        for fn in list(self._listeners):
+            try:
+                fn(msg)
+            except Exception:  # noqa: BLE001 - an observer never breaks the publisher
+                log.exception("bus listener failed on %s", msg.kind)
+
+    def add_listener(self, fn: Callable[[HubMessage], None]) -> Callable[[], None]:
+        """Call ``fn(msg)`` synchronously for every message; returns the remover.
+
+        For observers whose handling is cheap and does no I/O (the MQTT frontend only
+        builds the envelope and queues it for its outbox writer): no task hand-off per
+        message. Anything slower subscribes with a queue instead.
+        """
+        self._listeners.append(fn)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(fn)
+
+        return remove
 
     def emit(self, kind: str, data: dict[str, Any], *, session: str | None = None, device: str | None = None) -> HubMessage:
         msg = HubMessage(kind, data, session=session, device=device)

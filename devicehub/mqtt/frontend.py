@@ -118,8 +118,10 @@ class MqttFrontend:
         self.publish_timeout_s = publish_timeout_s
         self.pipeline = RequestPipeline(room, self.topics, self.envelopes, idempotency, rebirth=self.rebirth,
                                         max_request_bytes=max_request_bytes)
-        # subscribe now: nothing the room emits from here on is missed
-        self._sub = room.bus.subscribe(lossy=False)
+        # listen from now on: nothing the room emits is missed. A listener, not a queue:
+        # mapping a message only builds its envelope and queues it for the outbox writer
+        # (no I/O), and a task hand-off per message was most of the frontend's cost
+        self._remove_listener = room.bus.add_listener(self._on_bus)
         #: last payload data per retained topic: (type, data, session), for rebirth and reconnects
         self._retained: dict[str, tuple[str, Any, str | None]] = {}
         self._client: aiomqtt.Client | None = None
@@ -171,8 +173,7 @@ class MqttFrontend:
     async def run(self) -> None:
         """Serve until :meth:`stop`; survives broker outages (reconnects with backoff)."""
         self._running = True
-        tasks = [asyncio.create_task(self._consume_bus(), name="mqtt-bus"),
-                 asyncio.create_task(self._request_worker(), name="mqtt-requests")]
+        tasks = [asyncio.create_task(self._request_worker(), name="mqtt-requests")]
         backoff = self.reconnect_min_s
         try:
             while not self._stop_evt.is_set():
@@ -193,15 +194,13 @@ class MqttFrontend:
                     await asyncio.wait_for(self._stop_evt.wait(), backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
             if not self._said_offline:  # stopped while away: the offline status waits in the outbox
-                self._drain_bus()
                 self._enqueue(self.topics.status, "status", {"state": "offline"}, retain=True)
         finally:
             self._online.clear()
             for task in tasks + list(self._background):
                 task.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
-            self._drain_bus()
-            self._sub.close()
+            self._remove_listener()
             self._running = False
             self._stopped.set()
 
@@ -256,7 +255,6 @@ class MqttFrontend:
 
     async def _say_offline(self, client: aiomqtt.Client, *, flush: bool) -> None:
         timeout = getattr(self, "_stop_timeout", 5.0)
-        self._drain_bus()
         if flush:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.outbox.wait_empty(), timeout)
@@ -311,14 +309,6 @@ class MqttFrontend:
         self.outbox.remove([entry_id])
 
     # ---- the bus -------------------------------------------------------------------------
-    async def _consume_bus(self) -> None:
-        async for msg in self._sub:
-            self._on_bus(msg)
-
-    def _drain_bus(self) -> None:
-        while (msg := self._sub.get_nowait()) is not None:
-            self._on_bus(msg)
-
     def _on_bus(self, msg: HubMessage) -> None:
         try:
             self._map(msg)

@@ -188,12 +188,19 @@ class Outbox:
         cur = self._db.cursor()
         cur.execute("BEGIN")
         try:
-            for op, value in batch:
+            # runs of the same operation go in one executemany, in order
+            i = 0
+            while i < len(batch):
+                op = batch[i][0]
+                j = i
+                while j < len(batch) and batch[j][0] == op:
+                    j += 1
                 if op == "ins":
-                    cur.execute("INSERT INTO outbox (id, topic, payload, retain, created) VALUES (?,?,?,?,?)",
-                                value)  # type: ignore[arg-type]
+                    cur.executemany("INSERT INTO outbox (id, topic, payload, retain, created) VALUES (?,?,?,?,?)",
+                                    [value for _, value in batch[i:j]])  # type: ignore[misc]
                 else:
-                    cur.execute("DELETE FROM outbox WHERE id = ?", (value,))
+                    cur.executemany("DELETE FROM outbox WHERE id = ?", [(value,) for _, value in batch[i:j]])
+                i = j
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
