@@ -1,10 +1,12 @@
 """The hub's in-process message bus: the runner publishes, observers (MQTT, console) follow.
 
 Publishing never blocks and never fails the publisher: telemetry observes the runner
-and must not slow it. Each subscriber has its own queue. A *lossless* subscriber (the
-MQTT outbox writer) gets every message; a *lossy* one (a console view) has a bounded
-queue from which the oldest telemetry is dropped when it falls behind, never session
-events, states or alarms.
+and must not slow it. Each subscriber has its own queue. A *lossless* subscriber gets
+every message; a *lossy* one (a console view) has a bounded queue from which the oldest
+telemetry is dropped when it falls behind, never session events, states or alarms. A
+*listener* (the MQTT frontend) is called synchronously for every message; it must be
+cheap and do no I/O (the frontend only builds the envelope and queues it for its outbox
+writer thread), and its exceptions are logged, never raised to the publisher.
 
 Message kinds follow shared/mqtt-api.md's ``type`` names: ``status``, ``device.state``,
 ``device.telemetry``, ``session.state``, ``session.event``, ``alarms``.
