@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import struct
-import tty
 from typing import Any, Protocol
+
 from drivers.crc import crc16_modbus  # noqa: F401 - re-exported
+from simulators.pty import PseudoTerminal
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +186,13 @@ def rtu_request_length(buf: bytes | bytearray) -> int | None:
 
 
 class RtuPtyPort:
-    """Modbus RTU on a pseudo-terminal; the host opens :attr:`path` like a serial port.
-
-    The simulator holds the master side and keeps a slave descriptor open itself, so the
-    host may open and close the port as often as it likes without the master seeing EOF.
-    """
+    """Modbus RTU on a pseudo-terminal (``simulators.pty``); the host opens :attr:`path`
+    like a serial port."""
 
     def __init__(self, sim: ModbusHandler) -> None:
         self.sim = sim
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
+        self.pty = PseudoTerminal(self._on_data)
+        self.path = self.pty.path
         self.buf = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._silence: asyncio.TimerHandle | None = None
@@ -206,17 +200,9 @@ class RtuPtyPort:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.master, self._readable)
+        self.pty.start()
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
-        if not data:
-            return
+    def _on_data(self, data: bytes) -> None:
         self.buf += data
         self._parse()
         if self._silence is not None:
@@ -277,25 +263,13 @@ class RtuPtyPort:
             self._write(rtu_frame(unit, reply))
 
     def _write(self, data: bytes) -> None:
-        try:
-            os.write(self.master, data)
-        except OSError:  # buffer full (nobody reads) or closed: the bytes go nowhere, as on a line
-            log.debug("modbus rtu: reply not written")
+        self.pty.write(data)
 
     def close(self) -> None:
         if self._silence is not None:
             self._silence.cancel()
             self._silence = None
-        if self._loop is not None:
-            try:
-                self._loop.remove_reader(self.master)
-            except (ValueError, OSError, RuntimeError):
-                pass
-        for fd in (self.master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self.pty.close()
 
     def __repr__(self) -> str:  # pragma: no cover
         return f"RtuPtyPort({self.path!r})"

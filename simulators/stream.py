@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import tty
 
 from simulators.base import Connection, StreamDeviceSimulator
+from simulators.pty import PseudoTerminal
 
 
 class _TcpProtocol(asyncio.Protocol):
@@ -49,55 +48,18 @@ def drop_connections(sim: StreamDeviceSimulator) -> None:
 
 
 class PtyPort:
-    """A pseudo-terminal whose slave path the host opens like a serial port.
-
-    The simulator holds the master side and keeps a slave descriptor open itself, so
-    the host may open and close the port as often as it likes.
-    """
+    """A serial-device simulator on a pseudo-terminal (``simulators.pty``)."""
 
     def __init__(self, sim: StreamDeviceSimulator) -> None:
         self.sim = sim
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
-        self.conn = Connection(self._write, name=self.path)
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.master, view)
-            except BlockingIOError:
-                continue  # pty buffer full: a few bytes at 115200 baud; spin briefly
-            view = view[n:]
+        self.pty = PseudoTerminal(lambda data: self.sim.data_received(self.conn, data))
+        self.path = self.pty.path
+        self.conn = Connection(self.pty.write, name=self.path)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self.sim.connection_made(self.conn)
-        self._loop.add_reader(self.master, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
-        if data:
-            self.sim.data_received(self.conn, data)
+        self.pty.start()
 
     def close(self) -> None:
-        if self._loop is not None:
-            try:
-                self._loop.remove_reader(self.master)
-            except (ValueError, OSError, RuntimeError):
-                pass
+        self.pty.close()
         self.sim.connection_lost(self.conn)
-        for fd in (self.master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
