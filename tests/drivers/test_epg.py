@@ -7,22 +7,24 @@ driver's API and events, and the simulator's control channel.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
 import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pydantic
 import pytest
 
-from drivers.base import DeviceEvent, DeviceRefused, DeviceTimeout, Identity, NotConnected, ProtocolError
+from drivers.base import DeviceRefused, DeviceTimeout, Identity, NotConnected, ProtocolError
 from drivers.epg import EpgDriver, EpgTrain, TrainReport
 from simulators.control import ControlClient
 from simulators.harness import SimHandle, run_simulator, spawn_simulator
+from tests.drivers import waiting
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,25 +92,9 @@ class Wire:
             self.events.append(await self.line(max(0.01, deadline - time.monotonic())))
 
 
-async def next_event(q: asyncio.Queue[DeviceEvent], kind: str, timeout: float = 2.0) -> DeviceEvent:
-    """The next event of ``kind`` (others are skipped), within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ev = await asyncio.wait_for(q.get(), max(0.001, deadline - time.monotonic()))
-        if ev.kind == kind:
-            return ev
-
-
-async def until(ctl: ControlClient, pred: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
-    """Poll the simulator's state until ``pred`` holds; the last state when it does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await ctl.state()
-        if pred(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s; state: {state}")
-        await asyncio.sleep(0.01)
+#: this module waits at most 2 s for an event (and, EPG, for a state) unless told otherwise
+next_event = functools.partial(waiting.next_event, timeout=2.0)
+until = functools.partial(waiting.wait_state, timeout=2.0)
 
 
 def err(code: int) -> str:

@@ -8,6 +8,7 @@ The simulator is reached only through its device port (frames) and its control p
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from drivers.base import DeviceEvent, DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.base import DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
 from drivers.inj import InjDriver, InjParams
 from drivers.inj_frames import (
     Ack,
@@ -38,6 +39,7 @@ from drivers.inj_frames import (
     encode,
 )
 from simulators.harness import run_simulator, spawn_simulator
+from tests.drivers import waiting
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,25 +80,9 @@ async def inj(sim):
     await d.close()
 
 
-async def poll_state(ctl, pred: Callable[[dict[str, Any]], bool], timeout: float = 3.0) -> dict[str, Any]:
-    """The simulator's state once ``pred`` holds; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await ctl.state()
-        if pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"simulator state never matched: {st}")
-        await asyncio.sleep(0.01)
-
-
-async def next_event(q: asyncio.Queue[DeviceEvent], kind: str, timeout: float = 2.0) -> DeviceEvent:
-    """The next event of ``kind`` (others are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ev = await asyncio.wait_for(q.get(), max(0.0, deadline - time.monotonic()))
-        if ev.kind == kind:
-            return ev
+#: this module waits at most 2 s for an event (and, EPG, for a state) unless told otherwise
+next_event = functools.partial(waiting.next_event, timeout=2.0)
+poll_state = waiting.wait_state
 
 
 async def armed_with_cap(inj: InjDriver, params: InjParams, cap_ul: float) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from drivers.base import DeviceEvent, DeviceFault, DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.base import DeviceFault, DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
 from drivers.led import LedDriver, LedExposure
-from simulators.control import ControlClient
 from simulators.harness import run_simulator
+from tests.drivers.waiting import next_event, wait_state
 from simulators.led import LedSimulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,26 +27,6 @@ LONG = LedExposure(wavelength_nm=660, irradiance_mw_cm2=30, duration_s=60, watch
 #: the same with the shortest watchdog, for the tests about the watchdog
 LONG_WD200 = LONG.model_copy(update={"watchdog_ms": 200})
 
-
-
-async def next_event(q: asyncio.Queue[DeviceEvent], *kinds: str, timeout: float = 3.0) -> DeviceEvent:
-    """The next event of one of ``kinds`` (others are skipped) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ev = await asyncio.wait_for(q.get(), max(0.001, deadline - time.monotonic()))
-        if ev.kind in kinds:
-            return ev
-
-
-async def wait_state(ctl: ControlClient, pred: Any, timeout: float = 3.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await ctl.state()
-        if pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached; last state {st}")
-        await asyncio.sleep(0.01)
 
 
 async def clear_fault_when_possible(d: LedDriver, timeout: float = 3.0) -> None:

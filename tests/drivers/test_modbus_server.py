@@ -20,7 +20,6 @@ import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 from drivers.endpoints import Endpoint
-from simulators.control import ControlClient
 from simulators.harness import run_simulator, spawn_simulator
 from simulators.modbus_server import crc16_modbus, rtu_frame
 
@@ -55,17 +54,6 @@ async def tcp_client(endpoint: str) -> AsyncModbusTcpClient:
     client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=0.3, retries=0, reconnect_delay=0)
     assert await client.connect()
     return client
-
-
-async def wait_state(ctl: ControlClient, pred: Any, timeout: float = 3.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await ctl.state()
-        if pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached; last state {st}")
-        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- register maps

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from drivers.base import DeviceEvent, DeviceFault, DeviceRefused
+from drivers.base import DeviceFault, DeviceRefused
 from drivers.pemf import PemfDriver, PemfExposure
-from simulators.control import ControlClient
 from simulators.harness import run_simulator
+from tests.drivers.waiting import next_event, wait_state
 from simulators.pemf import PemfSimulator, waveform
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,25 +24,6 @@ LONG = PemfExposure(waveform="trapezoid", frequency_hz=15, peak_field_mt=2, dura
 #: the same with the shortest watchdog, for the tests about the watchdog
 LONG_WD200 = LONG.model_copy(update={"watchdog_ms": 200})
 
-
-
-async def next_event(q: asyncio.Queue[DeviceEvent], *kinds: str, timeout: float = 3.0) -> DeviceEvent:
-    deadline = time.monotonic() + timeout
-    while True:
-        ev = await asyncio.wait_for(q.get(), max(0.001, deadline - time.monotonic()))
-        if ev.kind in kinds:
-            return ev
-
-
-async def wait_state(ctl: ControlClient, pred: Any, timeout: float = 3.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await ctl.state()
-        if pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached; last state {st}")
-        await asyncio.sleep(0.01)
 
 
 def test_exposure_parameters_are_validated() -> None:
