@@ -399,3 +399,15 @@ async def setup(broker, tmp_path) -> AsyncIterator[Setup]:
     with simulated_room(tmp_path / "room", broker.port) as sr:
         async with hub_in(sr) as hub:
             yield Setup(sr, hub, broker.port)
+
+
+async def running_with_output(setup: Setup, clinic: Clinic) -> str:
+    """A session confirmed at the console and delivering (a device output on)."""
+    sid = await run_to_awaiting(clinic)
+    r = await console(setup.room, "confirm", session=sid, by="tech")
+    assert r["ok"], r
+    await clinic.wait_event(sid, "point_done")
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any((await outputs_on(setup.room)).values()):
+        assert asyncio.get_running_loop().time() < deadline, "no output came on"
+    return sid

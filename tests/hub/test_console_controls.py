@@ -14,15 +14,9 @@ from tests.hub.conftest import (
     console,
     outputs_on,
     run_to_awaiting,
+    running_with_output,
     wait_all_off,
 )
-
-
-async def _delivering(setup: Setup, clinic: Clinic) -> str:
-    sid = await run_to_awaiting(clinic)
-    assert (await console(setup.room, "confirm", session=sid, by="tech"))["ok"]
-    await clinic.wait_event(sid, "point_done")
-    return sid
 
 
 async def test_remote_pause_and_resume_is_confirmed_at_the_chair(setup: Setup) -> None:
@@ -30,7 +24,7 @@ async def test_remote_pause_and_resume_is_confirmed_at_the_chair(setup: Setup) -
     async with Clinic(setup.port, setup.root) as clinic:
         await hub.astart()
         await auto_trigger(room, 10)
-        sid = await _delivering(setup, clinic)
+        sid = await running_with_output(setup, clinic)
 
         paused = await clinic.request("pause", {"session": sid, "reason": "patient asked"})
         assert paused["ok"] and paused["data"] == {"session": sid, "state": "paused"}, paused

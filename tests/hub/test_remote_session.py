@@ -7,7 +7,6 @@ replies, retained states, events, the simulators' own outputs and totals.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from typing import Any
@@ -24,9 +23,8 @@ from tests.hub.conftest import (
     Setup,
     acli,
     auto_trigger,
-    console,
     outputs_on,
-    run_to_awaiting,
+    running_with_output,
     sim_states,
     start_body,
     wait_all_off,
@@ -168,18 +166,6 @@ async def test_remote_session_end_to_end(setup: Setup) -> None:
             assert r["ok"] is False and r["error"]["code"] == "unknown_program"
 
 
-async def _running_with_output(setup: Setup, clinic: Clinic) -> str:
-    """A session confirmed at the console and delivering (a device output on)."""
-    sid = await run_to_awaiting(clinic)
-    r = await console(setup.room, "confirm", session=sid, by="tech")
-    assert r["ok"], r
-    await clinic.wait_event(sid, "point_done")
-    deadline = asyncio.get_running_loop().time() + 10
-    while not any((await outputs_on(setup.room)).values()):
-        assert asyncio.get_running_loop().time() < deadline, "no output came on"
-    return sid
-
-
 async def test_abort_mid_run(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
     async with Clinic(setup.port, setup.root) as clinic:
@@ -187,7 +173,7 @@ async def test_abort_mid_run(setup: Setup) -> None:
         await auto_trigger(room, 10)
 
         # ---- a well-formed abort naming the session
-        sid = await _running_with_output(setup, clinic)
+        sid = await running_with_output(setup, clinic)
         reply = await clinic.request("abort", {"session": sid, "reason": "patient moved"})
         assert reply["ok"] is True, reply
         assert reply["data"]["session"] == sid and reply["data"]["state"] == "aborted"
@@ -202,7 +188,7 @@ async def test_abort_mid_run(setup: Setup) -> None:
         index_check(clinic.events(sid))
 
         # ---- an unreadable abort still acts; the reply says what was wrong
-        sid2 = await _running_with_output(setup, clinic)
+        sid2 = await running_with_output(setup, clinic)
         reply = await clinic.request("abort", b"{this is not json")
         assert reply["ok"] is False and reply["error"]["code"] == "bad_request", reply
         assert reply["data"]["session"] == sid2 and reply["data"]["state"] == "aborted"
