@@ -37,7 +37,6 @@ class DeviceManager:
         self.last_status: dict[str, DeviceStatus | None] = {}
         self._last_state: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._tseq = 0
         self.running = False  # a session is running: poll faster
         self.telemetry_hooks: list[Callable[[str, DeviceStatus], None]] = []
         self._wake = asyncio.Event()
@@ -178,7 +177,6 @@ class DeviceManager:
             return
         self.last_status[dev_id] = st
         self._publish_state(dev_id)
-        self._tseq += 1
         self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
                                            "output_on": st.output_on, "readings": st.readings}, device=dev_id)
         for hook in self.telemetry_hooks:

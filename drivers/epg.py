@@ -33,7 +33,6 @@ from drivers.base import (
     DeviceRefused,
     DeviceStatus,
     DeviceTimeout,
-    DriverError,
     Identity,
     NotConnected,
     ProtocolError,

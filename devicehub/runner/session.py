@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from devicehub.alarms import AlarmBoard
@@ -75,7 +75,7 @@ class RunnerOptions:
     progress_interval_s: float = 1.0
     #: confirm steps are acknowledged automatically (demo, tests, --yes)
     auto_acknowledge_prompts: bool = False
-    #: run the injection with the simulated technician? (only a hint for the console)
+    #: a device that has not confirmed its safe state by then is reported unconfirmed
     safe_state_timeout_s: float = 1.0
 
 
@@ -87,7 +87,6 @@ class ActivePoint:
     progress: PointProgress
     device_id: str
     settle: Callable[[str], Awaitable[None]] | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: the delivery intent's write, while it is under way (its id is not known yet)
     intent: asyncio.Future[int] | None = None
 
@@ -175,7 +174,6 @@ class SessionRunner:
 
     def snapshot(self) -> dict[str, Any]:
         """The retained ``session`` topic's data."""
-        points_total = sum(len(sp.points) for sp in self.progress.values())
         points_done = sum(1 for sp in self.progress.values() for p in sp.points.values() if p.status in ("done", "skipped"))
         data: dict[str, Any] = {
             "session": self.session_id,
@@ -198,7 +196,6 @@ class SessionRunner:
             data["reason"] = self.reason
         if self._prompt_step is not None:
             data["prompt"] = {"step": self._prompt_step, "text": self.program_step(self._prompt_step).prompt}
-        del points_total
         return data
 
     def points_planned(self) -> int:
