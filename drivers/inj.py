@@ -51,15 +51,16 @@ from drivers.inj_frames import (
     Mode,
     Nak,
     Params,
+    PAYLOAD_TYPES,
     PayloadError,
     Shot,
     State,
     Status,
     TriggerRefused,
     code_text,
-    decode_payload,
     encode,
 )
+from drivers.reply_timer import ReplyTimer
 from drivers.serial_link import SerialLink
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ STATE_NAMES = {State.IDLE: "idle", State.ARMED: "armed", State.FIRING: "firing",
 MODES: dict[str, Mode] = {"single": Mode.SINGLE, "burst": Mode.BURST, "nappage": Mode.NAPPAGE}
 READ_ONLY_RETRIES = 2
 #: the reply each request expects besides NAK
-EXPECTED_REPLY = {Cmd.PING: Cmd.INFO, Cmd.GET_STATUS: Cmd.STATUS}
+EXPECTED_REPLY: dict[int, int] = {Cmd.PING: int(Cmd.INFO), Cmd.GET_STATUS: int(Cmd.STATUS)}
+_ACK, _NAK, _ARMED, _FIRING = int(Cmd.ACK), int(Cmd.NAK), int(State.ARMED), int(State.FIRING)
 
 
 def state_name(code: int) -> str:
@@ -120,6 +122,7 @@ class InjDriver(Device):
         self._lock = asyncio.Lock()
         self._seq = 0
         self._pending: tuple[int, asyncio.Future[Frame]] | None = None
+        self._reply_timer = ReplyTimer()
 
     # ================================================================== lifetime
     async def connect(self) -> None:
@@ -136,6 +139,7 @@ class InjDriver(Device):
         link, self._link = self._link, None
         if link is not None:
             link.close()
+        self._reply_timer.cancel()
         self._fail_pending(NotConnected(f"{self.device_id}: closed"))
 
     def _on_lost(self, exc: Exception | None) -> None:
@@ -156,7 +160,16 @@ class InjDriver(Device):
 
     # ================================================================== receiving
     def _on_data(self, data: bytes) -> None:
-        for item in self._parser.feed(data):
+        frame = self._parser.whole_frame(data)
+        if frame is not None:  # the usual case: one reply, one chunk
+            pending = self._pending
+            if pending is not None and frame.seq == pending[0] and not pending[1].done():
+                pending[1].set_result(frame)
+                return
+            items: list[Frame | Exception] = [frame]
+        else:
+            items = self._parser.feed(data)  # type: ignore[assignment]
+        for item in items:
             if isinstance(item, Frame):
                 try:
                     self._on_frame(item)
@@ -205,39 +218,42 @@ class InjDriver(Device):
         A NAK raises DeviceRefused; a reply of the wrong type or size is a ProtocolError,
         retried like a timeout when ``retries`` allows.
         """
-        error: DriverError = DeviceTimeout(f"{self.device_id}: {cmd.name} not sent")
+        error: DriverError | None = None
         async with self._lock:
             for _ in range(retries + 1):
-                if not self.connected or self._link is None:
+                link = self._link
+                if link is None or not self.connected:
                     raise NotConnected(f"{self.device_id}: not connected")
                 seq = self._next_seq()
                 fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
                 self._pending = (seq, fut)
                 try:
-                    self._link.write(encode(seq, cmd, payload))
-                    async with asyncio.timeout(self.reply_timeout):  # no extra task per request
-                        frame = await fut
+                    link.write(encode(seq, cmd, payload))
+                    self._reply_timer.watch(fut, self.reply_timeout)  # no timer per request
+                    frame = await fut
                 except TimeoutError:
                     error = DeviceTimeout(f"{self.device_id}: no reply to {cmd.name} (seq {seq}) "
                                           f"within {self.reply_timeout * 1000:.0f} ms")
                     continue
                 finally:
                     self._pending = None
+                    self._reply_timer.clear()
                 try:
                     return self._check_reply(cmd, frame)
                 except ProtocolError as exc:
                     error = exc
-        raise error
+        raise error if error is not None else DeviceTimeout(f"{self.device_id}: {cmd.name} not sent")
 
     def _check_reply(self, cmd: Cmd, frame: Frame) -> Any:
-        if frame.cmd == Cmd.NAK:
+        reply = frame.cmd
+        if reply == _NAK:
             code = Nak.unpack(frame.payload).code
             raise DeviceRefused(code, f"{cmd.name}: {code_text(code)}")
-        expected = EXPECTED_REPLY.get(cmd, Cmd.ACK)
-        if frame.cmd != expected:
-            raise ProtocolError(f"{self.device_id}: {cmd.name} answered with 0x{frame.cmd:02X}, "
+        expected = EXPECTED_REPLY.get(cmd, _ACK)
+        if reply != expected:
+            raise ProtocolError(f"{self.device_id}: {cmd.name} answered with 0x{reply:02X}, "
                                 f"expected 0x{expected:02X}")
-        return decode_payload(frame)
+        return PAYLOAD_TYPES[reply].unpack(frame.payload)  # type: ignore[attr-defined]
 
     async def _ack(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> int:
         """Send a request answered by ACK; returns the state the ACK carries."""
@@ -292,15 +308,17 @@ class InjDriver(Device):
 
     async def status(self) -> DeviceStatus:
         st = await self._read_status()
-        armed = st.state in (State.ARMED, State.FIRING)
+        state = st.state
+        armed = state == _ARMED or state == _FIRING
         if not armed and self._energised:
             self._energised = False  # the gun is not armed (a FAULT event may have been lost)
+        fault = st.fault
         return DeviceStatus(
-            state=state_name(st.state),
-            output_on=armed,
-            fault=st.fault or None,
-            fault_text=code_text(st.fault) if st.fault else "",
-            readings={
+            STATE_NAMES.get(state) or state_name(state),
+            armed,
+            fault or None,
+            code_text(fault) if fault else "",
+            {
                 "shots_total": st.shots_total,
                 "volume_total_ul": st.volume_total_x10 / 10,
                 "reservoir_ul": st.reservoir_x10 / 10,

@@ -220,16 +220,14 @@ class FrameParser:
         self._last = None
 
     def feed(self, data: bytes | bytearray | memoryview = b"", now: float | None = None) -> list[Frame | FrameError]:
-        if now is None:
-            now = time.monotonic()
         if not self._buf and len(data) >= 6 and data[0] == SOF and len(data) == data[1] + 4 \
                 and MIN_LEN <= data[1] <= MAX_LEN:
-            # the usual case, one whole reply in one chunk: no buffering, no scan
-            length = data[1]
-            body = bytes(data[1:2 + length])
-            if crc16_modbus(body) == data[2 + length] | (data[3 + length] << 8):
-                self.frames += 1
-                return [Frame(body[1], body[2], body[3:])]
+            # the usual case, one whole reply in one chunk: no buffering, no scan, no clock
+            frame = self.whole_frame(data)
+            if frame is not None:
+                return [frame]
+        if now is None:
+            now = time.monotonic()
         out: list[Frame | FrameError] = []
         if self._buf and self._last is not None and now - self._last > self.partial_timeout:
             # The held bytes are stale. The frame they start is abandoned, but complete
@@ -249,6 +247,24 @@ class FrameParser:
             else:
                 self.errors += 1
         return out
+
+    def whole_frame(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """``data`` as one frame when it is exactly one valid frame and nothing is held.
+
+        The receive fast path: a reply usually arrives as one chunk. Anything else (a
+        partial frame held, noise, two frames, a bad CRC) returns None and the caller
+        falls back to :meth:`feed`, which resynchronises and reports errors.
+        """
+        if self._buf or len(data) < 6 or data[0] != SOF:
+            return None
+        length = data[1]
+        if len(data) != length + 4 or not MIN_LEN <= length <= MAX_LEN:
+            return None
+        body = bytes(data[1:2 + length])
+        if crc16_modbus(body) != data[2 + length] | (data[3 + length] << 8):
+            return None
+        self.frames += 1
+        return Frame(body[1], body[2], body[3:])
 
     def _scan(self, out: list[Frame | FrameError]) -> None:
         buf = self._buf

@@ -1,0 +1,77 @@
+"""A reply deadline for request/reply links that have one request in flight at a time.
+
+``asyncio.timeout()`` around every reply schedules a timer, cancels it, and cancels and
+uncancels the task on expiry: several microseconds per request, a large share of a
+driver's cost at thousands of round trips a second (bench/README.md). A link with one
+request in flight needs far less. :class:`ReplyTimer` keeps at most one timer handle and
+re-arms it lazily: a request only records its deadline; when the timer fires it fails
+the reply still awaited if that reply's deadline has passed, and otherwise re-arms
+itself for the current deadline. At 5 000 requests a second with a 200 ms timeout the
+timer fires 5 times a second instead of being created and cancelled 5 000 times.
+
+Usage, by the one coroutine that owns the request (under the link's lock)::
+
+    fut = loop.create_future()
+    timer.watch(fut, 0.2)           # fut gets TimeoutError() 0.2 s from now
+    try:
+        reply = await fut
+    finally:
+        timer.clear()
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+#: the timer may run this much before a deadline (the loop's own clock tolerance)
+_EARLY = 1e-6
+
+
+class ReplyTimer:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._fut: asyncio.Future | None = None
+        self._deadline = 0.0
+
+    def watch(self, fut: asyncio.Future, timeout: float) -> None:
+        """Fail ``fut`` with TimeoutError unless it is done within ``timeout`` seconds."""
+        loop = fut.get_loop()
+        if loop is not self._loop:  # first use, or a new event loop: the old handle is dead
+            self._loop, self._handle = loop, None
+        self._fut = fut
+        self._deadline = deadline = loop.time() + timeout
+        handle = self._handle
+        if handle is None:
+            self._handle = loop.call_at(deadline, self._fire)
+        elif handle.when() > deadline:  # a shorter timeout than the one armed for
+            handle.cancel()
+            self._handle = loop.call_at(deadline, self._fire)
+
+    def clear(self) -> None:
+        """The awaited reply came, failed or was given up: nothing is watched now."""
+        self._fut = None
+
+    def cancel(self) -> None:
+        """Stop the timer altogether (the link is closing)."""
+        self._fut = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        fut = self._fut
+        if fut is None:
+            return  # idle: no timer until the next request
+        loop = self._loop
+        assert loop is not None
+        if loop.time() + _EARLY >= self._deadline:
+            self._fut = None
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+        else:
+            self._handle = loop.call_at(self._deadline, self._fire)
+
+
+__all__ = ["ReplyTimer"]

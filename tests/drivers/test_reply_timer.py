@@ -1,0 +1,90 @@
+"""The lazy reply deadline the INJ-1 driver uses instead of asyncio.timeout per request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from drivers.reply_timer import ReplyTimer
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_an_unanswered_reply_fails_at_its_deadline() -> None:
+    timer = ReplyTimer()
+    fut = asyncio.get_running_loop().create_future()
+    t0 = time.monotonic()
+    timer.watch(fut, 0.05)
+    with pytest.raises(TimeoutError):
+        await fut
+    assert 0.045 <= time.monotonic() - t0 < 0.5
+
+
+async def test_a_later_request_gets_its_own_full_timeout() -> None:
+    # the timer armed for the first request fires at its deadline, finds the second
+    # one's later deadline, and re-arms for it
+    loop = asyncio.get_running_loop()
+    timer = ReplyTimer()
+    first = loop.create_future()
+    timer.watch(first, 0.05)
+    first.set_result("reply")
+    timer.clear()
+    second = loop.create_future()
+    t0 = time.monotonic()
+    timer.watch(second, 0.15)
+    with pytest.raises(TimeoutError):
+        await second
+    assert time.monotonic() - t0 >= 0.145
+
+
+async def test_a_shorter_timeout_than_the_armed_one_is_kept() -> None:
+    loop = asyncio.get_running_loop()
+    timer = ReplyTimer()
+    slow = loop.create_future()
+    timer.watch(slow, 5.0)
+    slow.set_result(None)
+    timer.clear()
+    quick = loop.create_future()
+    t0 = time.monotonic()
+    timer.watch(quick, 0.05)
+    with pytest.raises(TimeoutError):
+        await quick
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_answered_replies_are_never_failed_and_cancel_stops_the_timer() -> None:
+    loop = asyncio.get_running_loop()
+    timer = ReplyTimer()
+    for _ in range(100):
+        fut = loop.create_future()
+        timer.watch(fut, 0.02)
+        loop.call_soon(fut.set_result, 1)
+        assert await fut == 1
+        timer.clear()
+    late = loop.create_future()
+    timer.watch(late, 0.02)
+    timer.cancel()
+    done, _ = await asyncio.wait([late], timeout=0.1)
+    assert not done  # nothing watched it any more
+    late.cancel()
+
+
+def test_one_timer_serves_two_event_loops_in_turn() -> None:
+    timer = ReplyTimer()
+
+    async def one() -> None:
+        fut = asyncio.get_running_loop().create_future()
+        timer.watch(fut, 0.03)
+        with pytest.raises(TimeoutError):
+            await fut
+
+    async def leave_armed() -> None:
+        fut = asyncio.get_running_loop().create_future()
+        timer.watch(fut, 5.0)
+        fut.set_result(None)
+        timer.clear()
+
+    asyncio.run(leave_armed())  # a handle left on a loop that then closes
+    asyncio.run(one())
