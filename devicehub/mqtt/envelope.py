@@ -12,6 +12,7 @@ session, data`` (``session`` only where there is one). Replies have neither ``se
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 import re
 import threading
@@ -49,13 +50,13 @@ class UlidGenerator:
                 self._last_rand = int.from_bytes(os.urandom(10), "big")
             self._last_ms = ms
             value = (ms << 80) | self._last_rand
-        out = []
-        for _ in range(26):
-            out.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(out))
+        # 26 characters of 5 bits = 130 bits, two characters (10 bits) per lookup
+        pairs = _CROCKFORD_PAIRS
+        return "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
+_CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = range(120, -1, -10)
 _ULIDS = UlidGenerator()
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -71,9 +72,13 @@ def utcnow() -> datetime:
 
 def rfc3339(ts: datetime) -> str:
     """RFC 3339 in UTC with microseconds and ``Z``: ``2026-11-21T10:00:00.123456Z``."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime: the envelope needs an aware time")
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not timezone.utc:
+        if ts.tzinfo is None:
+            raise ValueError("naive datetime: the envelope needs an aware time")
+        ts = ts.astimezone(timezone.utc)
+    if not 1 <= ts.year <= 9999:  # pragma: no cover - isoformat and strftime agree on 4 digits
+        raise ValueError("year out of range")
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # drops "+00:00"; a third of strftime's cost
 
 
 _RFC3339_RE = re.compile(
@@ -95,9 +100,24 @@ def parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(body.replace("Z", "+00:00"))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+# The C encoder of the stdlib, made once rather than per call as json.dumps does. No
+# circular-reference markers: the hub serialises its own acyclic data, and a cycle would
+# still end in RecursionError, not a hang.
+_C_ENCODE = (_c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                             False, False, False) if _c_make_encoder is not None else None)
+
+
+def _json_text(obj: Any) -> str:
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(obj, 0))
+    return _ENCODER.encode(obj)  # pragma: no cover - Python without _json
+
+
 def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON, as sent on the wire."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """Compact UTF-8 JSON, as sent on the wire (non-finite floats refused: ValueError)."""
+    return _json_text(obj).encode("utf-8")
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -121,6 +141,7 @@ class EnvelopeFactory:
         self.boot = int(boot)
         self._seq = 0
         self._tseq = 0
+        self._encoded_heads: dict[str, str] = {}
 
     @property
     def last_seq(self) -> int:
@@ -153,6 +174,27 @@ class EnvelopeFactory:
             env["session"] = session
         env["data"] = data
         return env
+
+    def encode(self, type_: str, data: Any, *, seq: int | None = None, tseq: int | None = None,
+               session: str | None = None, ts: datetime | None = None) -> bytes:
+        """``dumps(self.message(...))``, byte for byte, without building the dict.
+
+        The head (``v, type, site, room, boot``) is encoded once per type; only the
+        counters, ``msg_id``, ``ts``, ``session`` and ``data`` are encoded per message.
+        Telemetry and session events go through here thousands of times a second.
+        Raises what :func:`dumps` raises for data that is not JSON (TypeError, ValueError).
+        """
+        head = self._encoded_heads.get(type_)
+        if head is None:
+            head = self._encoded_heads[type_] = _json_text(self._head(type_))[:-1] + ","
+        counters = ""
+        if seq is not None:
+            counters = f'"seq":{seq if type(seq) is int else _json_text(seq)},'
+        if tseq is not None:
+            counters += f'"tseq":{tseq if type(tseq) is int else _json_text(tseq)},'
+        where = "" if session is None else f'"session":{_json_text(session)},'
+        return (f'{head}{counters}"msg_id":"{new_ulid()}","ts":"{rfc3339(ts or utcnow())}",'
+                f'"historical":false,{where}"data":{_json_text(data)}}}').encode("utf-8")
 
     def will(self) -> dict[str, Any]:
         """The will of one connection: ``offline`` with its boot, own msg_id and ts, no seq."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from devicehub.mqtt.envelope import (ULID_RE, EnvelopeFactory, UlidGenerator, mark_historical, new_ulid,
+from devicehub.mqtt.envelope import (ULID_RE, EnvelopeFactory, UlidGenerator, dumps, mark_historical, new_ulid,
                                      parse_rfc3339, rfc3339)
 from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
 from devicehub.mqtt.outbox import Outbox
@@ -28,6 +28,16 @@ def test_ulids_are_unique_sorted_and_crockford():
     assert gen.new(now_ms=0)[:10] == a[:10]  # a clock step back never breaks the order
 
 
+def test_ulid_text_is_the_crockford_base32_of_its_128_bits():
+    gen = UlidGenerator()
+    text = gen.new(now_ms=0x0123456789AB)
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    value = 0
+    for ch in text:
+        value = value * 32 + crockford.index(ch)
+    assert value >> 80 == 0x0123456789AB and text[:10] == "014D2PF2DB"
+
+
 def test_rfc3339_format_and_parse():
     ts = datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=timezone.utc)
     assert rfc3339(ts) == "2026-11-21T10:00:00.123456Z"
@@ -39,6 +49,26 @@ def test_rfc3339_format_and_parse():
             parse_rfc3339(bad)
     with pytest.raises(ValueError):
         rfc3339(datetime(2026, 1, 1))
+    assert rfc3339(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "2026-01-01T00:00:00.000000Z"  # zero micros kept
+
+
+@pytest.mark.parametrize("type_, data, counters", [
+    ("device.telemetry", {"id": "inj-1", "readings": {"p": 212.0, "n": 8, "ok": True, "x": None}}, {"tseq": 9}),
+    ("session.event", {"event": "point_done", "index": 3, "note": "é \"q\" \u2028"}, {"seq": 12, "session": "S1"}),
+    ("alarms", [{"id": "a", "severity": "high"}], {"seq": 1}),
+    ("status", {"state": "online"}, {}),
+])
+def test_encode_is_dumps_of_message_byte_for_byte(type_, data, counters):
+    f = EnvelopeFactory("clinic-a", "room-\u00e9", boot=7)
+    ts = datetime(2026, 11, 21, 10, 0, 0, 5, tzinfo=timezone.utc)
+    fast = f.encode(type_, data, ts=ts, **counters)
+    env = json.loads(fast)
+    assert fast == dumps(f.message(type_, data, ts=ts, msg_id=env["msg_id"], **counters))
+    assert ULID_RE.match(env["msg_id"])
+    with pytest.raises(ValueError):
+        f.encode(type_, {"bad": float("nan")}, ts=ts, **counters)
+    with pytest.raises(TypeError):
+        f.encode(type_, {"bad": object()}, ts=ts, **counters)
 
 
 def test_envelopes_of_one_boot():
