@@ -34,6 +34,7 @@ import logging
 import math
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,8 @@ from devicehub.room_api import RoomAPI
 log = logging.getLogger(__name__)
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: the telemetry publisher's entry in the in-flight table (outbox entries use their id)
+TELEMETRY_KEY = "telemetry"
 
 
 class _Stopped(Exception):
@@ -132,6 +135,9 @@ class MqttFrontend:
         self._background: set[asyncio.Task[Any]] = set()
         self._telemetry: dict[str, tuple[int, HubMessage]] = {}
         self._telemetry_evt = asyncio.Event()
+        self._acked: list[int] = []  # PUBACKed outbox ids not yet removed (removed once per loop turn)
+        #: publishes in flight on the current connection, oldest first: key -> monotonic start
+        self._inflight: dict[int | str, float] = {}
         self._handled: list[Callable[[Outcome], None]] = []
         #: counters for diagnostics
         self.telemetry_dropped = 0
@@ -234,6 +240,7 @@ class MqttFrontend:
                     tg.create_task(self._publish_outbox(client, tg))
                     tg.create_task(self._publish_telemetry(client))
                     tg.create_task(self._watch_stop(client))
+                    tg.create_task(self._watch_publishes())
             except asyncio.CancelledError:
                 # shutdown by cancellation: still say offline (a normal DISCONNECT drops the will)
                 if self.connected:
@@ -247,6 +254,24 @@ class MqttFrontend:
             finally:
                 self._online.clear()
                 self._client = None
+
+    async def _watch_publishes(self) -> None:
+        """End the connection when a publish has waited longer than ``publish_timeout_s``.
+
+        Publishes run without aiomqtt's own per-call timeout, which costs a task and a
+        timer per message; this one loop watches the oldest publish in flight instead. A
+        dead link is found by the keepalive; this finds a broker that keeps the link up
+        but never acknowledges. The connection is then renewed and the outbox replayed.
+        """
+        period = min(1.0, self.publish_timeout_s / 4)
+        inflight = self._inflight
+        while True:
+            await asyncio.sleep(period)
+            if inflight:
+                waited = time.monotonic() - next(iter(inflight.values()))  # the oldest: first in
+                if waited > self.publish_timeout_s:
+                    raise aiomqtt.MqttError(f"a publish unacknowledged for {waited:.1f} s "
+                                            f"(limit {self.publish_timeout_s} s)")
 
     async def _watch_stop(self, client: aiomqtt.Client) -> None:
         await self._stop_evt.wait()
@@ -302,11 +327,20 @@ class MqttFrontend:
 
     async def _publish_one(self, client: aiomqtt.Client, entry_id: int, topic: str, payload: bytes, retain: bool,
                            window: asyncio.Semaphore) -> None:
+        self._inflight[entry_id] = time.monotonic()
         try:
-            await client.publish(topic, payload, qos=1, retain=retain, timeout=self.publish_timeout_s)
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)  # see _watch_publishes
         finally:
+            self._inflight.pop(entry_id, None)
             window.release()
-        self.outbox.remove([entry_id])
+        # acknowledged: removed from the outbox together with the others of this loop turn
+        if not self._acked:
+            asyncio.get_running_loop().call_soon(self._remove_acked)
+        self._acked.append(entry_id)
+
+    def _remove_acked(self) -> None:
+        acked, self._acked = self._acked, []
+        self.outbox.remove(acked)
 
     # ---- the bus -------------------------------------------------------------------------
     def _on_bus(self, msg: HubMessage) -> None:
@@ -337,11 +371,19 @@ class MqttFrontend:
         else:
             log.warning("bus message of unknown kind %r not published", kind)
 
+    def _envelope(self, type_: str, data: Any, *, seq: int | None = None, tseq: int | None = None,
+                  session: str | None = None, ts: datetime | None = None) -> bytes:
+        """The encoded envelope; data that is not plain JSON is sanitised, never refused."""
+        try:
+            return self.envelopes.encode(type_, data, seq=seq, tseq=tseq, session=session, ts=ts)
+        except (TypeError, ValueError):
+            return _encode(self.envelopes.message(type_, data, seq=seq, tseq=tseq, session=session, ts=ts))
+
     def _enqueue(self, topic: str, type_: str, data: Any, *, session: str | None = None,
                  ts: datetime | None = None, retain: bool) -> int:
         """Give a QoS 1 message its seq and put it in the outbox (in that order, at once)."""
-        env = self.envelopes.message(type_, data, seq=self.envelopes.next_seq(), session=session, ts=ts)
-        entry_id = self.outbox.add(topic, _encode(env), retain)
+        payload = self._envelope(type_, data, seq=self.envelopes.next_seq(), session=session, ts=ts)
+        entry_id = self.outbox.add(topic, payload, retain)
         if retain:
             self._retained[topic] = (type_, data, session)
         return entry_id
@@ -367,14 +409,18 @@ class MqttFrontend:
 
     async def _publish_telemetry(self, client: aiomqtt.Client) -> None:
         self._telemetry.clear()
+        inflight = self._inflight
         while True:
             await self._telemetry_evt.wait()
             self._telemetry_evt.clear()
             batch, self._telemetry = self._telemetry, {}
             for topic, (tseq, msg) in batch.items():
-                env = self.envelopes.message("device.telemetry", msg.data, tseq=tseq, session=msg.session,
-                                             ts=msg.ts)
-                await client.publish(topic, _encode(env), qos=0, retain=False, timeout=self.publish_timeout_s)
+                payload = self._envelope("device.telemetry", msg.data, tseq=tseq, session=msg.session, ts=msg.ts)
+                inflight[TELEMETRY_KEY] = time.monotonic()
+                try:  # a QoS 0 publish waits for the socket write; see _watch_publishes
+                    await client.publish(topic, payload, qos=0, retain=False, timeout=math.inf)
+                finally:
+                    inflight.pop(TELEMETRY_KEY, None)
             if self.telemetry_min_interval_s > 0:
                 await asyncio.sleep(self.telemetry_min_interval_s)
 

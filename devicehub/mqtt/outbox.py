@@ -212,10 +212,11 @@ class Outbox:
         return self._commit_evt
 
     def _notify(self) -> None:
-        """Wake everyone waiting for a commit or a removal."""
-        evt = self._event()
-        self._commit_evt = asyncio.Event()
-        evt.set()
+        """Wake everyone waiting for a commit or a removal (nothing to do when no one waits:
+        the next waiter makes a fresh event)."""
+        evt, self._commit_evt = self._commit_evt, None
+        if evt is not None:
+            evt.set()
 
     async def wait_committed(self, entry_id: int) -> None:
         """Wait until message ``entry_id`` (and every one before it) is on disk."""

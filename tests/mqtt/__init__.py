@@ -318,10 +318,15 @@ class Requester:
 
 # ---- a TCP proxy, to cut a connection abruptly -------------------------------------------
 class Proxy:
-    """Forwards a local port to the broker; :meth:`cut` aborts every connection (no DISCONNECT)."""
+    """Forwards a local port to the broker; :meth:`cut` aborts every connection (no DISCONNECT).
+
+    While ``swallow_downstream`` is true, what the broker sends (CONNACK, PUBACK, PINGRESP)
+    is dropped on the floor: a broker that keeps the link up and never answers.
+    """
 
     def __init__(self, broker: Any) -> None:
         self.broker = broker
+        self.swallow_downstream = False
         self.host = "127.0.0.1"
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
@@ -352,11 +357,13 @@ class Proxy:
             w.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._transports.append(w.transport)
 
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, downstream: bool) -> None:
             with contextlib.suppress(Exception):
                 while data := await r.read(65536):
+                    if downstream and self.swallow_downstream:
+                        continue
                     w.write(data)
                     await w.drain()
             w.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))

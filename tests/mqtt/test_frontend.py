@@ -283,6 +283,31 @@ async def test_outbox_survives_a_hub_restart_and_replays_after_the_birth(broker,
         assert (await late.wait_for(lambda s: True)).json["boot"] == 2
 
 
+async def test_a_broker_that_stops_acknowledging_gets_a_new_connection_and_the_replay(broker, tmp_path):
+    # the link stays up (no keepalive failure for a long while) but no PUBACK comes back:
+    # the one watchdog of publishes in flight renews the connection and the outbox replays
+    room = StubRoom()
+    async with Proxy(broker) as proxy:
+        fe = make_frontend(tmp_path, proxy, room, publish_timeout_s=0.5, keepalive=60)
+        root = fe.topics.root
+        event = lambda s: s.json.get("type") == "session.event"  # noqa: E731
+        async with observing(broker, f"{root}/sessions/#") as obs, running(fe):
+            session = room.make_running()
+            await until(lambda: len(fe.outbox) == 0, what="the session state acknowledged")
+            proxy.swallow_downstream = True
+            room.event(session, "point_done")
+            live = await obs.wait_for(event)  # the broker has it; the hub never hears so
+            assert live.json["historical"] is False and len(fe.outbox) == 1
+            await until(lambda: not fe.connected, timeout=3.0, what="the connection given up")
+            proxy.swallow_downstream = False
+            proxy.cut()  # a reconnection begun while answers were dropped starts over
+            replay = await obs.wait_for(event, start=obs.seen.index(live) + 1)
+            assert replay.json["historical"] is True
+            assert (replay.json["seq"], replay.json["msg_id"]) == (live.json["seq"], live.json["msg_id"])
+            await until(lambda: len(fe.outbox) == 0, what="the replay acknowledged")
+            assert fe.connections >= 2
+
+
 async def test_two_rooms_on_one_broker_never_see_each_others_commands(broker, tmp_path):
     rooms = [StubRoom(), StubRoom()]
     (tmp_path / "a").mkdir()
