@@ -51,6 +51,7 @@ from drivers.line_protocol import (
     parse_error_entry,
     parse_number,
 )
+from drivers.reply_timer import ReplyQueue
 from drivers.serial_link import SerialLink
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class EpgDriver(Device):
         super().__init__(endpoint, device_id=device_id)
         self._link: SerialLink | None = None
         self._splitter = LineSplitter()
-        self._replies: asyncio.Queue[str | ProtocolError | _Signal] = asyncio.Queue()
+        self._replies = ReplyQueue()  # str | ProtocolError | _Signal, with a lazily re-armed deadline
         self._lock = asyncio.Lock()
         #: a reply may still be owed: resynchronise before the next request
         self._desynced = True
@@ -158,6 +159,7 @@ class EpgDriver(Device):
         if link is not None:
             link.close()
         self._replies.put_nowait(_LOST)
+        self._replies.close()
 
     # ================================================================== bytes in
     def _on_data(self, data: bytes) -> None:
@@ -217,9 +219,8 @@ class EpgDriver(Device):
         if remaining <= 0:
             raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms")
         try:
-            # asyncio.timeout, not wait_for: no task per reply (see bench/README.md)
-            async with asyncio.timeout(remaining):
-                item = await self._replies.get()
+            # one lazily re-armed timer, not a timeout per reply (see drivers/reply_timer.py)
+            item = await self._replies.get(remaining)
         except TimeoutError:
             raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms") from None
         if item is _PREEMPT:

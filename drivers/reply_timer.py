@@ -22,6 +22,8 @@ Usage, by the one coroutine that owns the request (under the link's lock)::
 from __future__ import annotations
 
 import asyncio
+import collections
+from typing import Any
 
 #: the timer may run this much before a deadline (the loop's own clock tolerance)
 _EARLY = 1e-6
@@ -74,4 +76,51 @@ class ReplyTimer:
             self._handle = loop.call_at(self._deadline, self._fire)
 
 
-__all__ = ["ReplyTimer"]
+
+
+class ReplyQueue:
+    """A queue of replies for one consumer, whose ``get`` has a deadline kept by a
+    :class:`ReplyTimer` (no timer per reply). For line protocols where replies are
+    matched by order, not by a sequence number (EPG-1)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[Any] | None = None
+        self._timer = ReplyTimer()
+
+    def put_nowait(self, item: Any) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(item)
+        else:
+            self._items.append(item)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        """The oldest item; IndexError when there is none."""
+        return self._items.popleft()
+
+    async def get(self, timeout: float) -> Any:
+        """The oldest item, waiting at most ``timeout`` seconds (then TimeoutError)."""
+        if self._items:
+            return self._items.popleft()
+        if self._waiter is not None:
+            raise RuntimeError("ReplyQueue has one consumer at a time")
+        fut = self._waiter = asyncio.get_running_loop().create_future()
+        self._timer.watch(fut, timeout)
+        try:
+            return await fut
+        finally:
+            self._timer.clear()
+            if self._waiter is fut:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Stop the timer (the link is closing)."""
+        self._timer.cancel()
+
+
+__all__ = ["ReplyQueue", "ReplyTimer"]

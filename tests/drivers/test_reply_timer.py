@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from drivers.reply_timer import ReplyTimer
+from drivers.reply_timer import ReplyQueue, ReplyTimer
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -88,3 +88,26 @@ def test_one_timer_serves_two_event_loops_in_turn() -> None:
 
     asyncio.run(leave_armed())  # a handle left on a loop that then closes
     asyncio.run(one())
+
+
+async def test_reply_queue_in_order_with_a_deadline() -> None:
+    q = ReplyQueue()
+    q.put_nowait("a")
+    q.put_nowait("b")
+    assert await q.get(0.05) == "a" and q.get_nowait() == "b" and q.empty()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(q.put_nowait, "c")
+    assert await q.get(1.0) == "c"  # a waiting get takes what arrives
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await q.get(0.05)
+    assert time.monotonic() - t0 >= 0.045
+    q.put_nowait("late")  # arrives after its reader gave up: kept for whoever reads next
+    assert q.get_nowait() == "late"
+    waiting = asyncio.ensure_future(q.get(1.0))
+    await asyncio.sleep(0)  # let it start waiting (no time passes)
+    with pytest.raises(RuntimeError):
+        await q.get(1.0)
+    q.put_nowait("d")
+    assert await waiting == "d"
+    q.close()
