@@ -307,7 +307,7 @@ class InjDriver(Device):
         await self._ack(Cmd.DISARM)
 
     async def status(self) -> DeviceStatus:
-        st = await self._read_status()
+        st: Status = await self._request(Cmd.GET_STATUS, retries=READ_ONLY_RETRIES)
         state = st.state
         armed = state == _ARMED or state == _FIRING
         if not armed and self._energised:
