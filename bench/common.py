@@ -245,6 +245,11 @@ class Simulators:
         self._err_files: list[Any] = []
 
     @property
+    def pids(self) -> list[int]:
+        """Process ids of the simulators (none when they run on a thread)."""
+        return [p.pid for p in self._procs]
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The simulators' event loop (thread mode only)."""
         return self._thread.loop if self._thread is not None else None
@@ -349,3 +354,40 @@ def _cell(c: Any) -> str:
             return "-"
         return f"{c:,.0f}" if abs(c) >= 100 else f"{c:.3g}" if abs(c) < 1 else f"{c:.2f}"
     return str(c)
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` (sched_setaffinity alone moves one thread)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # the process has ended
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+@contextmanager
+def pinned(pin: bool, others: list[int], what: str) -> Iterator[str | None]:
+    """This process on the first CPU, the processes ``others`` (``what``) on the rest.
+
+    On a 2-core machine the scheduler otherwise moves the benchmark and its peers (a
+    broker, a subscriber, simulators) between cores from round to round, and a round's
+    rate follows where they landed as much as what it measures. Yields a description of
+    the placement, or None when not pinned (asked not to, one CPU, or no /proc).
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cpus) < 2 or not os.path.isdir("/proc/self/task"):
+        yield None
+        return
+    everything = set(cpus)
+    _set_affinity(os.getpid(), {cpus[0]})
+    for pid in others:
+        _set_affinity(pid, set(cpus[1:]))
+    try:
+        yield f"bench on CPU {cpus[0]}, {what} on {','.join(map(str, cpus[1:]))}"
+    finally:
+        for pid in [os.getpid(), *others]:
+            _set_affinity(pid, everything)

@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
     loop_iterations_per_call,
     machine_info,
     median,
+    pinned,
     quiet_logging,
     summary,
     table,
@@ -295,7 +296,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "devices": {},
     }
     profiles: list[str] = []
-    with Simulators(kinds, mode=args.sims) as sims:
+    with Simulators(kinds, mode=args.sims) as sims, \
+            pinned(args.sims == "process" and not args.no_pin, sims.pids, "simulators") as placement:
+        results["settings"]["cpus"] = placement
         for kind in kinds:
             stack: list[Callable[[], Awaitable[None]]] = []
             try:
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds that interleave the variants call by call (for the steadier ratio)")
     p.add_argument("--warmup-s", type=float, default=0.3)
     p.add_argument("--only", default="", help="comma-separated subset of epg,inj,led,pemf")
+    p.add_argument("--no-pin", action="store_true",
+                   help="leave CPU placement to the scheduler (default: this process on one CPU, the simulators "
+                        "on the others)")
     p.add_argument("--profile", action="store_true", help="cProfile the driver variants afterwards")
     p.add_argument("--profile-calls", type=int, default=3000)
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/drivers.json)")
