@@ -41,12 +41,20 @@ class Topics:
         self.alarms = f"{self.root}/alarms"
         self.cmd_filter = f"{self.root}/cmd/+"
         self.reply_prefix = f"{self.root}/reply/"
+        self._telemetry_topics: dict[str, str] = {}
 
     def device_state(self, device_id: str) -> str:
         return f"{self.root}/devices/{self._level(device_id, 'device id')}/state"
 
     def device_telemetry(self, device_id: str) -> str:
-        return f"{self.root}/devices/{self._level(device_id, 'device id')}/telemetry"
+        # asked for every reading (thousands a second at most): validated once per device
+        topic = self._telemetry_topics.get(device_id)
+        if topic is None:
+            topic = f"{self.root}/devices/{self._level(device_id, 'device id')}/telemetry"
+            if len(self._telemetry_topics) >= 1024:  # a room has a handful of devices
+                self._telemetry_topics.clear()
+            self._telemetry_topics[device_id] = topic
+        return topic
 
     def session_events(self, session_id: str) -> str:
         return f"{self.root}/sessions/{self._level(session_id, 'session id')}/events"

@@ -111,6 +111,11 @@ def test_topics_and_reply_paths():
             Topics(site, room)
     with pytest.raises(ValueError):
         t.session_events("a/b")
+    for _ in range(2):  # the second time from its cache, with the same answers
+        assert t.device_telemetry("inj-1") == "devicehub/v1/clinic-a/room-1/devices/inj-1/telemetry"
+        for bad_id in ("a/b", "+", "", None):
+            with pytest.raises(ValueError):
+                t.device_telemetry(bad_id)
 
 
 async def test_outbox_order_remove_and_restart(tmp_path):
