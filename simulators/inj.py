@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 from drivers.inj_frames import (
     EVENT_SEQ,
+    PARTIAL_TIMEOUT_S,
     REQUEST_PAYLOAD_SIZE,
     Ack,
     Cap,
@@ -147,9 +148,26 @@ class InjSimulator(StreamDeviceSimulator):
         if self.fault_active("stall"):
             parser.reset()
             return
+        self._feed(conn, parser, data)
+
+    def _feed(self, conn: Connection, parser: FrameParser, data: bytes) -> None:
         for item in parser.feed(data, self.now()):
             if isinstance(item, Frame):  # bad CRC, bad LEN, stale partials: never answered
                 self._handle(conn, item)
+        # ICD: a partial frame is discarded when 50 ms pass without its next byte. Check
+        # then, not only when more bytes come: a frame hidden behind a false start (a
+        # 0x7E in noise) is found by the rescan and answered within the reply timeout.
+        timer = conn.state.pop("partial_timer", None)
+        if timer is not None:
+            timer.cancel()
+        if parser.pending:
+            conn.state["partial_timer"] = self.loop.call_later(
+                PARTIAL_TIMEOUT_S + 0.002, self._partial_expired, conn, parser)
+
+    def _partial_expired(self, conn: Connection, parser: FrameParser) -> None:
+        conn.state.pop("partial_timer", None)
+        if conn.open and not self.fault_active("stall"):
+            self._feed(conn, parser, b"")
 
     def _handle(self, conn: Connection, frame: Frame) -> None:
         try:
@@ -183,10 +201,16 @@ class InjSimulator(StreamDeviceSimulator):
         if self.state in (State.ARMED, State.FIRING):
             return self._nak(Code.NOT_ALLOWED)
         p = Params.unpack(payload)
-        if not (10 <= p.volume_x10 <= 2000 and 5 <= p.depth_x10 <= 60 and p.mode in (0, 1, 2) and 1 <= p.rate <= 10):
+        # the rate is the burst rate (ICD: "shots/s in burst/nappage"): in single mode it
+        # means nothing, so any value is taken and the last valid rate is kept
+        burst = p.mode in (Mode.BURST, Mode.NAPPAGE)
+        if not (10 <= p.volume_x10 <= 2000 and 5 <= p.depth_x10 <= 60 and p.mode in (0, 1, 2)
+                and (1 <= p.rate <= 10 or not burst)):
             return self._nak(Code.OUT_OF_RANGE)
         self.volume_set_x10, self.depth_set_x10 = p.volume_x10, p.depth_x10
-        self.mode, self.rate = Mode(p.mode), p.rate
+        self.mode = Mode(p.mode)
+        if 1 <= p.rate <= 10:
+            self.rate = p.rate
         return self._ack()
 
     def _cmd_arm(self, _: bytes) -> tuple[int, bytes]:
@@ -372,7 +396,10 @@ class InjSimulator(StreamDeviceSimulator):
         now = self.now()
         scatter = float(min(0.02, max(-0.02, self.rng.normal(0.0, 0.01))))
         vol = min(self.reservoir_x10, round(self.volume_set_x10 * fraction * (1.0 + scatter) * (1.0 + self.over_delivery)))
-        depth = max(1, round(self.depth_set_x10 + float(min(1.0, max(-1.0, self.rng.normal(0.0, 0.5))))))
+        # the depth stop limits the needle: the skin's give makes it reach up to 0.1 mm less
+        # than set, never more, and never below the ICD's 0.5 mm
+        shortfall = round(abs(float(min(1.0, max(-1.0, self.rng.normal(0.0, 0.5))))))
+        depth = max(5, self.depth_set_x10 - shortfall)
         self._p_hold = False  # the plunger stops: the pressure relaxes, counted from the shot's start
         if vol <= 0:
             return

@@ -317,8 +317,8 @@ async def test_raw_bad_crc_is_never_answered(sim, ctl):
 
 
 async def test_raw_set_params_range_checks(sim, ctl):
-    bad = [(9, 15, 0, 3), (2001, 15, 0, 3), (200, 4, 0, 3), (200, 61, 0, 3), (200, 15, 3, 3), (200, 15, 0, 0),
-           (200, 15, 0, 11)]
+    bad = [(9, 15, 0, 3), (2001, 15, 0, 3), (200, 4, 0, 3), (200, 61, 0, 3), (200, 15, 3, 3), (200, 15, 1, 0),
+           (200, 15, 2, 11)]
     async with RawPort(sim.endpoint) as port:
         for i, p in enumerate(bad, start=1):
             assert await port.request(i, Cmd.SET_PARAMS, Params(*p).pack()) == Frame(i, Cmd.NAK, b"\x03"), p
@@ -326,8 +326,25 @@ async def test_raw_set_params_range_checks(sim, ctl):
         assert (st["volume_set_ul"], st["depth_set_mm"], st["mode"], st["rate"]) == (20.0, 1.5, "single", 3)
         assert await port.request(20, Cmd.SET_PARAMS, Params(10, 5, 0, 1).pack()) == Frame(20, Cmd.ACK, b"\x00")
         assert await port.request(21, Cmd.SET_PARAMS, Params(2000, 60, 2, 10).pack()) == Frame(21, Cmd.ACK, b"\x00")
+        st = await ctl.state()
+        assert (st["volume_set_ul"], st["depth_set_mm"], st["mode"], st["rate"]) == (200.0, 6.0, "nappage", 10)
+        # the rate is the burst rate: in single mode any value is taken, and the burst rate kept
+        assert await port.request(22, Cmd.SET_PARAMS, Params(100, 20, 0, 0).pack()) == Frame(22, Cmd.ACK, b"\x00")
     st = await ctl.state()
-    assert (st["volume_set_ul"], st["depth_set_mm"], st["mode"], st["rate"]) == (200.0, 6.0, "nappage", 10)
+    assert (st["volume_set_ul"], st["depth_set_mm"], st["mode"], st["rate"]) == (10.0, 2.0, "single", 10)
+
+
+@pytest.mark.parametrize("false_start", ["7e 30", "7e 05", "00 00 7e fa"])
+async def test_raw_a_frame_behind_a_false_start_is_answered_after_50_ms(sim, ctl, false_start):
+    # noise holding a 0x7E and a possible LEN: the partial frame it starts is dropped 50 ms
+    # after its last byte, without waiting for more bytes, and the rescan finds the request
+    async with RawPort(sim.endpoint) as port:
+        t0 = time.monotonic()
+        await port.send(bytes.fromhex(false_start) + encode(0x21, Cmd.HEARTBEAT))
+        reply = await port.frame(timeout=1.0)
+        assert reply == Frame(0x21, Cmd.ACK, b"\x00")
+        assert 0.045 <= time.monotonic() - t0 < 0.2  # the ICD's reply timeout
+    assert (await ctl.state())["requests"] == {"HEARTBEAT": 1}
 
 
 async def test_raw_shot_event_carries_seq_0(sim, ctl):
