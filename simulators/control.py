@@ -49,9 +49,8 @@ async def serve_control(sim: DeviceSimulator, host: str, port: int) -> tuple[asy
                     break
                 except asyncio.IncompleteReadError:
                     break
-                if not line.strip():
-                    continue
-                reply = handle_line(sim, line)
+                # a blank line is a request too (an empty one): one reply line per request
+                reply = handle_line(sim, line) if line.strip() else {"ok": False, "error": "empty request"}
                 writer.write(json.dumps(reply, default=_jsonable).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, OSError):

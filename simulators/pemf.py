@@ -137,8 +137,11 @@ class PemfSimulator(ModbusDeviceSimulator):
         return [h for h in self.history if h[0] > since]
 
     def field_meas_mt(self) -> float:
+        """Peak over the last second, with the pickup coil's noise: one draw per reading,
+        so the peak is not biased upwards (a draw per sample made it read 1-2 % high)."""
         recent = [h for h in self.history if h[0] > self._t - 1.0]
-        return max((h[1] for h in recent), default=0.0)
+        peak = max((h[1] for h in recent), default=0.0)
+        return peak * (1.0 + float(self.rng.normal(0.0, NOISE))) if peak > 0 else 0.0
 
     def coil_current_a(self) -> float:
         if not self.output_on:
@@ -166,7 +169,7 @@ class PemfSimulator(ModbusDeviceSimulator):
                 i_peak = self.peak_setpoint_mt / MT_PER_A * self._current_ratio()
                 current = i_peak * unit
                 gain = DRIFT_GAIN if self.fault_active("field_drift") else 1.0
-                field = current * MT_PER_A * gain * (1.0 + self.rng.normal(0.0, NOISE, n))
+                field = current * (MT_PER_A * gain)  # the pickup coil's noise is added when read
                 self.history.append((self._t + run_dt, float(np.max(np.abs(field))),
                                      float(np.mean(current * current)) * run_dt, run_dt))
                 i_rms = i_peak * SHAPE_RMS[kind]
@@ -178,7 +181,9 @@ class PemfSimulator(ModbusDeviceSimulator):
         while self.history and self.history[0][0] < self._t - HISTORY_S:
             self.history.popleft()
         self.coil_base_c = _approach(self.coil_base_c, self.ambient_c + C_PER_W * heat_w, dt, COIL_TAU_S)
-        excess = OVERHEAT_EXCESS_C if self.fault_active("overheat") else 0.0
+        # injected overheating takes the coil past its limit whatever the ambient
+        excess = (max(OVERHEAT_EXCESS_C, COIL_LIMIT_C + 10.0 - self.coil_base_c)
+                  if self.fault_active("overheat") else 0.0)
         self.coil_excess_c = _approach(self.coil_excess_c, excess, dt, FAULT_TAU_S)
         self._check_faults(dt)
         if finished and self.output_on:
@@ -220,8 +225,8 @@ class PemfSimulator(ModbusDeviceSimulator):
             return self.fault_active("overheat") or self.coil_temp_c > COIL_LIMIT_C
         if code == 2:
             return abs(self._current_ratio() - 1.0) > CURRENT_BAND
-        if code == 3:
-            return self.fault_active("field_drift")
+        if code == 3:  # injected drift, or a coil far enough off to move the field past 25 %
+            return self.fault_active("field_drift") or abs(self._current_ratio() - 1.0) > FIELD_LIMIT
         return False
 
     def read_input(self, addr: int) -> int | None:

@@ -474,6 +474,8 @@ async def test_bad_control_requests_change_nothing(kind: str) -> None:
         before = stable(await ctl.state())
         name = next(iter(before["inputs"]))
         bad: list[Any] = [
+            b"",  # a blank line is an (empty) request: answered, not skipped
+            b"   ",
             b"not json",
             b"[1, 2]",
             {"op": "nope"},

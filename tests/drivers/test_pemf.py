@@ -198,3 +198,64 @@ def test_a_long_run_at_a_high_field_overheats_the_coil() -> None:
     assert (snap["state"], snap["fault"]) == ("fault", 1)
     assert 20 < snap["elapsed_s"] < 300
     assert snap["pulses"] == math.floor(snap["elapsed_s"] * 5 + 1e-9)
+
+
+def _offline_pemf(seed: int = 1) -> tuple[PemfSimulator, list[float], Any]:
+    """A PEMF simulator on a hand-driven clock, and a request function over its PDU handler."""
+    now = [1000.0]
+    sim = PemfSimulator(seed=seed)
+    sim.now = lambda: now[0]  # type: ignore[method-assign]
+    sim._t = sim._last_write = now[0]
+
+    def req(pdu: bytes) -> bytes:
+        reply = sim.handle_request(2, pdu)
+        assert reply is not None, pdu
+        return reply
+
+    return sim, now, req
+
+
+def _run_for(sim: PemfSimulator, now: list[float], req: Any, seconds: float) -> None:
+    end = now[0] + seconds
+    while now[0] < end:
+        now[0] += 0.05
+        req(struct.pack(">BHH", 0x06, 6, int(now[0] * 20) & 0xFFFF))  # HEARTBEAT
+        sim.advance()
+
+
+def test_injected_overheat_latches_fault_1_even_at_a_cold_ambient() -> None:
+    sim, now, req = _offline_pemf()
+    sim.control({"op": "set", "name": "ambient_c", "value": 0.0})
+    sim.control({"op": "inject", "fault": "overheat", "count": -1})
+    _run_for(sim, now, req, 2.0)
+    snap = sim.snapshot()
+    assert (snap["state"], snap["fault"]) == ("fault", 1)
+    assert snap["coil_temp_c"] > 45.0
+
+
+def test_fault_3_from_a_drifting_coil_cannot_be_reset_while_the_coil_is_still_off() -> None:
+    sim, now, req = _offline_pemf()
+    sim.control({"op": "set", "name": "coil_ohm", "value": 2.7})  # field 26 % low, current within 30 %
+    req(struct.pack(">BHHB3H", 0x10, 0, 3, 6, 1, 100, 1000))  # square, 10 Hz, 10 mT
+    req(struct.pack(">BHH", 0x06, 5, 100))
+    req(struct.pack(">BHH", 0x05, 0, 0xFF00))
+    _run_for(sim, now, req, 1.5)
+    assert (sim.snapshot()["state"], sim.snapshot()["fault"]) == ("fault", 3)
+    assert req(struct.pack(">BHH", 0x05, 1, 0xFF00)) == bytes([0x85, 0x04])  # cause still there
+    sim.control({"op": "set", "name": "coil_ohm", "value": 2.0})
+    assert req(struct.pack(">BHH", 0x05, 1, 0xFF00))[0] == 0x05
+    assert sim.snapshot()["state"] == "idle"
+
+
+def test_field_meas_is_the_peak_without_an_upward_bias() -> None:
+    sim, now, req = _offline_pemf()
+    req(struct.pack(">BHHB3H", 0x10, 0, 3, 6, 0, 100, 2000))  # sine, 10 Hz, 20 mT
+    req(struct.pack(">BHH", 0x06, 5, 600))
+    req(struct.pack(">BHH", 0x05, 0, 0xFF00))
+    readings = []
+    for _ in range(40):
+        _run_for(sim, now, req, 0.25)
+        reply = req(struct.pack(">BHH", 0x04, 2, 1))  # FIELD_MEAS, 0.01 mT
+        readings.append(struct.unpack(">H", reply[2:4])[0])
+    mean = sum(readings) / len(readings)
+    assert abs(mean - 2000) < 10, readings  # within 0.5 %: a draw per sample read 1-2 % high
