@@ -67,8 +67,11 @@ class AlarmBoard:
             self._publish()
 
     def acknowledge(self, alarm_id: str | None = None) -> int:
-        """Acknowledge one alarm (by id) or all; returns how many left the list."""
-        gone = [k for k, a in self._active.items() if alarm_id is None or a.id == alarm_id]
+        """Acknowledge one latched alarm (by id) or all; returns how many left the list.
+
+        Only latched alarms leave by acknowledgement: an unlatched one says its cause is
+        still there (it leaves by :meth:`clear` when the cause goes)."""
+        gone = [k for k, a in self._active.items() if a.latched and (alarm_id is None or a.id == alarm_id)]
         for k in gone:
             del self._active[k]
         if gone:

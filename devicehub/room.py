@@ -67,6 +67,8 @@ class Room:
         self._last: SessionRunner | None = None
         self._start_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._recorded_last: dict[str, Any] | None = None
 
     # ================================================================== lifetime
     async def open(self) -> None:
@@ -81,10 +83,28 @@ class Room:
                 idx = await self.store.append_event(sid, name, data)
                 self.bus.publish(HubMessage("session.event", {"event": name, "index": idx, **data}, session=sid))
             log.warning("session %s was interrupted by a hub restart: marked failed", sid)
-            self.bus.emit("session.state", {"session": sid, "state": "failed", "reason": "hub_restart"}, session=sid)
+        # what the retained topics say from this boot on: the last session's final state
+        # (until the next one starts) and the alarms, [] when none (a previous boot's may
+        # still be retained on the broker)
+        self._recorded_last = await self._last_recorded_state()
+        if self._recorded_last is not None:
+            self.bus.emit("session.state", self._recorded_last, session=self._recorded_last["session"])
+        self.bus.emit("alarms", {"alarms": self.alarms.active()})
         await self.devices.start()
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
+
+    async def _last_recorded_state(self) -> dict[str, Any] | None:
+        """The newest recorded session's state, as the retained ``session`` topic carries it."""
+        recent = await self.store.list_sessions(limit=1)
+        summary = await self.store.session(recent[0]["session"]) if recent else None
+        if summary is None:
+            return None
+        data = {k: summary.get(k) for k in ("session", "state", "program", "version", "patient_ref", "operator",
+                                           "started_at", "ended_at", "totals")}
+        if summary.get("reason"):
+            data["reason"] = summary["reason"]
+        return data
 
     async def close(self) -> None:
         if self.current is not None and not self.current.finished:
@@ -144,6 +164,8 @@ class Room:
         sess = self.current or self._last
         if sess is not None:
             sess.publish_state()
+        elif self._recorded_last is not None:  # a session of an earlier boot
+            self.bus.emit("session.state", self._recorded_last, session=self._recorded_last["session"])
         self.bus.emit("alarms", {"alarms": self.alarms.active()})
 
     # ================================================================== starting
@@ -330,6 +352,12 @@ class Room:
                                         d for d, s in report.devices.items() if s != "off"))
         return {"session": None, "state": "idle", "safe_state_ms": round(report.ms, 3)}
 
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` beside the caller (a telemetry hook may not wait), keeping a reference."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # ================================================================== runtime limits
     def _watch_runtime_limits(self, dev_id: str, status: Any) -> None:
         runner = self.active_session()
@@ -345,14 +373,15 @@ class Room:
             return
         severity, value = hit
         if severity == "hard":
-            self.alarms.raise_alarm(priority="high", source=dev_id, code="skin_temperature",
-                                    text=f"skin {skin:.1f} degC above the hard limit {value:g} degC",
-                                    session=runner.session_id, key=f"{dev_id}:skin_temperature_hard")
-            asyncio.get_running_loop().create_task(runner.fail("skin_temperature", trigger=f"skin_temperature:{dev_id}"))
-        else:
-            self.alarms.raise_alarm(priority="medium", source=dev_id, code="skin_temperature",
-                                    text=f"skin {skin:.1f} degC above the soft limit {value:g} degC",
-                                    session=runner.session_id, key=f"{dev_id}:skin_temperature", latched=False)
+            alarm = runner.raise_alarm(source=dev_id, code="skin_temperature",
+                                       text=f"skin {skin:.1f} degC above the hard limit {value:g} degC",
+                                       key=f"{dev_id}:skin_temperature_hard")
+            self._spawn(runner.fail("skin_temperature", trigger=f"skin_temperature:{dev_id}", alarm=alarm))
+        else:  # the session goes on; the record and its followers still learn of it
+            alarm = runner.raise_alarm(priority="medium", source=dev_id, code="skin_temperature",
+                                       text=f"skin {skin:.1f} degC above the soft limit {value:g} degC",
+                                       key=f"{dev_id}:skin_temperature", latched=False)
+            self._spawn(runner.record_alarm(alarm))
 
 
 @contextlib.contextmanager

@@ -65,3 +65,7 @@ class RoomAPI(Protocol):
 
     async def abort(self, *, session: str | None = None, reason: str | None = None) -> dict[str, Any]:
         """Never refused; returns {session, state, safe_state_ms}."""
+
+    def republish(self) -> None:
+        """Publish every retained state again on the bus: device states, the session state
+        (the last one, from an earlier boot too) and the alarms (``rebirth``)."""

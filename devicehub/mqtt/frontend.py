@@ -111,6 +111,8 @@ class MqttFrontend:
         self.outbox = outbox
         if on_outbox_alarm is not None:
             outbox.on_alarm = on_outbox_alarm
+            if outbox.alarm_level is not None:  # restored already past 80 % or full
+                on_outbox_alarm(outbox.alarm_level)
         self.idempotency = idempotency
         self.telemetry_min_interval_s = telemetry_min_interval_s
         self.version = version
@@ -172,7 +174,7 @@ class MqttFrontend:
         """Republish status, every device state, the session state and the alarms (new seq)."""
         status = self._retained.get(self.topics.status)
         self._enqueue(self.topics.status, "status", status[1] if status else self.birth_data(), retain=True)
-        self._republish_states()
+        self.room.republish()  # the room's own current states, whatever this side has seen
         return {}
 
     # ---- life cycle -------------------------------------------------------------------

@@ -151,6 +151,7 @@ class SessionRunner:
         self._event_lock = asyncio.Lock()
         self._last_progress_event: dict[str, float] = {}
         self._escalate: tuple[str | None, str] | None = None
+        self._alarms_recorded: set[str] = set()  # ids of the alarms the record has an event for
         #: set once open() is done: a stop must not overtake the session's own creation
         self._opened = asyncio.Event()
         #: preflight, confirm, pause and resume one at a time (abort and faults never wait on it)
@@ -227,6 +228,23 @@ class SessionRunner:
 
     def publish_state(self) -> None:
         self.bus.emit("session.state", self.snapshot(), session=self.session_id)
+
+    def raise_alarm(self, *, code: str, text: str, source: str, priority: str = "high", key: str | None = None,
+                    latched: bool | None = None, **extra: Any) -> dict[str, Any]:
+        """Raise an alarm of this session on the room's board; returns it as the session's
+        ``alarm`` event carries it (the alarm itself, shared/mqtt-api.md, plus ``extra``)."""
+        alarm = self.alarms.raise_alarm(priority=priority, source=source, code=code, text=text, latched=latched,
+                                        session=self.session_id, key=key)
+        return {**alarm.to_dict(), **extra}
+
+    async def record_alarm(self, alarm: dict[str, Any]) -> None:
+        """The ``alarm`` event, once per alarm id (an alarm raised again is the same alarm)."""
+        alarm_id = alarm.get("id")
+        if alarm_id is not None:
+            if alarm_id in self._alarms_recorded:
+                return
+            self._alarms_recorded.add(alarm_id)
+        await self.event("alarm", **alarm)
 
     async def _set_state(self, state: str, reason: str | None = None) -> None:
         previous, self.state = self.state, state
@@ -360,7 +378,7 @@ class SessionRunner:
             if kind == "failed":
                 self._escalate = (reason, trigger)
                 if alarm is not None:
-                    await self.event("alarm", **alarm)
+                    await self.record_alarm(alarm)
             await self._stop_idle.wait()
             if kind == "aborted" and not self.finished:
                 await self._stop(kind, trigger=trigger, reason=reason, t_trigger=t0)
@@ -381,7 +399,7 @@ class SessionRunner:
         report = await safe_state_all(self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
         self.last_safe_state = report
         if alarm is not None:  # recorded once the room is safe, never before
-            await self.event("alarm", **alarm)
+            await self.record_alarm(alarm)
         if task is not None and task is not asyncio.current_task() and not task.done():
             # the step outlived the safe state: it may have commanded a device since, so it
             # is cancelled until it ends (one cancel can be swallowed by a wait_for whose
@@ -399,8 +417,8 @@ class SessionRunner:
         await self.event("safe_state", **report.event_data())
         if not report.confirmed:
             bad = [d for d, s in report.devices.items() if s != "off"]
-            self.alarms.raise_alarm(priority="high", source=",".join(bad), code="safe_state_unconfirmed",
-                                    text=f"safe state not confirmed by {', '.join(bad)}", session=self.session_id)
+            await self.record_alarm(self.raise_alarm(source=",".join(bad), code="safe_state_unconfirmed",
+                                                     text=f"safe state not confirmed by {', '.join(bad)}"))
             if kind != "failed":
                 kind, reason = "failed", "safe_state_unconfirmed"
         if self._escalate is not None and kind != "failed":
@@ -478,25 +496,22 @@ class SessionRunner:
         except asyncio.CancelledError:
             raise
         except StepFailure as exc:
-            if exc.alarm:
-                self.alarms.raise_alarm(priority="high", source=self.current_step or "runner", code=exc.alarm,
-                                        text=exc.text, session=self.session_id)
-            await self._stop("failed", trigger=exc.reason, reason=exc.reason,
-                             alarm={"code": exc.alarm or exc.reason, "text": exc.text, "priority": "high"})
+            # every failure of a step is a high alarm of the session (a cap, a device that
+            # over-reports, an impedance out of range, a device fault)
+            alarm = self.raise_alarm(source=self.current_step or "runner", code=exc.alarm or exc.reason,
+                                     text=exc.text)
+            await self._stop("failed", trigger=exc.reason, reason=exc.reason, alarm=alarm)
         except CapExceeded as exc:
-            self.alarms.raise_alarm(priority="high", source="runner", code="dose_cap_reached", text=str(exc),
-                                    session=self.session_id)
-            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached",
-                             alarm={"code": "dose_cap_reached", "text": str(exc), "priority": "high"})
+            alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
+            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached", alarm=alarm)
         except DriverError as exc:
             # a device that failed a request mid-step (a timeout, a refusal, a lost link)
             text = str(exc)
             dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),
                        self.step_devices.get(self.current_step or "", "device"))
-            self.alarms.raise_alarm(priority="high", source=dev, code="device_error", text=text,
-                                    session=self.session_id, key=f"{dev}:device_error")
-            await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}",
-                             alarm={"device": dev, "code": "device_error", "text": text, "priority": "high"})
+            alarm = self.raise_alarm(source=dev, code="device_error", text=text, key=f"{dev}:device_error",
+                                     device=dev)
+            await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}", alarm=alarm)
         except Exception as exc:  # noqa: BLE001 - an unexpected error still ends in the safe state
             log.exception("session %s: unexpected error", self.session_id)
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
@@ -650,12 +665,9 @@ class SessionRunner:
         else:
             alarm_code = ev.kind
         if self.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
-            self.alarms.raise_alarm(priority="high", source=dev_id, code=alarm_code,
-                                    text=f"{dev_id}: {text} ({code})", session=self.session_id,
-                                    key=f"{dev_id}:{alarm_code}")
-            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t,
-                            alarm={"device": dev_id, "code": alarm_code, "device_code": code, "text": str(text),
-                                   "priority": "high"})
+            alarm = self.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
+                                     key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
+            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
 
 
 class InvalidState(Exception):

@@ -53,6 +53,8 @@ class StubRoom:
         self.active: str | None = None
         self.fail: dict[str, CommandError] = {}
         self._index: dict[str, int] = {}
+        self._devices: dict[str, dict[str, Any]] = {}
+        self._last_session: str | None = None
 
     def verbs_called(self) -> list[str]:
         return [verb for verb, _ in self.calls]
@@ -68,11 +70,21 @@ class StubRoom:
 
     def set_state(self, session: str, state: str) -> None:
         self.sessions[session] = state
+        self._last_session = session
         self.bus.emit("session.state", {"session": session, "state": state}, session=session)
 
     def device_state(self, device: str, state: str, connected: bool = True) -> None:
-        self.bus.emit("device.state", {"id": device, "connected": connected, "state": state, "fault": None},
-                      device=device)
+        self._devices[device] = {"id": device, "connected": connected, "state": state, "fault": None}
+        self.bus.emit("device.state", self._devices[device], device=device)
+
+    def republish(self) -> None:
+        """What a room does for ``rebirth``: every retained state again, alarms included."""
+        for device, data in self._devices.items():
+            self.bus.emit("device.state", data, device=device)
+        if self._last_session is not None:
+            sid = self._last_session
+            self.bus.emit("session.state", {"session": sid, "state": self.sessions[sid]}, session=sid)
+        self.bus.emit("alarms", {"alarms": []})
 
     # RoomAPI
     def programs(self) -> list[dict[str, Any]]:

@@ -345,3 +345,17 @@ async def test_cancelling_the_frontend_still_leaves_a_retained_offline(broker, t
     assert len(fe.outbox) == 0
     await fe.outbox.aclose()
     fe.idempotency.close()
+
+
+async def test_an_outbox_restored_past_its_bound_raises_its_alarm_at_once(tmp_path):
+    first = Outbox(tmp_path / "outbox.sqlite", bound=5)
+    for i in range(6):
+        first.add("t", b"x", False)
+    await first.aclose()
+    levels: list[str | None] = []
+    restored = Outbox(tmp_path / "outbox.sqlite", bound=5)
+    fe = make_frontend(tmp_path, LocalBroker(port=free_port()), StubRoom(), outbox=restored,
+                       on_outbox_alarm=levels.append)
+    assert fe.outbox_full and levels == ["high"]  # not only when the level next changes
+    restored.close()
+    fe.idempotency.close()

@@ -132,7 +132,8 @@ async def test_hub_killed_mid_session_then_restart_marks_it_failed(sims: Sims) -
         while (msg := sub.get_nowait()) is not None:
             if msg.kind == "session.state":
                 announced.append(msg.data)
-        assert {"session": sid, "state": "failed", "reason": "hub_restart"} in announced
+        assert any((a["session"], a["state"], a.get("reason")) == (sid, "failed", "hub_restart")
+                   for a in announced), announced
         assert (await store.verify(sid)).ok
         # what the record says was delivered is what the injector and the EPG delivered
         # (both steps had finished: nothing was in flight when the hub died)
