@@ -41,6 +41,7 @@ def data_dir(config: Any) -> Path:
 @contextlib.asynccontextmanager
 async def mqtt_frontend(config: Any, room: Any, boot: int) -> AsyncIterator[Any]:
     """Run the MQTT interface of ``room`` for the block's duration; yields the frontend."""
+    from devicehub.mqtt.envelope import parse_rfc3339
     from devicehub.mqtt.frontend import MqttFrontend
     from devicehub.mqtt.idempotency import IdempotencyStore
     from devicehub.mqtt.outbox import Outbox
@@ -66,7 +67,7 @@ async def mqtt_frontend(config: Any, room: Any, boot: int) -> AsyncIterator[Any]
         room, site=config.site, room_id=config.room, boot=boot, host=config.mqtt.host, port=config.mqtt.port,
         username=config.mqtt.username, password=config.mqtt.resolved_password(), tls=_tls_context(config),
         client_id=config.mqtt_client_id, keepalive=config.mqtt.keepalive, outbox=outbox, idempotency=idem,
-        on_outbox_alarm=outbox_alarm,
+        on_outbox_alarm=outbox_alarm, since=parse_rfc3339(room.since),  # the birth's since = status' hub.since
     )
 
     def outbox_check() -> CommandError | None:

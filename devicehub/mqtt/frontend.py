@@ -4,7 +4,7 @@ shared/mqtt-api.md in one object. Per connection (MQTT 5, fixed client id, clean
 
 1. connect with the will: retained ``offline`` status of this boot, a msg_id made for
    this connection, the connection's ts, no seq;
-2. subscribe ``<root>/cmd/+`` (QoS 1, Retain Handling 2, Retain As Published);
+2. subscribe ``<root>/cmd/#`` (QoS 1, Retain Handling 2, Retain As Published);
 3. publish the birth (retained ``online`` status with version, boot, since) and wait
    for its PUBACK;
 4. replay the outbox in order: the original seq, ts and msg_id with ``historical:

@@ -39,7 +39,8 @@ class Topics:
         self.status = f"{self.root}/status"
         self.session = f"{self.root}/session"
         self.alarms = f"{self.root}/alarms"
-        self.cmd_filter = f"{self.root}/cmd/+"
+        # every level below cmd: a request on a deeper topic is answered unknown_verb, not ignored
+        self.cmd_filter = f"{self.root}/cmd/#"
         self.reply_prefix = f"{self.root}/reply/"
         self._telemetry_topics: dict[str, str] = {}
 

@@ -84,6 +84,7 @@ async def test_remote_session_end_to_end(setup: Setup) -> None:
         assert status["ok"], status
         data = status["data"]
         assert data["hub"]["boot"] == hub.boot and {"version", "since"} <= set(data["hub"])
+        assert data["hub"]["since"] == birth.body["data"]["since"]  # one start time, said the same way
         assert sorted(d["id"] for d in data["devices"]) == sorted(DEVICES)
         for d in data["devices"]:
             assert set(d) >= {"id", "type", "connected", "state", "fault"} and d["connected"] is True

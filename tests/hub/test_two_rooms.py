@@ -1,7 +1,7 @@
 """Two rooms, two hubs, one broker: a command for one room never reaches the other.
 
 shared/mqtt-api.md: one hub serves one room under ``devicehub/v1/<site>/<room>``; the
-hub subscribes to its own ``<root>/cmd/+`` only, with its own fixed client id.
+hub subscribes to its own ``<root>/cmd/#`` only, with its own fixed client id.
 """
 
 from __future__ import annotations

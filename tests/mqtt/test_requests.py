@@ -300,6 +300,8 @@ async def test_every_bad_input_is_refused_with_its_code_and_nothing_changes(brok
         ("pause", {"request_id": "t7", "session": None}, "bad_request", "session"),
         ("start", {"request_id": "big", **ok_start, "pad": "x" * (1 << 20)}, "bad_request", "(payload)"),
         ("launch", {"request_id": "t8"}, "unknown_verb", None),
+        ("start/now", {"request_id": "t8b", **ok_start}, "unknown_verb", None),  # a deeper topic
+        ("start", {"request_id": "t8c", **ok_start, "patient_ref": "   "}, "bad_request", "patient_ref"),
         ("status", {"request_id": "t9", "expires_at": 5}, "bad_request", "expires_at"),
         ("pause", {"request_id": "t10", "session": "nope"}, "not_found", "session"),
         ("start", {"request_id": "t11", **ok_start, "program": "nope"}, "unknown_program", "program"),
