@@ -24,6 +24,8 @@ from drivers.registry import create_driver
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 2.0
+#: polls in a row a device may leave unanswered (link up) before it counts as unresponsive
+UNRESPONSIVE_AFTER = 2
 
 
 class DeviceManager:
@@ -40,6 +42,9 @@ class DeviceManager:
         self.running = False  # a session is running: poll faster
         self.telemetry_hooks: list[Callable[[str, DeviceStatus], None]] = []
         self._wake = asyncio.Event()
+        #: devices whose link is up but which stopped answering, and their missed polls in a row
+        self.unresponsive: set[str] = set()
+        self._missed: dict[str, int] = {}
         for dev in config.devices:
             self.devices[dev.id] = create_driver(dev.type, dev.endpoint, device_id=dev.id, **dict(dev.options or {}))
             self.types[dev.id] = dev.type
@@ -77,8 +82,17 @@ class DeviceManager:
 
     def unavailable(self, ids: list[str] | None = None) -> list[str]:
         ids = list(self.devices) if ids is None else ids
-        return [i for i in ids if i not in self.devices or not self.devices[i].connected
+        return [i for i in ids if i not in self.devices or not self.devices[i].connected or i in self.unresponsive
                 or (self.last_status.get(i) is not None and self.last_status[i].state == "fault")]
+
+    async def not_answering(self, ids: list[str]) -> list[str]:
+        """Ask each device for its status now, together; the ones that did not answer.
+
+        For a start: a device whose link is up but which stopped answering since its last
+        poll (idle polls are 5 s apart) must not be found out by the session's first
+        command."""
+        results = await asyncio.gather(*(self._poll(i) for i in ids))
+        return [i for i, ok in zip(ids, results) if not ok]
 
     def describe(self) -> list[dict[str, Any]]:
         return [self.state_of(i) for i in self.devices]
@@ -89,7 +103,8 @@ class DeviceManager:
             "id": dev_id,
             "type": self.types[dev_id],
             "connected": self.connected(dev_id),
-            "state": (st.state if st else ("unknown" if self.connected(dev_id) else "disconnected")),
+            "state": ("unresponsive" if dev_id in self.unresponsive and self.connected(dev_id)
+                      else st.state if st else ("unknown" if self.connected(dev_id) else "disconnected")),
             "fault": (st.fault if st else None),
             "fault_text": (st.fault_text if st else ""),
             "output_on": (st.output_on if st else False),
@@ -168,13 +183,26 @@ class DeviceManager:
                 if f is not None and not f.done():
                     f.cancel()
 
-    async def _poll(self, dev_id: str) -> None:
+    async def _poll(self, dev_id: str) -> bool:
+        """One status read: state, telemetry and hooks; False when the device did not answer."""
         dev = self.devices[dev_id]
         try:
             st = await dev.status()
         except DriverError as exc:
             log.debug("%s: status failed: %s", dev_id, exc)
-            return
+            self._missed[dev_id] = missed = self._missed.get(dev_id, 0) + 1
+            if missed >= UNRESPONSIVE_AFTER and dev.connected and dev_id not in self.unresponsive:
+                log.warning("%s: not answering (%d polls in a row): %s", dev_id, missed, exc)
+                self.unresponsive.add(dev_id)
+                if not self.running:  # in a session the runner fails it with a high alarm
+                    self.alarms.raise_alarm(priority="medium", source=dev_id, code="unresponsive", latched=False,
+                                            text=f"{dev_id} does not answer: {exc}", key=f"{dev_id}:unresponsive")
+                self._publish_state(dev_id)
+            return False
+        self._missed[dev_id] = 0
+        if dev_id in self.unresponsive:
+            self.unresponsive.discard(dev_id)
+            self.alarms.clear(f"{dev_id}:unresponsive")
         self.last_status[dev_id] = st
         self._publish_state(dev_id)
         self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
@@ -184,3 +212,4 @@ class DeviceManager:
                 hook(dev_id, st)
             except Exception:  # noqa: BLE001 - an observer never breaks the poll
                 log.exception("telemetry hook failed")
+        return True

@@ -259,7 +259,11 @@ class Room:
                     continue
                 step_devices[step.id] = self.config.resolve_device(_DEVICE_TYPE[step.kind],
                                                                    getattr(step, "device", None)).id
-            missing = self.devices.unavailable(sorted(set(step_devices.values())))
+            needed = sorted(set(step_devices.values()))
+            # every connected device the program needs must answer now, not only at its last
+            # poll (idle polls are seconds apart); a device that answers again is back
+            silent = await self.devices.not_answering([d for d in needed if self.devices.connected(d)])
+            missing = sorted(set(silent) | set(self.devices.unavailable(needed)))
             if missing:
                 raise CommandError("device_unavailable", f"not available: {', '.join(missing)}",
                                    details=[{"device": d, **self.devices.state_of(d)} for d in missing])
