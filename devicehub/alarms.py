@@ -15,6 +15,8 @@ from typing import Any
 from devicehub.bus import Bus, rfc3339, utcnow
 
 PRIORITIES = ("high", "medium", "low")
+#: device fault codes that mean its watchdog fired (EPG-1 -310; INJ-1, LED-1, PEMF-1 5)
+WATCHDOG_CODES = frozenset({"-310", "5"})
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from devicehub.alarms import AlarmBoard
+from devicehub.alarms import WATCHDOG_CODES, AlarmBoard
 from devicehub.bus import Bus
 from drivers.base import Device, DeviceStatus, DriverError
 from drivers.registry import create_driver
@@ -122,6 +122,18 @@ class DeviceManager:
         for dev_id in self.devices:
             self._publish_state(dev_id, force=True)
 
+    def _note_status(self, dev_id: str, st: DeviceStatus) -> None:
+        """Keep the newest status; a device newly seen in fault outside a session (its
+        watchdog fired, it faulted while idle, a crashed hub left it so) is a high alarm.
+        In a session the runner raises it, with the session."""
+        before = self.last_status.get(dev_id)
+        self.last_status[dev_id] = st
+        if st.state == "fault" and (before is None or before.state != "fault") and not self.running:
+            watchdog = str(st.fault) in WATCHDOG_CODES
+            code = "watchdog" if watchdog else "device_fault"
+            self.alarms.raise_alarm(priority="high", source=dev_id, code=code, key=f"{dev_id}:{code}",
+                                    text=f"{dev_id}: {st.fault_text or 'fault'} ({st.fault})")
+
     # ------------------------------------------------------------------ upkeep
     async def _connect(self, dev_id: str) -> bool:
         dev = self.devices[dev_id]
@@ -129,7 +141,7 @@ class DeviceManager:
             await dev.connect()
             ident = await dev.identify()
             self.identity[dev_id] = asdict(ident)
-            self.last_status[dev_id] = await dev.status()
+            self._note_status(dev_id, await dev.status())
         except (DriverError, OSError) as exc:
             log.info("%s: not available: %s", dev_id, exc)
             with contextlib.suppress(Exception):
@@ -203,7 +215,7 @@ class DeviceManager:
         if dev_id in self.unresponsive:
             self.unresponsive.discard(dev_id)
             self.alarms.clear(f"{dev_id}:unresponsive")
-        self.last_status[dev_id] = st
+        self._note_status(dev_id, st)
         self._publish_state(dev_id)
         self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
                                            "output_on": st.output_on, "readings": st.readings}, device=dev_id)

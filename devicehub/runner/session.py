@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from devicehub.alarms import AlarmBoard
+from devicehub.alarms import WATCHDOG_CODES, AlarmBoard
 from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.runner.progress import PointProgress, StepProgress
 from devicehub.runner.totals import CapExceeded, Totals
@@ -661,7 +661,7 @@ class SessionRunner:
         code = ev.data.get("code", ev.kind)
         text = ev.data.get("text") or ev.data.get("error") or ev.kind
         if ev.kind == "fault":
-            alarm_code = "watchdog" if str(code) in ("-310", "5") else "device_fault"
+            alarm_code = "watchdog" if str(code) in WATCHDOG_CODES else "device_fault"
         else:
             alarm_code = ev.kind
         if self.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):

@@ -226,6 +226,13 @@ async def test_hub_killed_mid_session(setup: Setup) -> None:
                                   and m.body["boot"] == boot + 1, timeout=10, start=seen)
             failed = await clinic.wait_state("failed", session=sid, start=seen)
             assert failed["data"]["reason"] == "hub_restart" and failed["boot"] == boot + 1
+            # the new boot finds the emitters in watchdog fault: high alarms, not a silent fault state
+            def watchdogs(m: Any) -> set[str]:
+                return {a["source"] for a in m.body["data"] if a["code"] == "watchdog" and a["priority"] == "high"}
+
+            tripped = await clinic.wait_for(lambda m: m.topic == f"{setup.root}/alarms" and m.body["boot"] == boot + 1
+                                            and {"led-1", "pemf-1"} <= watchdogs(m), timeout=10, start=seen)
+            assert all(a["latched"] for a in tripped.body["data"] if a["code"] == "watchdog")
             async with Clinic(setup.port, setup.root, subscribe="session") as late:
                 retained = await late.wait_for(lambda m: True, timeout=5)
                 assert retained.retain and retained.body["data"]["state"] == "failed"
