@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -45,6 +46,7 @@ class DeviceManager:
         #: devices whose link is up but which stopped answering, and their missed polls in a row
         self.unresponsive: set[str] = set()
         self._missed: dict[str, int] = {}
+        self._last_reading: dict[str, float] = {}  # monotonic time of each device's last telemetry
         for dev in config.devices:
             self.devices[dev.id] = create_driver(dev.type, dev.endpoint, device_id=dev.id, **dict(dev.options or {}))
             self.types[dev.id] = dev.type
@@ -217,8 +219,14 @@ class DeviceManager:
             self.alarms.clear(f"{dev_id}:unresponsive")
         self._note_status(dev_id, st)
         self._publish_state(dev_id)
-        self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
-                                           "output_on": st.output_on, "readings": st.readings}, device=dev_id)
+        # telemetry at the configured rate: an early poll (after a train or an exposure
+        # ends) updates the state and the hooks, but sends a reading only when one is due
+        now = time.monotonic()
+        rate = self.config.telemetry.running_hz if self.running else self.config.telemetry.idle_hz
+        if now - self._last_reading.get(dev_id, -1e9) >= 0.9 / rate:
+            self._last_reading[dev_id] = now
+            self.bus.emit("device.telemetry", {"device": dev_id, "type": self.types[dev_id], "state": st.state,
+                                               "output_on": st.output_on, "readings": st.readings}, device=dev_id)
         for hook in self.telemetry_hooks:
             try:
                 hook(dev_id, st)

@@ -1,7 +1,11 @@
-"""A device whose link stays up but which stops answering (a stalled simulator) is not
-startable, is shown as such, and comes back when it answers again."""
+"""Device upkeep seen from the room: a device whose link stays up but which stops
+answering (a stalled simulator) is not startable, is shown as such, and comes back when
+it answers again; telemetry keeps to its rate."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import pytest
 
@@ -31,3 +35,26 @@ async def test_a_silent_device_refuses_the_start_then_shows_unresponsive(hub: Hu
     assert epg["state"] != "unresponsive"
     await hub.room.abort(reason="test")
     assert await hub.finish(runner, 10) == "aborted"
+
+
+async def test_telemetry_keeps_to_its_rate_while_a_session_runs(hub: Hub) -> None:
+    # the contract: readings at 2 Hz while a session runs; the early polls after a train
+    # or an exposure ends update the device state but send no extra reading
+    seen: dict[str, list[float]] = {}
+
+    def on_bus(msg: Any) -> None:
+        if msg.kind == "device.telemetry":
+            seen.setdefault(msg.device, []).append(time.monotonic())
+
+    remove = hub.room.bus.add_listener(on_bus)
+    try:
+        await hub.auto_trigger(20)
+        runner = await hub.start("demo", params=FAST_DEMO)
+        assert await hub.finish(runner, 30) == "completed", runner.reason
+    finally:
+        remove()
+    running_hz = hub.config.telemetry.running_hz
+    for dev, times in seen.items():
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert len(times) >= 3, (dev, times)
+        assert min(gaps) >= 0.9 / running_hz - 0.01, (dev, gaps)
