@@ -93,7 +93,19 @@ class DeviceManager:
         For a start: a device whose link is up but which stopped answering since its last
         poll (idle polls are 5 s apart) must not be found out by the session's first
         command."""
-        results = await asyncio.gather(*(self._poll(i) for i in ids))
+        async def answers(dev_id: str) -> bool:
+            # asked up to three times: a safe state running meanwhile (an abort beside the
+            # start) cuts requests short and refuses new ones until it holds the link, for a
+            # few milliseconds; that is not silence. These misses do not count towards
+            # marking the device unresponsive.
+            for pause in (0.0, 0.05, 0.2):
+                if pause:
+                    await asyncio.sleep(pause)  # a retry's backoff
+                if await self._poll(dev_id, counted=False):
+                    return True
+            return False
+
+        results = await asyncio.gather(*(answers(i) for i in ids))
         return [i for i, ok in zip(ids, results) if not ok]
 
     def describe(self) -> list[dict[str, Any]]:
@@ -197,13 +209,16 @@ class DeviceManager:
                 if f is not None and not f.done():
                     f.cancel()
 
-    async def _poll(self, dev_id: str) -> bool:
-        """One status read: state, telemetry and hooks; False when the device did not answer."""
+    async def _poll(self, dev_id: str, *, counted: bool = True) -> bool:
+        """One status read: state, telemetry and hooks; False when the device did not answer
+        (``counted``: a miss counts towards marking the device unresponsive)."""
         dev = self.devices[dev_id]
         try:
             st = await dev.status()
         except DriverError as exc:
             log.debug("%s: status failed: %s", dev_id, exc)
+            if not counted:
+                return False
             self._missed[dev_id] = missed = self._missed.get(dev_id, 0) + 1
             if missed >= UNRESPONSIVE_AFTER and dev.connected and dev_id not in self.unresponsive:
                 log.warning("%s: not answering (%d polls in a row): %s", dev_id, missed, exc)

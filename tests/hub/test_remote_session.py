@@ -229,7 +229,7 @@ async def test_start_then_abort_back_to_back(setup: Setup) -> None:
                 await clinic.publish(f"{root}/cmd/{verb}", json.dumps(body), properties=props)
             started = (await clinic.wait_for(lambda m: m.topic.endswith(f"/start{i}"), start=start)).body
             aborted = (await clinic.wait_for(lambda m: m.topic.endswith(f"/abort{i}"), start=start)).body
-            assert started["ok"], started
+            assert started["ok"], started.get("error")
             sid = started["data"]["session"]
             assert aborted["ok"] and aborted["data"]["safe_state_ms"] >= 0, aborted
             if aborted["data"]["session"] == sid:

@@ -4,37 +4,64 @@ it answers again; telemetry keeps to its rate."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devicehub.models.config import HubConfig
 from devicehub.room_api import CommandError
+from devicehub.simroom import SimulatedRoom
+from simulators.control import ControlClient
 
-from .conftest import FAST_DEMO, Hub
+from .conftest import FAST_DEMO, Hub, open_room
 
 
-async def test_a_silent_device_refuses_the_start_then_shows_unresponsive(hub: Hub) -> None:
-    await hub.control("epg-1").inject("stall", count=-1)
-    for attempt in (1, 2):
-        with pytest.raises(CommandError) as err:
-            await hub.start("demo", params=FAST_DEMO)
-        assert err.value.code == "device_unavailable", err.value
-        assert [d["device"] for d in err.value.details] == ["epg-1"]
-    assert hub.room.active_session() is None and not (await hub.sim_state("epg-1"))["output_on"]
-    # two status reads unanswered in a row: the room shows it, with a medium alarm
-    epg = next(d for d in hub.room.status()["devices"] if d["id"] == "epg-1")
-    assert epg["connected"] is True and epg["state"] == "unresponsive"
-    assert [(a["code"], a["priority"], a["latched"]) for a in hub.room.status()["alarms"]
-            if a["source"] == "epg-1"] == [("unresponsive", "medium", False)]
+async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``cond`` with a deadline (room state has no event to await here)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.01)
 
-    await hub.control("epg-1").clear("stall")
-    runner = await hub.start("demo", params=FAST_DEMO)  # answers again: startable, alarm gone
-    assert not [a for a in hub.room.status()["alarms"] if a["source"] == "epg-1"]
-    epg = next(d for d in hub.room.status()["devices"] if d["id"] == "epg-1")
-    assert epg["state"] != "unresponsive"
-    await hub.room.abort(reason="test")
-    assert await hub.finish(runner, 10) == "aborted"
+
+async def test_a_silent_device_refuses_the_start_then_shows_unresponsive(tmp_path: Path) -> None:
+    sim = SimulatedRoom(tmp_path / "room", extra={"telemetry": {"running_hz": 2, "idle_hz": 10}})
+    await asyncio.to_thread(sim.start)
+    try:
+        config = HubConfig.load(sim.config_path)
+        async with open_room(config) as (_store, room, _sub), ControlClient(sim.sims["epg-1"].control) as epg_ctl:
+            def epg() -> dict[str, Any]:
+                return next(d for d in room.status()["devices"] if d["id"] == "epg-1")
+
+            def epg_alarms() -> list[tuple[str, str, bool]]:
+                return [(a["code"], a["priority"], a["latched"]) for a in room.status()["alarms"]
+                        if a["source"] == "epg-1"]
+
+            await epg_ctl.inject("stall", count=-1)
+            # a start finds it silent at once, before any poll has
+            with pytest.raises(CommandError) as err:
+                await room.start_session(program="demo", patient_ref="P-1", operator="tech", params=FAST_DEMO,
+                                         origin="console", preflight_done_by="tech (test)")
+            assert err.value.code == "device_unavailable", err.value
+            assert [d["device"] for d in err.value.details] == ["epg-1"]
+            assert room.active_session() is None and not (await epg_ctl.state())["output_on"]
+            # two polls unanswered in a row: shown unresponsive, with a medium alarm
+            await until(lambda: epg()["state"] == "unresponsive", what="epg-1 shown unresponsive")
+            assert epg()["connected"] is True and epg_alarms() == [("unresponsive", "medium", False)]
+
+            await epg_ctl.clear("stall")
+            await until(lambda: epg()["state"] != "unresponsive" and not epg_alarms(), what="epg-1 back")
+            runner = await room.start_session(program="demo", patient_ref="P-1", operator="tech",
+                                              params=FAST_DEMO, origin="console", preflight_done_by="tech (test)")
+            await room.abort(reason="test")
+            assert await asyncio.wait_for(runner.wait(), 10) == "aborted"
+    finally:
+        await asyncio.to_thread(sim.stop)
 
 
 async def test_telemetry_keeps_to_its_rate_while_a_session_runs(hub: Hub) -> None:
