@@ -148,9 +148,9 @@ class LedSimulator(ModbusDeviceSimulator):
     def _check_faults(self) -> None:
         if self.state == 3:  # already latched: the first cause stays reported
             return
-        if self.head_temp_c > HEAD_LIMIT_C:
+        if self._head_over():
             self.latch_fault(1)
-        elif self.skin_temp_c > SKIN_LIMIT_C:
+        elif self._skin_over():
             self.latch_fault(2)
         elif self.output_on:
             setpoint = self.value("IRRADIANCE") / 10.0
@@ -161,12 +161,23 @@ class LedSimulator(ModbusDeviceSimulator):
     def start_allowed(self) -> bool:
         return (self.value("DURATION") != 0) != (self.value("FLUENCE_TARGET") != 0)
 
+    # The limits are judged on the values as the registers read them (0.1 degC, 1 mm), so
+    # a host reading HEAD_TEMP, SKIN_TEMP or DISTANCE_MM never sees a fault below its limit.
+    def _head_over(self) -> bool:
+        return round(self.head_temp_c * 10.0) > round(HEAD_LIMIT_C * 10.0)
+
+    def _skin_over(self) -> bool:
+        return round(self.skin_temp_c * 10.0) > round(SKIN_LIMIT_C * 10.0)
+
+    def _too_far(self) -> bool:
+        return round(self.effective_distance_mm) > DISTANCE_LIMIT_MM
+
     def fault_at_start(self) -> int:
-        if self.head_temp_c > HEAD_LIMIT_C:
+        if self._head_over():
             return 1
-        if self.skin_temp_c > SKIN_LIMIT_C:
+        if self._skin_over():
             return 2
-        if self.effective_distance_mm > DISTANCE_LIMIT_MM:
+        if self._too_far():
             return 4
         return 0
 
@@ -182,13 +193,13 @@ class LedSimulator(ModbusDeviceSimulator):
 
     def fault_cause_present(self, code: int) -> bool:
         if code == 1:
-            return self.fault_active("head_overheat") or self.head_temp_c > HEAD_LIMIT_C
+            return self.fault_active("head_overheat") or self._head_over()
         if code == 2:
-            return self.fault_active("skin_overheat") or self.skin_temp_c > SKIN_LIMIT_C
+            return self.fault_active("skin_overheat") or self._skin_over()
         if code == 3:
             return self.fault_active("led_open")
         if code == 4:
-            return self.effective_distance_mm > DISTANCE_LIMIT_MM
+            return self._too_far()
         return False
 
     def read_input(self, addr: int) -> int | None:

@@ -192,6 +192,23 @@ async def test_applicator_removed_fails_the_start() -> None:
         assert (await d.safe_state()).confirmed
 
 
+@pytest.mark.parametrize(("distance", "reads", "starts"), [(30.4, 30, True), (30.6, 31, False)])
+async def test_the_distance_limit_is_judged_as_the_register_reads(distance: float, reads: int, starts: bool) -> None:
+    # "above 30 mm" at 1 mm resolution: 30.4 mm reads 30 and starts; 30.6 mm reads 31 and faults
+    async with run_simulator("led") as h, LedDriver(h.endpoint) as d, h.client() as ctl:
+        await d.configure(LONG)
+        await ctl.set("distance_mm", distance)
+        assert (await d.status()).readings["distance_mm"] == reads
+        if starts:
+            await d.start()
+            assert (await d.status()).state == "on"
+        else:
+            with pytest.raises(DeviceFault) as err:
+                await d.start()
+            assert err.value.code == 4
+        assert (await d.safe_state()).confirmed
+
+
 async def test_watchdog_fault_when_the_device_stops_hearing_the_heartbeat() -> None:
     async with run_simulator("led") as h, LedDriver(h.endpoint) as d, h.client() as ctl:
         await d.configure(LONG_WD200)
