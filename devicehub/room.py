@@ -188,11 +188,11 @@ class Room:
         analysis = analyse(prog, self.config, self.limits, params=None, acknowledged=tuple(acknowledge or ()))
         findings = list(analysis.findings) + self._course_findings(prog, patient_ref)
         errors = [f for f in findings if f.severity in ("error", "hard")]
-        if errors:
-            raise CommandError("hard_limit", "; ".join(f.message for f in errors), field=errors[0].field,
-                               details=[_finding_detail(f) for f in errors])
         acked = set(acknowledge or ())
         soft = [f for f in findings if f.severity == "soft" and f.id not in acked]
+        if errors:  # every finding, so one refusal shows all there is to change (each with its severity)
+            raise CommandError("hard_limit", "; ".join(f.message for f in errors), field=errors[0].field,
+                               details=[_finding_detail(f) for f in errors + soft])
         if soft:
             raise CommandError("soft_limit", "acknowledge each soft limit to start: " + "; ".join(f.message for f in soft),
                                field=soft[0].field, details=[_finding_detail(f) for f in soft])
@@ -403,9 +403,10 @@ _DEVICE_TYPE = {"injection": "inj", "electroporation": "epg", "led": "led", "pem
 
 
 def _finding_detail(f: Any) -> dict[str, Any]:
-    if hasattr(f, "detail"):
-        d = f.detail() if callable(f.detail) else f.detail
-        if isinstance(d, dict):
-            return d
-    return {"id": f.id, "field": f.field, "value": f.value, "limit": f.limit, "unit": f.unit}
+    """``{id, field, value, limit, unit, severity}``: severity ``hard``, ``soft`` or ``error``
+    (outside the device's capability)."""
+    d = f.detail() if callable(getattr(f, "detail", None)) else None
+    if not isinstance(d, dict):
+        d = {"id": f.id, "field": f.field, "value": f.value, "limit": f.limit, "unit": f.unit}
+    return {**d, "severity": f.severity}
 

@@ -366,8 +366,11 @@ class MqttFrontend:
             self._enqueue(self.topics.session_events(session), kind, data, session=session, ts=msg.ts,
                           retain=False)
         elif kind == "alarms":
-            alarms = data.get("alarms", []) if isinstance(data, dict) else data
-            self._enqueue(self.topics.alarms, kind, list(alarms), session=msg.session, ts=msg.ts, retain=True)
+            alarms = list(data.get("alarms", []) if isinstance(data, dict) else data)
+            # the envelope names the session when the list holds alarms of one (mqtt-api.md)
+            session = msg.session or next((a["session"] for a in alarms if isinstance(a, dict) and a.get("session")),
+                                          None)
+            self._enqueue(self.topics.alarms, kind, alarms, session=session, ts=msg.ts, retain=True)
         elif kind == "status":
             self._enqueue(self.topics.status, kind, {**self.birth_data(), **data}, ts=msg.ts, retain=True)
         else:

@@ -157,6 +157,8 @@ class LimitFinding(BaseModel):
     value: Any
     limit: Any
     unit: str | None = None
+    severity: Literal["hard", "soft", "error"] | None = Field(
+        None, description="hard or soft limit, or error: outside the device's capability")
 
 
 class ErrorInfo(BaseModel):

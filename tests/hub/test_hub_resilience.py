@@ -109,8 +109,13 @@ async def test_bad_requests_against_the_real_hub(setup: Setup) -> None:
         error_of(await clinic.request("status", {"expires_at": "2020-01-01T00:00:00+01:00"}), "expired")
         error_of(await clinic.request("explode", {}), "unknown_verb")
         error_of(await clinic.request("start", start_body(program="no-such-program")), "unknown_program", "program")
-        err = error_of(await clinic.request("start", start_body(params={"ep": {"amplitude_v": 1000}})), "hard_limit")
-        assert err["details"] and all({"id", "field", "value", "limit", "unit"} <= set(d) for d in err["details"])
+        err = error_of(await clinic.request("start", start_body(params={"ep": {"amplitude_v": 1000},
+                                                                        "inject": {"depth_mm": 3.5}})), "hard_limit")
+        assert err["details"] and all({"id", "field", "value", "limit", "unit", "severity"} <= set(d)
+                                      for d in err["details"])
+        # every finding, the soft ones too, so one refusal shows all there is to change
+        assert {(d["id"], d["severity"]) for d in err["details"]} >= {("ep.amplitude_v", "hard"),
+                                                                      ("inject.depth_mm", "soft")}, err["details"]
         error_of(await clinic.request("preflight", {"session": "01NOSUCHSESSION", "item": "consent", "done": True,
                                                     "by": "nurse"}), "not_found", "session")
         error_of(await clinic.request("pause", {"session": "01NOSUCHSESSION"}), "not_found", "session")

@@ -77,7 +77,7 @@ async def test_bus_kinds_map_to_their_topics(broker, tmp_path):
         room.event(session, "started")
         room.bus.emit("alarms", {"alarms": [{"id": "A1", "priority": "low", "source": "hub", "code": "x",
                                              "text": "t", "since": "2026-11-21T10:00:00.000000Z",
-                                             "latched": False, "session": session}]}, session=session)
+                                             "latched": False, "session": session}]})  # as the board emits it
         alarms = await obs.wait_for(lambda s: s.topic == f"{root}/alarms")
         state = obs.of(lambda s: s.topic == f"{root}/devices/epg-1/state")[0]
         tele = await obs.wait_for(lambda s: s.topic == f"{root}/devices/epg-1/telemetry")
