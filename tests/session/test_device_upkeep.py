@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,9 @@ from devicehub.models.config import HubConfig
 from devicehub.room_api import CommandError
 from devicehub.simroom import SimulatedRoom
 from simulators.control import ControlClient
+from tests.mqtt import until
 
 from .conftest import FAST_DEMO, Hub, open_room
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``cond`` with a deadline (room state has no event to await here)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 async def test_a_silent_device_refuses_the_start_then_shows_unresponsive(tmp_path: Path) -> None:
