@@ -66,7 +66,8 @@ async def test_hard_limit_refused_even_when_acknowledged_and_recorded(hub: Hub, 
         with pytest.raises(CommandError) as err:
             await hub.start("demo", params={**FAST_DEMO, **params}, acknowledge=acks, patient="P-7")
         assert err.value.code == "hard_limit"
-        assert [d["id"] for d in err.value.details] == [limit_id]
+        assert [d["id"] for d in err.value.details if d["severity"] == "hard"] == [limit_id]
+        assert {d["severity"] for d in err.value.details} <= {"hard", "soft"}  # the soft ones listed too
     assert await hub.store.list_sessions() == []
     refusals = await hub.store.refusals()
     assert len(refusals) == 2 and all(r["code"] == "hard_limit" and r["program"] == "demo"
