@@ -22,6 +22,7 @@ from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.devices import DeviceManager
 from devicehub.room_api import CommandError
 from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
+from devicehub.runner.totals import QUANTITIES
 from devicehub.safety import safe_state_all
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ class Room:
             # what had been delivered, as the record's delivery rows say (the document's
             # failed event carries the totals per device)
             summary = await self.store.session(sid) or {}
-            totals = summary.get("totals") or {}
+            # the delivery rows summed, in the runner's quantities (a finished session's
+            # totals), not every number the rows hold (depths, impedances, peaks)
+            totals = {dev: {q: round(v, 6) for q, v in vals.items() if q in QUANTITIES}
+                      for dev, vals in (summary.get("totals") or {}).items()}
             for name, data in (("failed", {"reason": "hub_restart", "totals": totals}),
                                ("state", {"state": "failed", "reason": "hub_restart"})):
                 idx = await self.store.append_event(sid, name, data)

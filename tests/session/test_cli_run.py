@@ -19,6 +19,7 @@ import pytest
 
 from devicehub.models.config import HubConfig
 from devicehub.records.store import RecordStore
+from devicehub.runner.totals import QUANTITIES
 
 from .conftest import DEVICES, ROOT, Sims, devicehub_cmd, open_room
 
@@ -128,6 +129,10 @@ async def test_hub_killed_mid_session_then_restart_marks_it_failed(sims: Sims) -
         summary = store.read_session(sid)
         assert summary["state"] == "failed" and summary["reason"] == "hub_restart"
         assert [s["state"] for s in summary["states"]][-2:] == ["running", "failed"]
+        # the totals are in the runner's quantities, as a finished session's are
+        assert set(summary["totals"]) >= {"inj-1", "epg-1"}
+        assert all(set(q) <= set(QUANTITIES) for q in summary["totals"].values()), summary["totals"]
+        assert {"volume_ul", "shots"} <= set(summary["totals"]["inj-1"])
         announced = []
         while (msg := sub.get_nowait()) is not None:
             if msg.kind == "session.state":
