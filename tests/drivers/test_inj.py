@@ -1047,3 +1047,22 @@ async def test_spawned_simulator_announces_and_serves():
         assert (await d.identify()).serial == SERIAL
         await d.close()
         assert proc.poll() is None
+
+
+@pytest.mark.parametrize(("depth_x10", "lowest"), [(60, 59), (5, 5)])
+async def test_shot_depth_reached_is_never_deeper_than_set_nor_below_half_a_mm(sim, ctl, depth_x10: int,
+                                                                               lowest: int) -> None:
+    # the depth stop limits the needle: up to 0.1 mm short of the set depth, never deeper,
+    # never below the ICD's 0.5 mm
+    async with RawPort(sim.endpoint) as port:
+        assert (await port.request(1, Cmd.SET_PARAMS, Params(100, depth_x10, 0, 3).pack())).cmd == Cmd.ACK
+        assert (await port.request(2, Cmd.SET_CAP, Cap(100_000).pack())).cmd == Cmd.ACK
+        assert await port.request(3, Cmd.ARM) == Frame(3, Cmd.ACK, b"\x01")
+        depths = []
+        for i in range(30):
+            await ctl.call("trigger")
+            shot = Shot.unpack((await port.frame(lambda f: f.cmd == Cmd.SHOT)).payload)
+            depths.append(shot.depth_x10)
+            assert (await port.request(10 + i, Cmd.HEARTBEAT)).cmd == Cmd.ACK  # the gun's watchdog
+        assert lowest <= min(depths) and max(depths) == depth_x10, depths
+        assert await port.request(4, Cmd.DISARM) == Frame(4, Cmd.ACK, b"\x00")
