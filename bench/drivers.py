@@ -92,12 +92,10 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-# --------------------------------------------------------------------------- per device
-
-
-async def epg_variants(endpoint: str, stack: list[Callable[[], Awaitable[None]]]) -> list[Variant]:
+async def _raw_streams(endpoint: str, stack: list[Callable[[], Awaitable[None]]]
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The raw baseline's connection to a serial simulator's TCP port (closed via ``stack``)."""
     from drivers.endpoints import Endpoint
-    from drivers.epg import EpgDriver
 
     ep = Endpoint.parse(endpoint)
     reader, writer = await asyncio.open_connection(ep.host, ep.port)
@@ -107,6 +105,16 @@ async def epg_variants(endpoint: str, stack: list[Callable[[], Awaitable[None]]]
         writer.close()
 
     stack.append(close_raw)
+    return reader, writer
+
+
+# --------------------------------------------------------------------------- per device
+
+
+async def epg_variants(endpoint: str, stack: list[Callable[[], Awaitable[None]]]) -> list[Variant]:
+    from drivers.epg import EpgDriver
+
+    reader, writer = await _raw_streams(endpoint, stack)
 
     async def raw() -> bytes:
         writer.write(b"OUTP:STAT?\n")
@@ -128,18 +136,10 @@ async def epg_variants(endpoint: str, stack: list[Callable[[], Awaitable[None]]]
 
 
 async def inj_variants(endpoint: str, stack: list[Callable[[], Awaitable[None]]]) -> list[Variant]:
-    from drivers.endpoints import Endpoint
     from drivers.inj import InjDriver
     from drivers.inj_frames import OVERHEAD, Cmd, Status, encode
 
-    ep = Endpoint.parse(endpoint)
-    reader, writer = await asyncio.open_connection(ep.host, ep.port)
-    _nodelay(writer)
-
-    async def close_raw() -> None:
-        writer.close()
-
-    stack.append(close_raw)
+    reader, writer = await _raw_streams(endpoint, stack)
     frames = [encode(seq, Cmd.GET_STATUS) for seq in range(1, 256)]  # built once, like a real client would
     reply_len = OVERHEAD + Status.size()
     seq = 0
