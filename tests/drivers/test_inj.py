@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as hst
 from pydantic import ValidationError
 
-from drivers.crc import crc16_modbus_bytewise
 from drivers.base import DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.crc import crc16_modbus_bytewise
 from drivers.inj import InjDriver, InjParams
 from drivers.inj_frames import (
     Ack,
@@ -43,6 +43,7 @@ from drivers.inj_frames import (
 )
 from simulators.harness import run_simulator, spawn_simulator
 from tests.drivers import waiting
+from tests.drivers.crc_reference import crc_reference
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,14 +51,6 @@ SEED = 7
 SERIAL = "INJ00007"
 
 
-def crc_reference(data: bytes) -> int:
-    """Bit-by-bit CRC-16/MODBUS straight from its definition (checks the table version)."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 # =========================================================================== helpers

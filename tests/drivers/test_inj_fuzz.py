@@ -16,19 +16,13 @@ from hypothesis import strategies as st
 
 from drivers.inj_frames import EVENTS, REPLIES, Cmd, Frame, FrameError, FrameParser, crc16_modbus, encode
 from simulators.harness import SimulatorThread
+from tests.drivers.crc_reference import crc_reference
 
 pytestmark = pytest.mark.timeout(60)
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def crc_reference(data: bytes) -> int:
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 frames = st.builds(
