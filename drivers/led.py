@@ -51,6 +51,16 @@ class LedExposure(BaseModel):
         return self
 
 
+#: the fault codes of the ICD and their text (the simulator reports the same)
+FAULT_TEXTS: dict[int, str] = {
+    1: "head over temperature",
+    2: "skin over temperature",
+    3: "LED string open or irradiance deviating",
+    4: "applicator too far at start",
+    5: "watchdog",
+}
+
+
 class LedDriver(ModbusEmitter):
     kind: ClassVar[str] = "led"
     params_type: ClassVar[type[BaseModel]] = LedExposure
@@ -60,13 +70,7 @@ class LedDriver(ModbusEmitter):
     watchdog_register: ClassVar[int] = 8
     heartbeat_register: ClassVar[int] = 9
     input_count: ClassVar[int] = 10
-    fault_texts: ClassVar[dict[int, str]] = {
-        1: "head over temperature",
-        2: "skin over temperature",
-        3: "LED string open or irradiance deviating",
-        4: "applicator too far at start",
-        5: "watchdog",
-    }
+    fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
 
     def __init__(self, endpoint: Any, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)

@@ -43,6 +43,15 @@ class PemfExposure(BaseModel):
         return on_grid(v, 0.1, "duration_s")
 
 
+#: the fault codes of the ICD and their text (the simulator reports the same)
+FAULT_TEXTS: dict[int, str] = {
+    1: "coil over temperature",
+    2: "coil open or short",
+    3: "field deviating from the set peak",
+    5: "watchdog",
+}
+
+
 class PemfDriver(ModbusEmitter):
     kind: ClassVar[str] = "pemf"
     params_type: ClassVar[type[BaseModel]] = PemfExposure
@@ -52,12 +61,7 @@ class PemfDriver(ModbusEmitter):
     watchdog_register: ClassVar[int] = 5
     heartbeat_register: ClassVar[int] = 6
     input_count: ClassVar[int] = 9
-    fault_texts: ClassVar[dict[int, str]] = {
-        1: "coil over temperature",
-        2: "coil open or short",
-        3: "field deviating from the set peak",
-        5: "watchdog",
-    }
+    fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
 
     def setpoint_registers(self, params: BaseModel) -> list[int]:
         assert isinstance(params, PemfExposure)

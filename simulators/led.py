@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from drivers.led import FAULT_TEXTS
 from simulators.modbus_device import Field, ModbusDeviceSimulator
 
 MODEL = 0x4C31  # "L1"
@@ -70,13 +71,7 @@ class LedSimulator(ModbusDeviceSimulator):
         Field("HEARTBEAT", 9, 0, 0xFFFF, 0),
     )
     setpoint_end: ClassVar[int] = 9
-    fault_texts: ClassVar[dict[int, str]] = {
-        1: "head over temperature",
-        2: "skin over temperature",
-        3: "LED string open or irradiance deviating",
-        4: "applicator too far at start",
-        5: "watchdog",
-    }
+    fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS  # the driver's, from the ICD
 
     def __init__(self, *, unit: int = 1, seed: int | None = None, **_: Any) -> None:
         super().__init__(unit=unit, seed=seed)

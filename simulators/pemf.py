@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from drivers.pemf import FAULT_TEXTS
 from simulators.modbus_device import Field, ModbusDeviceSimulator
 
 MODEL = 0x5031  # "P1"
@@ -86,12 +87,7 @@ class PemfSimulator(ModbusDeviceSimulator):
         Field("HEARTBEAT", 6, 0, 0xFFFF, 0),
     )
     setpoint_end: ClassVar[int] = 6
-    fault_texts: ClassVar[dict[int, str]] = {
-        1: "coil over temperature",
-        2: "coil open or short",
-        3: "field deviating from PEAK_FIELD",
-        5: "watchdog",
-    }
+    fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS  # the driver's, from the ICD
 
     def __init__(self, *, unit: int = 2, seed: int | None = None, **_: Any) -> None:
         super().__init__(unit=unit, seed=seed)
