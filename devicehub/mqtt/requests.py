@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from typing import Any
 
 from devicehub.mqtt.envelope import EnvelopeFactory, parse_rfc3339, utcnow
 from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
+from devicehub.control.table import MQTT, TABLE, Caller, dispatch
 from devicehub.mqtt.payloads import VERBS, AbortRequest, Request, validate_request
 from devicehub.mqtt.topics import Topics
 from devicehub.room_api import CommandError, RoomAPI
@@ -48,6 +50,8 @@ class IncomingRequest:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     received_at: datetime = field(default_factory=utcnow)
+    #: ``time.monotonic()`` at arrival: a safe state is timed from here
+    t_arrival: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -124,13 +128,18 @@ class RequestPipeline:
     async def handle(self, req: IncomingRequest) -> Outcome:
         verb = self.topics.verb_of(req.topic)
         is_abort = verb == "abort"
+        if is_abort and not req.retain:
+            # safe state first: the off commands go out before any other wait (the request
+            # id's lookup, a session's creation, the record); everything below follows and
+            # the room's abort joins this safe state (same trigger time) instead of starting one
+            await self._safe_state_now(req)
         body, parse_error = parse_payload(req.payload, self.max_request_bytes)
 
         # 1. reply path (MQTT 5 properties win over the payload's reply_to/correlation_id)
         reply_topic, corr_text, corr_bytes, path_error = self._reply_path(req, body)
         if path_error is not None:
             if is_abort and not req.retain:
-                await self._abort(body, None)
+                await self._abort(body, None, req)
                 return Outcome(verb, True, note=f"abort acted; no reply: {path_error}")
             log.warning("request on %s refused: %s", req.topic, path_error)
             return Outcome(verb, False, note=path_error)
@@ -187,7 +196,7 @@ class RequestPipeline:
         # 7. the verb
         acted = False
         if is_abort:
-            data, abort_problem = await self._abort(body, model if isinstance(model, AbortRequest) else None)
+            data, abort_problem = await self._abort(body, model if isinstance(model, AbortRequest) else None, req)
             problem = problem or abort_problem
             reply: dict[str, Any] = {"ok": problem is None, "data": data}
             if problem is not None:
@@ -198,9 +207,9 @@ class RequestPipeline:
         else:
             assert model is not None and verb is not None
             try:
-                data = await self._dispatch(verb, model)
+                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
                 reply = {"ok": True, "data": data}
-                acted = verb not in ("programs", "program", "status", "session")
+                acted = TABLE[verb].acts
             except CommandError as exc:
                 reply = {"ok": False, "error": exc.to_dict()}
             except Exception as exc:  # a fault in the room must not stop the hub
@@ -236,30 +245,15 @@ class RequestPipeline:
             return None, corr_text, corr_bytes, f"reply path {shown!r} is not under {self.topics.reply_prefix}"
         return topic, corr_text, corr_bytes, None
 
-    async def _dispatch(self, verb: str, m: Any) -> Any:
-        room = self.room
-        if verb == "programs":
-            return await _maybe_await(room.programs())
-        if verb == "program":
-            return await _maybe_await(room.program(m.program))
-        if verb == "status":
-            return await _maybe_await(room.status())
-        if verb == "session":
-            return await _maybe_await(room.session_summary(m.session))
-        if verb == "start":
-            return await _maybe_await(room.start(program=m.program, patient_ref=m.patient_ref, operator=m.operator,
-                                                 params=m.params, acknowledge=m.acknowledge, origin="mqtt"))
-        if verb == "preflight":
-            return await _maybe_await(room.preflight(session=m.session, item=m.item, done=m.done, by=m.by))
-        if verb == "pause":
-            return await _maybe_await(room.pause(session=m.session, reason=m.reason))
-        if verb == "resume":
-            return await _maybe_await(room.resume(session=m.session, origin="mqtt"))
-        if verb == "rebirth":
-            if self.rebirth is not None:
-                await _maybe_await(self.rebirth())
-            return {}
-        raise CommandError("unknown_verb", f"unknown verb {verb!r}")
+    async def _safe_state_now(self, req: IncomingRequest) -> Any:
+        start = getattr(self.room, "safe_state_now", None)
+        if start is None:
+            return None
+        try:
+            return await start("abort", req.t_arrival)
+        except Exception:  # noqa: BLE001 - the abort below tries again
+            log.critical("safe state on abort failed", exc_info=True)
+            return None
 
     def _active_session(self) -> str | None:
         try:
@@ -272,7 +266,7 @@ class RequestPipeline:
             log.exception("room status failed during abort")
             return None
 
-    async def _abort(self, body: dict[str, Any] | None, model: AbortRequest | None
+    async def _abort(self, body: dict[str, Any] | None, model: AbortRequest | None, req: IncomingRequest
                      ) -> tuple[Any, CommandError | None]:
         """Safe state first, questions after: returns (abort data, what was wrong with the session id)."""
         given: str | None = None
@@ -286,7 +280,8 @@ class RequestPipeline:
         active = self._active_session()
         stale = given is not None and given != active
         try:
-            data = await _maybe_await(self.room.abort(session=None if stale else given, reason=reason))
+            data = await _maybe_await(self.room.abort(session=None if stale else given, reason=reason,
+                                                      t_trigger=req.t_arrival))
         except Exception as exc:
             log.critical("abort failed", exc_info=True)
             return None, CommandError("invalid_state", f"abort failed: {type(exc).__name__}: {exc}")

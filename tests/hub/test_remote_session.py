@@ -95,7 +95,7 @@ async def test_remote_session_end_to_end(setup: Setup) -> None:
         start = await clinic.request("start", body)
         assert start["ok"], start
         sid = start["data"]["session"]
-        assert start["data"] == {"session": sid, "state": "preflight"}
+        assert start["data"] == {"session": sid, "state": "preflight", "course": None}
         r = await clinic.request("preflight", {"session": sid, "item": "consent", "done": True, "by": "nurse"})
         assert r["data"] == {"session": sid, "state": "preflight", "pending_items": ["scalp_cleansed"]}
         r = await clinic.request("preflight", {"session": sid, "item": "scalp_cleansed", "done": True, "by": "nurse"})
