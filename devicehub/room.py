@@ -174,6 +174,11 @@ class Room:
             raise CommandError("not_found", f"no session {session_id!r}", field="session")
         return summary
 
+    @property
+    def starting(self) -> bool:
+        """A start is being checked or its session created right now."""
+        return self._start_lock.locked()
+
     def active_session(self) -> SessionRunner | None:
         return self.current if self.current is not None and not self.current.finished else None
 
