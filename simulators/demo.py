@@ -14,7 +14,6 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from simulators.simroom import ROOT, SimulatedRoom
 
