@@ -63,7 +63,8 @@ class Room:
         self.alarms = AlarmBoard(self.bus)
         self.limits = limits or Limits.load(config.limits)
         self.library = ProgramLibrary(config.programs)
-        self.options = options or RunnerOptions()
+        self.options = dataclasses.replace(options or RunnerOptions(),
+                                           max_recoveries=getattr(config, "max_recoveries", 3))
         self.boot = boot
         self.since = rfc3339(utcnow())
         self.admission_checks = list(admission_checks or [])
@@ -396,6 +397,20 @@ class Room:
         with _as_command_errors():
             await runner.confirm(by)
         return {"session": runner.session_id, "state": runner.state}
+
+    async def recover(self, *, session: str, by: str) -> dict[str, Any]:
+        """Clear the device fault a session is paused by (console only); the session stays paused."""
+        from devicehub.runner.recovery import RecoveryRefused
+
+        runner = self._session(session)
+        try:
+            with _as_command_errors():
+                recovery = await runner.recover(by)
+        except RecoveryRefused as exc:
+            recovery = runner.recovery or {}
+            raise CommandError("invalid_state", str(exc), field="session",
+                               details=[{k: recovery.get(k) for k in ("device", "code", "text", "hint")}]) from None
+        return {"session": runner.session_id, "state": runner.state, "recovered": recovery}
 
     async def pause(self, *, session: str, reason: str | None = None) -> dict[str, Any]:
         runner = self._session(session)
