@@ -69,6 +69,8 @@ class DeviceSimulator(ABC):
         #: injected fault name -> remaining occurrences (-1: until cleared)
         self.injected: dict[str, int] = {}
         self.t0 = time.monotonic()
+        #: time.monotonic() when output_on last changed (None before the first change)
+        self.output_changed_at: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -76,6 +78,10 @@ class DeviceSimulator(ABC):
     @staticmethod
     def now() -> float:
         return time.monotonic()
+
+    def mark_output_change(self) -> None:
+        """Stamp the moment output_on changed; called at the change, before any reply."""
+        self.output_changed_at = time.monotonic()
 
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
@@ -137,6 +143,7 @@ class DeviceSimulator(ABC):
         state = self.snapshot()
         state.setdefault("device", self.kind)
         state["injected"] = dict(self.injected)
+        state["output_changed_at"] = self.output_changed_at
         return state
 
     def op_inject(self, req: dict[str, Any]) -> dict[str, Any]:
