@@ -152,6 +152,7 @@ class ConsoleClient:
         self.path = str(path)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._one_at_a_time = asyncio.Lock()  # a reply belongs to the request before it
 
     async def __aenter__(self) -> "ConsoleClient":
         self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=16 * MAX_LINE)
@@ -163,9 +164,10 @@ class ConsoleClient:
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         assert self.reader is not None and self.writer is not None
-        self.writer.write(json.dumps({"op": op, **fields}).encode() + b"\n")
-        await self.writer.drain()
-        line = await self.reader.readline()
+        async with self._one_at_a_time:
+            self.writer.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+            await self.writer.drain()
+            line = await self.reader.readline()
         if not line:
             raise ConnectionError("the hub closed the console connection")
         return json.loads(line)

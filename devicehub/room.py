@@ -82,6 +82,8 @@ class Room:
         self._off: asyncio.Future[tuple[SafeStateReport, float]] | None = None
         self._off_for = -1.0  # the trigger time it was started for
         self.reports_dir = Path(config.store).parent / "reports"
+        #: which kind of process owns the room: "serve" (the daemon) or "run" (one session, no daemon)
+        self.owner: str | None = None
         #: session id -> where its report was written
         self.reports: dict[str, Path] = {}
 
@@ -159,7 +161,8 @@ class Room:
     def status(self) -> dict[str, Any]:
         sess = self.current or self._last
         return {
-            "hub": {"version": __version__, "boot": self.boot, "since": self.since},
+            "hub": {"version": __version__, "boot": self.boot, "since": self.since,
+                    **({"owner": self.owner} if self.owner else {})},
             "devices": [{k: d[k] for k in ("id", "type", "connected", "state", "fault")} for d in self.devices.describe()],
             "session": {"session": sess.session_id, "state": sess.state} if sess is not None else None,
             "alarms": self.alarms.active(),
@@ -172,6 +175,11 @@ class Room:
         if summary is None:
             raise CommandError("not_found", f"no session {session_id!r}", field="session")
         return summary
+
+    @property
+    def starting(self) -> bool:
+        """A start is being checked or its session created right now."""
+        return self._start_lock.locked()
 
     def active_session(self) -> SessionRunner | None:
         return self.current if self.current is not None and not self.current.finished else None
@@ -335,6 +343,19 @@ class Room:
         finally:
             self.devices.set_running(False)
         await self._write_report(runner.session_id)
+
+    async def report(self, session_id: str) -> dict[str, Any]:
+        """Where the session's report is; written now when it was not yet (the console's ``report``)."""
+        from devicehub.records.report import write_report
+
+        self.session_summary(session_id)  # not_found for an unknown session
+        runner = self.current
+        if runner is not None and runner.session_id == session_id and runner.finished and self._watch_task is not None:
+            await asyncio.shield(self._watch_task)  # a session's own report is written when it ends
+        path = self.reports.get(session_id)
+        if path is None:
+            path = self.reports[session_id] = await self.store.call(write_report, session_id, self.reports_dir)
+        return {"session": session_id, "path": str(path)}
 
     async def _write_report(self, session_id: str) -> None:
         """The session's report, written when it ends (``devicehub sessions report`` writes it again)."""

@@ -112,3 +112,9 @@ async def rebirth(room: Any, m: Any, caller: Caller) -> Any:
     else:
         room.republish()
     return {}
+
+
+@verb("report", console=f.SessionFields, acts=False)
+async def report(room: Any, m: Any, caller: Caller) -> Any:
+    """Where the session's report is (written when the session ended, or now)."""
+    return await room.report(m.session)
