@@ -95,12 +95,14 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             outcomes.append({"index": i, "program": out.program, "origin": out.origin, "session": out.session,
                              "state": out.state, "reason": out.reason, "refused": out.refused, "faults": out.faults,
                              "notes": out.notes, "violations": {"1": v1, "2": v2, "3": v3}})
-            print(f"#{i:<4} {out.program:<18} {out.origin:<7} {out.state:<10} {str(out.reason or out.refused or ''):<28} "
+            end = out.reason if out.session else f"refused: {out.refused}"
+            print(f"#{i:<4} {out.program:<18} {out.origin:<7} {out.state:<10} {str(end or ''):<28} "
                   f"{','.join(out.faults) or '-':<40} v1={len(v1)} v2={len(v2)} v3={len(v3)}", flush=True)
             await prepare_room(room)
             i += 1
         await asyncio.sleep(3.0)  # the outbox drains: replays reach the follower
         seq = follower.seq_report()
+        follower.dump(directory / "follower.jsonl")
         if seq["gaps"] or seq["duplicates"]:
             violations["4_seq"].append(f"{seq['gaps']} missing seq, {seq['duplicates']} duplicates: {seq['gap_at']}")
         v5, res = checks.resources(samples)
@@ -120,7 +122,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "safe_state_ms": summary(safe_ms), "violations": {k: len(v) for k, v in violations.items()},
         "violation_details": {k: v[:50] for k, v in violations.items()},
         "seq": seq, "resources": res, "hub_kills": hub.kills, "broker_restarts": broker.restarts,
-        "cuts": {d: p.cuts for d, p in proxies.items()}, "outcomes": outcomes,
+        "cuts": {d: p.cuts for d, p in proxies.items()}, "marks": room.marks, "outcomes": outcomes,
     }
 
 

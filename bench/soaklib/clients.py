@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -35,7 +36,12 @@ class Seen:
 
 class Follower:
     """Clinic software following every session: a persistent MQTT 5 session (clean start
-    false, a session expiry), one fixed client id, reconnecting by itself after an outage."""
+    false, a session expiry), one fixed client id, reconnecting by itself after an outage.
+
+    paho itself, on its own thread: a message is recorded inside ``on_message``, before
+    paho acknowledges it, so none is acknowledged and then lost with a dropped
+    connection (an asyncio client's queue of received messages dies with its connection).
+    """
 
     def __init__(self, port: int, root: str) -> None:
         self.port = port
@@ -43,41 +49,45 @@ class Follower:
         self.client_id = f"soak-follower-{uuid.uuid4().hex[:6]}"
         self.messages: list[Seen] = []
         self.connects = 0
+        self.session_present: list[bool] = []
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_disconnect = lambda *a, **k: self._loop.call_soon_threadsafe(self.connected.clear)
+        c.reconnect_delay_set(0.05, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect_async("127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props)
+        c.loop_start()
+        self._client = c
         await asyncio.wait_for(self.connected.wait(), 15)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        self.session_present.append(bool(getattr(flags, "session_present", False)))
+        client.subscribe(f"{self.root}/#", qos=1)
+        self.connects += 1
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.connected.set)
 
-    async def _run(self) -> None:
-        while True:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 3600
-            try:
-                async with aiomqtt.Client("127.0.0.1", self.port, identifier=self.client_id,
-                                          protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                                          properties=props, socket_options=[NODELAY], timeout=5,
-                                          max_queued_incoming_messages=0) as c:
-                    await c.subscribe(f"{self.root}/#", qos=1)
-                    self.connects += 1
-                    self.connected.set()
-                    async for m in c.messages:
-                        raw = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-                        try:
-                            body = json.loads(raw)
-                        except ValueError:
-                            body = None
-                        self.messages.append(Seen(m.topic.value, body))
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.1)  # reconnect back-off while the broker is away
+    def _on_message(self, client: mqtt.Client, userdata: Any, m: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(m.payload)
+        except ValueError:
+            body = None
+        self.messages.append(Seen(m.topic, body))
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
 
     def seq_report(self) -> dict[str, Any]:
         """Invariant 4: per boot, after msg_id de-duplication, no gap and no repeated seq."""
@@ -97,15 +107,24 @@ class Follower:
                 duplicates += 1  # another message with the same seq in the same boot
             seqs[b["seq"]] = mid
         gaps = 0
-        gap_list: list[tuple[int, int]] = []
+        gap_list: list[dict[str, int]] = []
         for boot, seqs in by_boot.items():
             ordered = sorted(seqs)
             for a, b2 in zip(ordered, ordered[1:]):
                 if b2 != a + 1:
                     gaps += b2 - a - 1
-                    gap_list.append((boot, a))
+                    gap_list.append({"boot": boot, "after": a, "missing": b2 - a - 1})
         return {"boots": len(by_boot), "messages": len(ids), "gaps": gaps, "duplicates": duplicates,
-                "gap_at": gap_list[:20]}
+                "gap_at": gap_list[:20], "connects": self.connects}
+
+    def dump(self, path: Path) -> None:
+        """Every message seen (arrival, topic, envelope without data), one JSON line each: for a gap's post-mortem."""
+        with path.open("w") as fh:
+            for m in self.messages:
+                b = m.body if isinstance(m.body, dict) else {}
+                fh.write(json.dumps({"at": round(m.at, 6), "topic": m.topic, **{k: b.get(k) for k in (
+                    "type", "boot", "seq", "msg_id", "historical", "session")},
+                    "event": (b.get("data") or {}).get("event") if isinstance(b.get("data"), dict) else None}) + "\n")
 
 
 class Clinic:

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -153,9 +155,10 @@ class Broker:
     """Mosquitto on a fixed port with persistence (the followers' sessions outlive a restart)."""
 
     def __init__(self, directory: Path) -> None:
-        self.store = directory / "mosquitto"
-        self.store.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.store, 0o777)  # mosquitto drops privileges before writing its database
+        # mosquitto drops root privileges before writing its database: a directory it can
+        # reach (the run's own directory is private to this user)
+        self.store = Path(tempfile.mkdtemp(prefix="devicehub-soak-mosq-"))
+        os.chmod(self.store, 0o777)
         self.port = free_port()
         self.broker = LocalBroker(port=self.port, extra_conf=(
             f"persistence true\npersistence_location {self.store}/\nautosave_interval 3600\n"))
@@ -166,6 +169,7 @@ class Broker:
 
     def stop(self) -> None:
         self.broker.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
 
     def restart(self, down_s: float) -> None:
         self.broker.stop()

@@ -32,6 +32,8 @@ class Room:
     clinic: Clinic
     follower: Follower
     tech: Technician
+    #: (time.monotonic(), what) of every disturbance of the whole run, for post-mortems
+    marks: list[tuple[float, str]] = field(default_factory=list)
 
     def read(self, fn: str, *args: Any) -> Any:
         store = RecordStore(self.store_path, readonly=True)
@@ -165,6 +167,7 @@ async def _wait_state(room: Room, sid: str, states: tuple[str, ...], timeout: fl
 async def _act(room: Room, sid: str, action: Action, out: Outcome) -> None:
     what, args = action.what, action.args
     out.faults.append(kind_of(what))
+    room.marks.append((round(time.monotonic(), 6), f"{kind_of(what)} {sid}"))
     if what[0] == "fault":
         dev, name = what[1], what[2]
         t = time.monotonic()
@@ -187,6 +190,7 @@ async def _act(room: Room, sid: str, action: Action, out: Outcome) -> None:
         await _abort(room, sid, what[1], out)
     elif what[0] == "broker":
         await asyncio.to_thread(room.broker.restart, args.get("down_s", 1.0))
+        room.marks.append((round(time.monotonic(), 6), "broker started again"))
     elif what[0] == "hub_kill":
         out.hub_killed = True
         out.unreachable.update(DEVICE_FAULTS)  # nobody commands the devices: their watchdogs do
@@ -194,6 +198,7 @@ async def _act(room: Room, sid: str, action: Action, out: Outcome) -> None:
         room.hub.kill()
         await asyncio.sleep(0.3)
         await asyncio.to_thread(room.hub.start)
+        room.marks.append((round(time.monotonic(), 6), f"hub started, boot {room.hub.boot}"))
 
 
 async def _pause_resume(room: Room, sid: str, origin: str, args: dict[str, Any], out: Outcome) -> None:
