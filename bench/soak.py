@@ -98,6 +98,8 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             end = out.reason if out.session else f"refused: {out.refused}"
             print(f"#{i:<4} {out.program:<18} {out.origin:<7} {out.state:<10} {str(end or ''):<28} "
                   f"{','.join(out.faults) or '-':<40} v1={len(v1)} v2={len(v2)} v3={len(v3)}", flush=True)
+            for v in v1 + v2 + v3:
+                print(f"        {v}", flush=True)
             await prepare_room(room)
             i += 1
         await asyncio.sleep(3.0)  # the outbox drains: replays reach the follower
