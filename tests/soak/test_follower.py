@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 from pathlib import Path
 
-import aiomqtt
+import paho.mqtt.client as mqtt
+import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from bench.soaklib.clients import Follower
@@ -25,27 +27,25 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
     broker = Broker(Path(tempfile.mkdtemp(prefix="soak-follower-test-")))
     broker.start()
     follower = Follower(broker.port, "t/room")
-    total = 1500
+    total = 600
     try:
         await follower.start()
         published = 0
 
-        async def publish() -> None:
+        def publish() -> None:  # each message on a connection of its own, again until PUBACKed
             nonlocal published
             while published < total:
+                n = published + 1
+                body = {"type": "session.event", "boot": 1, "seq": n, "msg_id": f"m{n}"}
                 try:
-                    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="soak-test-pub",
-                                              protocol=aiomqtt.ProtocolVersion.V5, timeout=3) as c:
-                        while published < total:
-                            n = published + 1
-                            body = {"type": "session.event", "boot": 1, "seq": n, "msg_id": f"m{n}"}
-                            await c.publish("t/room/e", json.dumps(body), qos=1, timeout=3)  # on PUBACK
-                            published = n
-                except aiomqtt.MqttError:
-                    await asyncio.sleep(0.05)  # the broker is away: publish it again once back
+                    mqtt_publish.single("t/room/e", json.dumps(body), qos=1, hostname="127.0.0.1",
+                                        port=broker.port, client_id=f"soak-test-pub-{n}")
+                    published = n
+                except (OSError, mqtt.WebsocketConnectionError, ValueError):
+                    time.sleep(0.05)  # the broker is away: the same message again once back
 
-        task = asyncio.create_task(publish())
-        for at in (300, 700, 1100):
+        task = asyncio.create_task(asyncio.to_thread(publish))
+        for at in (120, 280, 440):
             while published < at:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(broker.restart, 0.3)
