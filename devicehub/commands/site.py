@@ -151,4 +151,5 @@ def _table(what: str, data: Any) -> None:
         table.add_column(c)
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in cols))
-    Console().print(table)
+    # piped output keeps whole cells (a terminal's width otherwise cuts them)
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
