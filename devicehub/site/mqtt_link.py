@@ -145,14 +145,17 @@ class MqttLink:
     def _reply(self, msg: mqtt.MQTTMessage) -> None:
         if msg.qos == 1:
             self.client.ack(msg.mid, msg.qos)  # a reply is acted on at once; a lost one is asked again
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = None
         corr = getattr(msg.properties, "CorrelationData", None)
+        if corr is None and isinstance(body, dict) and isinstance(body.get("correlation_id"), str):
+            corr = body["correlation_id"].encode()  # a link that dropped the MQTT 5 properties
         waiter = self._replies.get(bytes(corr)) if corr is not None else None
         if waiter is None:
             return
-        try:
-            waiter[1].append(json.loads(msg.payload))
-        except ValueError:
-            waiter[1].append(None)
+        waiter[1].append(body)
         waiter[0].set()
 
     def request(self, site: str, room: str, verb: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
@@ -165,7 +168,10 @@ class MqttLink:
         evt, box = threading.Event(), []
         self._replies[corr] = (evt, box)
         try:
-            payload = json.dumps({"request_id": new_ulid(), **body})
+            # the reply path twice: as MQTT 5 properties (which win) and in the payload, for a
+            # bridge or broker on the way that speaks MQTT 3.1.1
+            payload = json.dumps({"request_id": new_ulid(), **body, "reply_to": props.ResponseTopic,
+                                  "correlation_id": corr.decode()})
             self.client.publish(f"{root}/cmd/{verb}", payload, qos=1, properties=props)
             if not evt.wait(timeout) or not box or not isinstance(box[0], dict):
                 return None

@@ -186,3 +186,70 @@ def assert_same_events(url: str, clinic: Any, sid: str, *, filled_ok: bool = Fal
         else:
             assert filled_ok, f"event {r['idx']} was filled through `events`"
     return rows
+
+
+class LinkProxy:
+    """A TCP link to ``port`` that can be cut: :meth:`cut` aborts every connection and
+    refuses new ones until :meth:`restore` (a bridge's network link going down and up)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.blocked = False
+        self._server: asyncio.base_events.Server | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def __aenter__(self) -> "LinkProxy":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+
+    def cut(self) -> None:
+        self.blocked = True
+        for t in self._transports:
+            t.abort()
+        self._transports.clear()
+
+    def restore(self) -> None:
+        self.blocked = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._transports += [writer.transport, up_writer.transport]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def bridge_conf(site: str, room: str, port: int) -> str:
+    """configs/mosquitto/bridge.conf for a private test: plain TCP to ``port``, no certificates."""
+    lines = []
+    for line in (ROOT / "configs/mosquitto/bridge.conf").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith(("bridge_cafile", "bridge_certfile",
+                                                                 "bridge_keyfile")):
+            continue
+        if line.startswith("address "):
+            line = f"address 127.0.0.1:{port}"
+        elif line.startswith("restart_timeout"):
+            line = "restart_timeout 1 1"
+        lines.append(line.replace("clinic-a", site).replace("room-1", room))
+    return "\n".join(lines) + "\n"
