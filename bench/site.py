@@ -261,8 +261,9 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     bare_rate = bare.count / (bare.last - bare.first)  # first to last message, as for the collectors
     bare.stop()
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
+    cpu0 = sum(cpu_seconds(p.pid) for p in procs)  # the start (imports, migrations) not counted
     wait_count(url, before + backlog)
-    cpu = sum(cpu_seconds(p.pid) for p in procs)
+    cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
     stop(procs)
     with psycopg.connect(url) as c:  # from the first batch's transaction to the last (not the process start)
         span = c.execute("SELECT extract(epoch FROM max(received_at) - min(received_at))::float8 FROM messages"
