@@ -3,7 +3,7 @@
 Two checks, both on the database (several collectors share one stream, so no single
 one sees every seq):
 
-* **seq gaps** per (site, room, boot): ``boots`` keeps (by trigger) how many distinct seq
+* **seq gaps** per (site, room, boot): ``boots`` keeps (counted by the writer) how many distinct seq
   numbers are stored and the highest; where fewer are stored, the holes are listed in
   ``gaps``. A hole still open ``gap_fill_after_s`` after the message that revealed it
   was stored is filled: every session of that room and boot is asked for the events
@@ -11,7 +11,7 @@ one sees every seq):
   session event (a state or alarms message, superseded by the next one): closed as
   ``not_events``.
 * **index holes** per session: ``sessions.events < sessions.last_index`` (both kept by
-  trigger) for longer than ``gap_fill_after_s``: filled the same way.
+  the writer) for longer than ``gap_fill_after_s``: filled the same way.
 
 A session still missing events after a fill (the hub did not answer: offline, or the
 broker link cut) is marked ``incomplete``; the next pass tries again and clears the mark
@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from devicehub.site.rows import ORDER, S, Rows, filled
-from devicehub.site.writer import connect
+from devicehub.site.rows import Rows, filled
+from devicehub.site.writer import connect, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,7 @@ class GapFiller:
                 except (ValueError, TypeError, KeyError) as exc:
                     log.warning("events reply from %s/%s: bad event: %s", site, room, exc)
             if len(rows):
-                with db.transaction(), db.cursor() as cur:
-                    for name in ORDER:
-                        if rows.by.get(name):
-                            cur.executemany(S[name], rows.by[name])
+                write_rows(db, rows)
                 self.filled_events += len(events)
             if not page.get("more") or not events:
                 break

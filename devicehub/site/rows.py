@@ -66,6 +66,22 @@ S = {
 }
 ORDER = tuple(S)
 
+#: the bulk statements, written with COPY into a staging table (the columns in the order of
+#: their parameters above) and moved with one INSERT ... SELECT; see devicehub/site/writer.py
+STAGED = {
+    "message": ("messages", ("msg_id", "site", "room", "boot", "seq", "type", "topic", "ts", "historical",
+                             "session")),
+    "event": ("session_events", ("session", "idx", "site", "room", "event", "boot", "seq", "ts", "msg_id",
+                                 "source", "data")),
+    "delivery": ("deliveries", ("session", "idx", "site", "room", "step", "zone", "point", "device", "delivered",
+                                "ts")),
+    "telemetry": ("telemetry", ("ts", "site", "room", "device", "boot", "tseq", "session", "data")),
+}
+#: upserts guarded by ts: per batch only the newest per key matters (key = leading params,
+#: ts = the param at the index given; the last of equal ts wins, as applied in order)
+LATEST = {"seen": (2, 2), "status": (2, 4), "device": (3, 7), "session_state": (1, 4), "room_session": (2, 4),
+          "room_alarms": (2, 3)}
+
 
 class BadMessage(ValueError):
     """Not a devicehub envelope (or not the one its topic says): stored nowhere, acknowledged."""

@@ -26,7 +26,7 @@ CREATE TABLE boots (
     boot        integer NOT NULL,
     first_seen  timestamptz NOT NULL DEFAULT now(),
     last_seen   timestamptz NOT NULL DEFAULT now(),
-    seqs        bigint NOT NULL DEFAULT 0,     -- count of distinct seq numbers stored
+    seqs        bigint NOT NULL DEFAULT 0,     -- count of distinct seq numbers stored (kept by the writer)
     max_seq     bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (site, room, boot)
 );
@@ -76,7 +76,7 @@ CREATE TABLE sessions (
     ended          timestamptz,
     reason         text,
     totals         jsonb,
-    events         integer NOT NULL DEFAULT 0,   -- event rows stored (kept by a trigger)
+    events         integer NOT NULL DEFAULT 0,   -- event rows stored (kept by the writer)
     last_index     integer NOT NULL DEFAULT 0,   -- the highest index stored
     last_event_at  timestamptz,                  -- when the newest event row was stored
     incomplete     boolean NOT NULL DEFAULT false, -- a gap the hub could not fill (yet)
@@ -180,28 +180,3 @@ CREATE TABLE gaps (
     outcome    text,            -- filled | not_events | unanswered
     PRIMARY KEY (site, room, boot, after_seq)
 );
-
--- counters kept by the database itself, so they count rows really inserted
-CREATE FUNCTION devicehub_message_added() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.seq IS NOT NULL THEN
-        INSERT INTO boots AS b (site, room, boot, seqs, max_seq, first_seen, last_seen)
-        VALUES (NEW.site, NEW.room, NEW.boot, 1, NEW.seq, now(), now())
-        ON CONFLICT (site, room, boot) DO UPDATE
-            SET seqs = b.seqs + 1, max_seq = GREATEST(b.max_seq, EXCLUDED.max_seq), last_seen = now();
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER messages_added AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION devicehub_message_added();
-
-CREATE FUNCTION devicehub_event_added() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO sessions AS s (session, site, room, events, last_index, last_event_at)
-    VALUES (NEW.session, NEW.site, NEW.room, 1, NEW.idx, now())
-    ON CONFLICT (session) DO UPDATE
-        SET events = s.events + 1, last_index = GREATEST(s.last_index, EXCLUDED.last_index),
-            last_event_at = now();
-    RETURN NULL;
-END $$;
-CREATE TRIGGER session_events_added AFTER INSERT ON session_events FOR EACH ROW
-    EXECUTE FUNCTION devicehub_event_added();
