@@ -11,7 +11,9 @@ one sees every seq):
   session event (a state or alarms message, superseded by the next one): closed as
   ``not_events``.
 * **index holes** per session: ``sessions.events < sessions.last_index`` (both kept by
-  the writer) for longer than ``gap_fill_after_s``: filled the same way.
+  the writer) for longer than ``gap_fill_after_s``: filled the same way; and **tails**: a
+  session with no terminal event whose newest event is older than ``gap_fill_after_s``
+  is asked too (a lost last event shows no seq gap until the hub publishes again).
 
 A session still missing events after a fill (the hub did not answer: offline, or the
 broker link cut) is marked ``incomplete``; the next pass tries again and clears the mark
@@ -122,8 +124,12 @@ class GapFiller:
     # ---- index holes ------------------------------------------------------------------
     def _index_holes(self, db: psycopg.Connection[Any]) -> None:
         after = self.config.gap_fill_after_s
+        # holes, sessions marked incomplete, and sessions with no terminal event yet whose
+        # newest event is older than the fill delay (a lost tail shows no seq gap until
+        # the hub publishes again; a session waiting long for the chair costs one request
+        # per delay)
         due = db.execute(
-            "SELECT session, site, room FROM sessions WHERE (events < last_index OR incomplete)"
+            "SELECT session, site, room FROM sessions WHERE (events < last_index OR incomplete OR ended IS NULL)"
             " AND last_event_at < now() - make_interval(secs => %s)"
             " AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => %s))",
             (after, after)).fetchall()

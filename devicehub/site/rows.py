@@ -198,6 +198,12 @@ def _event_rows(out: Rows, env: dict[str, Any], site: str, room: str, boot: int 
     if session is None or type(idx) is not int or idx < 1 or not isinstance(name, str):
         raise BadMessage("a session event needs session, data.index and data.event")
     out.add("event", (session, idx, site, room, name, boot, seq, ts, env.get("msg_id"), source, _j(data)))
+    # the state from the events as well as from the retained session state: events are
+    # complete (gaps are filled), a lost session.state message is not refilled
+    state = data.get("state") if name == "state" else name if name in TERMINAL else None
+    if isinstance(state, str):
+        out.add("session_state", (session, site, room, state, ts))
+        out.add("room_session", (site, room, session, state, ts))
     if name == "created":
         out.add("created", (session, site, room, _text(data.get("program")), _text(data.get("version")),
                             _text(data.get("sha256")), _text(data.get("patient_ref")), _text(data.get("operator")),
