@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "devicehub.commands.sessions",
     "devicehub.commands.run",
     "devicehub.commands.serve",
+    "devicehub.commands.site",
 )
 
 

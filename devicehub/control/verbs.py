@@ -38,6 +38,14 @@ async def session(room: Any, m: Any, caller: Caller) -> Any:
     return room.session_summary(m.session)
 
 
+@verb("events", mqtt=f.EventsFields, acts=False)
+async def events(room: Any, m: Any, caller: Caller) -> Any:
+    """A session's recorded events with the boot, seq and ts they were published with."""
+    from devicehub.control.events import events as page
+
+    return await page(room, session=m.session, after=m.after, limit=m.limit, published=caller.published)
+
+
 @verb("check", console=f.CheckFields, acts=False)
 async def check(room: Any, m: Any, caller: Caller) -> Any:
     """The dry run of a program for a patient: duration, points, totals, every finding."""

@@ -265,6 +265,25 @@ class RebirthReplyData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PublishedEvent(BaseModel):
+    """A recorded session event: its message's ``data`` plus that message's ts, boot and seq
+    (``boot`` and ``seq`` null for an event the hub recorded but never published)."""
+
+    model_config = ConfigDict(extra="allow")
+    event: str
+    index: int = Field(ge=1)
+    ts: str = Field(pattern=TS_PATTERN)
+    boot: int | None
+    seq: int | None
+
+
+class EventsReplyData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session: str
+    events: list[PublishedEvent]
+    more: bool = Field(description="true when limit cut the page: ask again with after = the last index")
+
+
 REPLY_DATA_MODELS: dict[str, type[BaseModel]] = {
     "programs": ProgramsReplyData,
     "program": ProgramReplyData,
@@ -276,6 +295,7 @@ REPLY_DATA_MODELS: dict[str, type[BaseModel]] = {
     "resume": SessionStateReplyData,
     "abort": AbortReplyData,
     "rebirth": RebirthReplyData,
+    "events": EventsReplyData,
 }
 
 

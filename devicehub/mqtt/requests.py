@@ -117,12 +117,14 @@ class RequestPipeline:
     """Checks a request in the contract's order, acts through the room, builds the reply."""
 
     def __init__(self, room: RoomAPI, topics: Topics, envelopes: EnvelopeFactory, store: IdempotencyStore, *,
-                 rebirth: Callable[[], Any] | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+                 rebirth: Callable[[], Any] | None = None, published: Callable[..., Any] | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.room = room
         self.topics = topics
         self.envelopes = envelopes
         self.store = store
         self.rebirth = rebirth
+        self.published = published
         self.max_request_bytes = max_request_bytes
 
     async def handle(self, req: IncomingRequest) -> Outcome:
@@ -207,7 +209,8 @@ class RequestPipeline:
         else:
             assert model is not None and verb is not None
             try:
-                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
+                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth,
+                                                                       published=self.published))
                 reply = {"ok": True, "data": data}
                 acted = TABLE[verb].acts
             except CommandError as exc:
