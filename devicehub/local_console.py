@@ -6,7 +6,8 @@ reply per request: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {..
 
 Requests (``op``): ``status``; ``confirm`` {session, by}; ``pause`` {session, reason};
 ``resume`` {session, by}; ``abort`` {session?, reason?}; ``prompt_ack`` {by};
-``alarm_ack`` {id?}; ``watch`` — after its reply the connection streams every hub
+``alarm_ack`` {id?}; ``adverse_event``, ``course``, ``enrol``, ``course_end`` (fields as
+over MQTT); ``watch`` — after its reply the connection streams every hub
 message as ``{"kind": ..., "data": ...}`` lines (the console's live view).
 """
 
@@ -20,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from devicehub.clinical.wiring import CLINICAL_VERBS as CLINICAL_OPS
+from devicehub.clinical.wiring import console_op
 from devicehub.room_api import CommandError
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,8 @@ class ConsoleServer:
                 if runner is None or not runner.acknowledge_prompt(_by(req)):
                     return _error("invalid_state", "no prompt is waiting"), False
                 return {"ok": True, "data": {"session": runner.session_id}}, False
+            if op in CLINICAL_OPS:  # adverse_event, course, enrol, course_end (devicehub.clinical)
+                return {"ok": True, "data": await console_op(room, op, req)}, False
             if op == "alarm_ack":
                 n = room.alarms.acknowledge(req.get("id"))
                 return {"ok": True, "data": {"acknowledged": n}}, False

@@ -70,6 +70,8 @@ class Room:
         self._watch_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._recorded_last: dict[str, Any] | None = None
+        #: session id -> the task writing its report (the path, or None when it failed)
+        self.reports: dict[str, asyncio.Task[Any]] = {}
 
     # ================================================================== lifetime
     async def open(self) -> None:
@@ -204,25 +206,27 @@ class Room:
 
     def _course_findings(self, prog: Any, patient_ref: str) -> list[Any]:
         """The course limit: days since this patient's last completed session."""
+        from devicehub.clinical.course_verbs import start_checks
         from devicehub.models.limits import Finding
 
+        course = start_checks(self, prog.id, patient_ref) if patient_ref else []  # an enrolled patient's phase
         last = self.store.read_last_session_for_patient(patient_ref) if patient_ref else None
         if not last or not last.get("ended_at"):
-            return []
+            return course
         try:
             ended = datetime.fromisoformat(str(last["ended_at"]).replace("Z", "+00:00"))
         except ValueError:
-            return []
+            return course
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
         limit = self.limits.course.interval_days
         hit = limit.exceeded(days)
         if hit is None:
-            return []
+            return course
         severity, value = hit
         text = (f"course.interval_days: {days:.1f} days since the last session is below the "
                 f"{severity} limit {value:g} days")
         return [Finding(id="course.interval_days", severity=severity, field="course.interval_days",
-                        value=round(days, 2), limit=value, unit="days", message=text)]
+                        value=round(days, 2), limit=value, unit="days", message=text)] + course
 
     def runtime_caps(self, acknowledged: list[str]) -> dict[str, float]:
         """The hard session caps, or the soft one where its limit was not acknowledged."""
@@ -271,6 +275,7 @@ class Room:
             if missing:
                 raise CommandError("device_unavailable", f"not available: {', '.join(missing)}",
                                    details=[{"device": d, **self.devices.state_of(d)} for d in missing])
+            from devicehub.clinical.course_verbs import start_position
             from devicehub.records.store import new_session_id
 
             acked = list(acknowledge or [])
@@ -283,6 +288,7 @@ class Room:
                 confirmation_required=(self.config.remote_confirmation and origin == "mqtt")
                 if confirmation_required is None else confirmation_required,
                 caps=self.runtime_caps(acked), options=self.options,
+                course=start_position(self, patient_ref),
             )
             self.current = runner
             self._last = runner
@@ -301,6 +307,17 @@ class Room:
             await runner.wait()
         finally:
             self.devices.set_running(False)
+        self.report_later(runner.session_id)
+
+    def report_later(self, session_id: str) -> None:
+        """Write the session's report (HTML) beside the record, off the event loop."""
+        from devicehub.report.files import report_dir, write_in_thread
+
+        task = asyncio.get_running_loop().create_task(
+            write_in_thread(self.config.store, session_id, report_dir(self.config)))
+        self.reports[session_id] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ================================================================== RoomAPI verbs
     async def start(self, *, program: str, patient_ref: str, operator: str,
@@ -308,7 +325,7 @@ class Room:
                     acknowledge: list[str] | None = None, origin: str = "mqtt") -> dict[str, Any]:
         runner = await self.start_session(program=program, patient_ref=patient_ref, operator=operator,
                                           params=params, acknowledge=acknowledge, origin=origin)
-        return {"session": runner.session_id, "state": runner.state}
+        return {"session": runner.session_id, "state": runner.state, "course": runner.course}
 
     def _session(self, session_id: str | None) -> SessionRunner:
         if not isinstance(session_id, str) or not session_id:

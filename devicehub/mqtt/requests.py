@@ -27,6 +27,7 @@ from devicehub.mqtt.envelope import EnvelopeFactory, parse_rfc3339, utcnow
 from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
 from devicehub.mqtt.payloads import VERBS, AbortRequest, Request, validate_request
 from devicehub.mqtt.topics import Topics
+from devicehub.clinical.wiring import CLINICAL_VERBS, urgent_payload
 from devicehub.room_api import CommandError, RoomAPI
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class RequestPipeline:
         verb = self.topics.verb_of(req.topic)
         is_abort = verb == "abort"
         body, parse_error = parse_payload(req.payload, self.max_request_bytes)
+        # a severe adverse event acts like an abort despite a bad reply path or expires_at
+        urgent = verb == "adverse_event" and urgent_payload(body)
 
         # 1. reply path (MQTT 5 properties win over the payload's reply_to/correlation_id)
         reply_topic, corr_text, corr_bytes, path_error = self._reply_path(req, body)
@@ -132,6 +135,8 @@ class RequestPipeline:
             if is_abort and not req.retain:
                 await self._abort(body, None)
                 return Outcome(verb, True, note=f"abort acted; no reply: {path_error}")
+            if urgent and not req.retain:
+                return await self._urgent_without_reply(req, body, path_error)
             log.warning("request on %s refused: %s", req.topic, path_error)
             return Outcome(verb, False, note=path_error)
 
@@ -175,10 +180,13 @@ class RequestPipeline:
             except CommandError as exc:
                 problem = exc
 
-        # 5. expired
+        # 5. expired (a severe adverse event acts all the same; its reply says it was late)
+        late: CommandError | None = None
         if problem is None and model is not None and model.expires_at is not None:
             if parse_rfc3339(model.expires_at) <= req.received_at:
                 problem = CommandError("expired", f"the request expired at {model.expires_at}", field="expires_at")
+                if urgent:
+                    late, problem = problem, None
 
         # 6. unknown_verb
         if problem is None and verb not in VERBS:
@@ -200,7 +208,9 @@ class RequestPipeline:
             try:
                 data = await self._dispatch(verb, model)
                 reply = {"ok": True, "data": data}
-                acted = verb not in ("programs", "program", "status", "session")
+                if late is not None:  # acted, as an abort does; the reply says what was wrong
+                    reply = {"ok": False, "data": data, "error": late.to_dict()}
+                acted = verb not in ("programs", "program", "status", "session", "course")
             except CommandError as exc:
                 reply = {"ok": False, "error": exc.to_dict()}
             except Exception as exc:  # a fault in the room must not stop the hub
@@ -255,11 +265,28 @@ class RequestPipeline:
             return await _maybe_await(room.pause(session=m.session, reason=m.reason))
         if verb == "resume":
             return await _maybe_await(room.resume(session=m.session, origin="mqtt"))
+        if verb in CLINICAL_VERBS:
+            return await CLINICAL_VERBS[verb](room, m)
         if verb == "rebirth":
             if self.rebirth is not None:
                 await _maybe_await(self.rebirth())
             return {}
         raise CommandError("unknown_verb", f"unknown verb {verb!r}")
+
+    async def _urgent_without_reply(self, req: IncomingRequest, body: dict[str, Any] | None,
+                                    path_error: str) -> Outcome:
+        """A severe adverse event with a reply path outside the root: acted on, no reply."""
+        verb = "adverse_event"
+        try:
+            model = validate_request(verb, body or {})
+            stored = await self.store.get(model.request_id)
+            if stored is not None:
+                return Outcome(verb, False, note=f"repeat; no reply: {path_error}")
+            data = await self._dispatch(verb, model)
+            await self.store.put(model.request_id, fingerprint(verb, body), {"ok": True, "data": data})
+        except CommandError as exc:
+            return Outcome(verb, False, note=f"{exc.code}: {exc.message}; no reply: {path_error}")
+        return Outcome(verb, True, note=f"adverse event acted; no reply: {path_error}")
 
     def _active_session(self) -> str | None:
         try:

@@ -1,0 +1,91 @@
+"""The course verbs (``course``, ``enrol``, ``course_end``) and the course checks of a start.
+
+Each verb is ``async def verb(room, ...) -> dict`` raising ``CommandError``, so the MQTT
+pipeline, the console socket and (later) the room's command table only wire them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devicehub.course import records
+from devicehub.course.plan import CoursePlans
+from devicehub.course.standing import position, public, standing, start_findings
+from devicehub.models.loading import InputError
+from devicehub.room_api import CommandError
+
+
+def _name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise CommandError("bad_request", f"{field} must be a non-empty string", field=field)
+    return value
+
+
+def reader(store: Any) -> Any:
+    """A synchronous RecordStore for quick look-ups from the event loop (the hub's reader)."""
+    read = getattr(store, "_read", None)
+    return read() if callable(read) else store
+
+
+def view_now(room: Any, patient_ref: str) -> dict[str, Any] | None:
+    """The patient's standing, read from the event loop (a handful of rows)."""
+    try:
+        return standing(reader(room.store), patient_ref)
+    except Exception:  # noqa: BLE001 - no course table yet in a fresh store
+        return None
+
+
+def start_checks(room: Any, program_id: str, patient_ref: str) -> list[Any]:
+    """Soft limits ``course.phase_interval`` and ``course.program`` for an enrolled patient."""
+    return start_findings(view_now(room, patient_ref), program_id)
+
+
+def start_position(room: Any, patient_ref: str) -> dict[str, Any] | None:
+    return position(view_now(room, patient_ref))
+
+
+async def course(room: Any, *, patient_ref: Any) -> dict[str, Any]:
+    patient = _name(patient_ref, "patient_ref")
+    view = await room.store.call(standing, patient)
+    if view is None:
+        raise CommandError("not_found", f"patient {patient!r} was never enrolled in a course", field="patient_ref")
+    return public(view)
+
+
+async def enrol(room: Any, *, patient_ref: Any, course: Any, by: Any) -> dict[str, Any]:
+    patient = _name(patient_ref, "patient_ref")
+    plan_id = _name(course, "course")
+    who = _name(by, "by")
+    plans = CoursePlans(getattr(room.config, "courses", None))
+    try:
+        entry = plans.get(plan_id)
+    except KeyError:
+        raise CommandError("not_found", f"no course plan {plan_id!r}", field="course") from None
+    except InputError as exc:
+        raise CommandError("not_found", f"course plan {plan_id!r} cannot be read: {exc}", field="course") from None
+    current = await room.store.call(standing, patient)
+    if current is not None and current["ended"] is None:
+        raise CommandError("invalid_state", f"patient {patient} is in course {current['course']} since "
+                                            f"{current['enrolled']}; end it first", field="patient_ref")
+    active = room.active_session() if callable(getattr(room, "active_session", None)) else None
+    under_way = active is not None and active.patient_ref == patient
+    if not under_way:
+        sessions = await room.store.call(records.patient_sessions, patient)
+        under_way = any(s["state"] not in ("completed", "aborted", "failed") for s in sessions)
+    if under_way:
+        raise CommandError("invalid_state", f"patient {patient} has a session under way", field="patient_ref")
+    await room.store.call(records.append, patient, "enrolled",
+                          {"course": plan_id, "by": who, "plan": entry.plan.model_dump(mode="json"),
+                           "plan_sha256": entry.sha256})
+    return public(await room.store.call(standing, patient))
+
+
+async def course_end(room: Any, *, patient_ref: Any, by: Any, reason: Any) -> dict[str, Any]:
+    patient = _name(patient_ref, "patient_ref")
+    who = _name(by, "by")
+    why = _name(reason, "reason")
+    current = await room.store.call(standing, patient)
+    if current is None or current["ended"] is not None:
+        raise CommandError("not_found", f"patient {patient} has no course that has not ended", field="patient_ref")
+    await room.store.call(records.append, patient, "ended", {"course": current["course"], "by": who, "reason": why})
+    return public(await room.store.call(standing, patient))
