@@ -58,6 +58,7 @@ async def _demo(args: argparse.Namespace) -> int:
             config = HubConfig.load(room.config_path)
             # a new demo patient each run: the course limit (days between sessions) holds per patient
             patient = time.strftime("DEMO-%Y%m%d-%H%M%S")
+            await _enrol(config, patient)
             run_args = argparse.Namespace(program="demo", patient=patient, operator="demo-technician",
                                           ack=[], param=[], preflight_done=True, yes=True, plain=args.plain,
                                           config=str(room.config_path))
@@ -68,6 +69,22 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+
+
+async def _enrol(config: Any, patient: str) -> None:
+    """The demo patient in the demo course (configs/courses/demo-course.yaml)."""
+    from types import SimpleNamespace
+
+    from devicehub.clinical.course_verbs import enrol
+    from devicehub.records.async_store import AsyncRecordStore
+
+    store = await AsyncRecordStore.open(config.store)
+    try:
+        view = await enrol(SimpleNamespace(store=store, current=None, config=config), patient_ref=patient,
+                           course="demo-course", by="demo-technician")
+        print(f"patient {patient} enrolled in {view['course']} (phase {view['phase']})")
+    finally:
+        await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -307,17 +307,20 @@ class Room:
             await runner.wait()
         finally:
             self.devices.set_running(False)
-        self.report_later(runner.session_id)
+        if runner.session_id not in self.reports:  # ``devicehub run`` may have asked for it already
+            self.report_later(runner.session_id)
 
-    def report_later(self, session_id: str) -> None:
-        """Write the session's report (HTML) beside the record, off the event loop."""
-        from devicehub.report.files import report_dir, write_in_thread
+    def report_later(self, session_id: str) -> asyncio.Task[Any]:
+        """Write the session's report (HTML) beside the record, off the event loop; the task
+        returns its path (None when it could not be written)."""
+        from devicehub.report.files import write_in_thread
 
         task = asyncio.get_running_loop().create_task(
-            write_in_thread(self.config.store, session_id, report_dir(self.config)))
+            write_in_thread(self.config, session_id))
         self.reports[session_id] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ================================================================== RoomAPI verbs
     async def start(self, *, program: str, patient_ref: str, operator: str,

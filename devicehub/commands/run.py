@@ -73,7 +73,6 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
 
     from devicehub.console_view import SessionView
     from devicehub.records.hub_store import HubStore
-    from devicehub.records.report import write_report
     from devicehub.room import Room
     from devicehub.room_api import CommandError
     from devicehub.runner.session import RunnerOptions
@@ -151,7 +150,7 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
             t.cancel()
         while (msg := sub.get_nowait()) is not None:
             view.feed(msg.kind, msg.data)
-        report = await store.call(write_report, runner.session_id, config.store.parent / "reports")
+        report = await room.report_later(runner.session_id)  # the HTML report, written after every session
         print(f"result: session {runner.session_id} {final}" + (f" ({runner.reason})" if runner.reason else ""))
         print(f"record: {config.store} (devicehub sessions show {runner.session_id} --config {args.config})")
         print(f"report: {report}")
