@@ -47,10 +47,10 @@ def draw(step: DoseStep) -> Figure:
     max_rows = max(z["rows"] for z in zones)
     widths = [max(z["columns"], 2) for z in zones]
     fig_w = max(6.5, CELL_IN * (sum(widths) + len(zones)) + 0.6)
-    fig_h = CELL_IN * max_rows + 1.9
+    fig_h = CELL_IN * max_rows + 1.45
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=DPI)
     grid = fig.add_gridspec(1, len(zones), width_ratios=widths, left=0.03, right=0.97,
-                            top=1 - 0.55 / fig_h, bottom=1.25 / fig_h, wspace=0.25)
+                            top=1 - 0.55 / fig_h, bottom=0.8 / fig_h, wspace=0.25)
     by_zone: dict[str, list[Any]] = {}
     for cell in step.cells:
         by_zone.setdefault(cell.zone, []).append(cell)

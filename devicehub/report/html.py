@@ -28,6 +28,7 @@ th, td { border: 1px solid #c8ced3; padding: 3px 6px; text-align: left; vertical
 th { background: #eef1f4; }
 tr { break-inside: avoid; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td:first-child { white-space: nowrap; }
 table.kv th { width: 32%; }
 .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 8.5pt; word-break: break-all; }
 .ok { color: #1e7e34; font-weight: bold; }
@@ -113,7 +114,7 @@ def render(data: dict[str, Any]) -> str:
                if rows else _none("Nothing planned or delivered."))
 
     out.append("<h2>Timeline</h2>")
-    out.append(_table(["time", "state", "reason"], [[t(x["ts"]), x["state"], x.get("reason")] for x in s["states"]]))
+    out.append(_table(["time", "what", "details"], timeline(data, t)))
     if data["safe_states"]:
         out.append("<h3>Safe state</h3>")
         out.append(_table(["time", "trigger", "ms", "devices"],
@@ -162,6 +163,27 @@ def render(data: dict[str, Any]) -> str:
     out.append(f'<div class="verify">{line}. Report generated {_e(data["generated"])}.</div>')
     out.append("</body></html>\n")
     return "\n".join(out)
+
+
+#: events the timeline shows, and the members of each worth a reader's eye
+TIMELINE = {"state": ("state", "reason"), "confirmed": ("by",), "step_started": ("step", "devices"),
+            "step_done": ("step", "totals"), "prompt_acknowledged": ("step", "by"), "safe_state": ("trigger", "ms"),
+            "alarm": ("priority", "code", "text"), "recovered": ("device", "by"), "adverse_event": ("kind", "severity"),
+            "delivery_settled": ("device", "late")}
+
+
+def timeline(data: dict[str, Any], t: Any) -> list[list[Any]]:
+    rows = [[t(data["summary"]["created_at"]), "created", None]]
+    for e in data["events"]:
+        keys = TIMELINE.get(e["event"])
+        if keys is None:
+            continue
+        what = e["data"].get("state") if e["event"] == "state" else e["event"].replace("_", " ")
+        details = {k: e["data"][k] for k in keys if e["data"].get(k) is not None and k != "state"}
+        if what == "created":
+            continue
+        rows.append([t(e["ts"]), what, details or None])
+    return rows
 
 
 def next_window(data: dict[str, Any]) -> str:
