@@ -116,6 +116,9 @@ class Room:
         if self.current is not None and not self.current.finished:
             await self.current.abort("hub_shutdown")
         await self.devices.close()
+        pending = [t for t in self.reports.values() if not t.done()]
+        if pending:  # reports being written are finished, not lost with the process
+            await asyncio.wait(pending, timeout=30.0)
 
     # ================================================================== queries
     def programs(self) -> list[dict[str, Any]]:
@@ -315,8 +318,14 @@ class Room:
         returns its path (None when it could not be written)."""
         from devicehub.report.files import write_in_thread
 
-        task = asyncio.get_running_loop().create_task(
-            write_in_thread(self.config, session_id))
+        previous = self.reports.get(session_id)
+
+        async def write() -> Any:
+            if previous is not None and not previous.done():  # in order: the newest record wins
+                await asyncio.wait([previous])
+            return await write_in_thread(self.config, session_id)
+
+        task = asyncio.get_running_loop().create_task(write())
         self.reports[session_id] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)

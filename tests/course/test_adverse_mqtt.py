@@ -172,6 +172,9 @@ async def test_cli_records_through_the_daemon_or_straight_into_the_store(setup: 
         ev = await clinic.wait_event(sid, "adverse_event")  # published: the daemon recorded it
         assert ev["data"]["kind"] == "bruising" and ev["data"]["by"] == "dr-a"
     await asyncio.to_thread(hub.terminate)
+    # the daemon wrote the session's report when it ended, and again with the event recorded after
+    report = room.directory / "reports" / f"{sid}.html"
+    assert "bruising" in report.read_text(encoding="utf-8")
     r = await acli("sessions", "adverse", sid, "--kind", "pain", "--severity", "moderate", "--score", "4",
                    "--note", "next day", "--by", "dr-a", "--config", setup.config)
     assert r.returncode == 0 and "recorded" in r.stdout, (r.stdout, r.stderr)
