@@ -95,27 +95,51 @@ async def mqtt_frontend(config: Any, room: Any, boot: int) -> AsyncIterator[Any]
                     await result
 
 
-async def serve(config: Any, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+async def serve(config: Any, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                lock: Any = None) -> int:
+    """Serve the room until ``stop`` (or SIGTERM/SIGINT). The room's lock is taken here
+    before anything else (raises :class:`~devicehub.control.room_lock.RoomHeld`), unless
+    the caller passes the ``lock`` it already holds."""
+    from devicehub.control.room_lock import RoomLock, lock_path
+
+    own = lock is None
+    if own:
+        lock = RoomLock(lock_path(config))
+        lock.acquire()  # before any device, any store, any socket
+    try:
+        return await serve_room(config, ready=ready, stop=stop)
+    finally:
+        if own:
+            lock.release()
+
+
+async def serve_room(config: Any, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                     mqtt: bool = True, options: Any = None) -> int:
+    """The room, its console socket and (with ``mqtt``) its MQTT interface, until ``stop``.
+    The caller holds the room's lock (:func:`serve` takes it; ``devicehub run`` with no
+    daemon takes it and serves the room without MQTT for its one session)."""
     from devicehub.local_console import ConsoleServer
     from devicehub.records.hub_store import HubStore
     from devicehub.room import Room
 
     store = HubStore(config.store)
     boot = await store.next_boot()
-    room = Room(config, store=store, boot=boot)
+    room = Room(config, store=store, boot=boot, options=options)
+    room.owner = "serve" if mqtt else "run"
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        async with mqtt_frontend(config, room, boot):
+        async with (mqtt_frontend(config, room, boot) if mqtt else contextlib.nullcontext()):
             await room.open()
             console = ConsoleServer(room, config.console_socket)
             await console.start()
             log.info("devicehub serving room %s/%s (boot %d)", config.site, config.room, boot)
-            print(f"devicehub serving {config.site}/{config.room} boot {boot}; console socket {config.console_socket}",
-                  flush=True)
+            if mqtt:
+                print(f"devicehub serving {config.site}/{config.room} boot {boot}; "
+                      f"console socket {config.console_socket}", flush=True)
             if ready is not None:
                 ready.set()
             try:

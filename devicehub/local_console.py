@@ -4,11 +4,13 @@ Who may use it is decided by the socket file's permissions (0660, the group of t
 room's technicians): being able to open it means being at the chair. JSON lines, one
 reply per request: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {...}}``.
 
-Requests (``op``): ``status``; ``confirm`` {session, by}; ``pause`` {session, reason};
-``resume`` {session, by}; ``abort`` {session?, reason?}; ``prompt_ack`` {by};
-``alarm_ack`` {id?}; ``adverse_event``, ``course``, ``enrol``, ``course_end`` (fields as
-over MQTT); ``watch`` — after its reply the connection streams every hub
-message as ``{"kind": ..., "data": ...}`` lines (the console's live view).
+Requests: ``{"op": <verb>, ...members}``, every verb of the room's command table that
+the console may use (``devicehub.control``: programs, program, status, session, check,
+start, preflight, confirm, pause, resume, abort, prompt_ack, alarm_ack, ...), validated
+by the same models as over MQTT. ``abort`` brings the room to its safe state before
+anything else, whatever else is wrong with the line. ``watch``: after its reply the
+connection streams every hub message as ``{"kind": ..., "data": ...}`` lines (the
+console's live view).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from devicehub.clinical.wiring import CLINICAL_VERBS as CLINICAL_OPS
-from devicehub.clinical.wiring import console_op
+from devicehub.control.table import CONSOLE, Caller, dispatch, validate
 from devicehub.room_api import CommandError
 
 log = logging.getLogger(__name__)
@@ -104,56 +106,43 @@ class ConsoleServer:
                 await self._send(writer, {"kind": msg.kind, "data": msg.data})
 
     async def handle(self, line: bytes) -> tuple[dict[str, Any], bool]:
+        """One request line -> (reply, whether the connection now streams the hub's messages)."""
+        t_arrival = time.monotonic()
         try:
             req = json.loads(line)
         except ValueError:
-            return _error("bad_request", "not JSON"), False
+            req = None
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-            return _error("bad_request", "expected an object with 'op'"), False
-        op = req["op"]
+            return _error("bad_request", "expected a JSON object with 'op'", "op"), False
+        op = req.pop("op")
         room = self.room
+        if op == "abort":
+            # safe state first, whatever else the line holds; the room's abort joins it
+            await room.safe_state_now("abort", t_arrival)
+        if op == "watch":
+            return {"ok": True, "data": room.status()}, True
+        caller = Caller(CONSOLE, t_arrival)
         try:
-            if op == "status":
-                return {"ok": True, "data": room.status()}, False
-            if op == "watch":
-                return {"ok": True, "data": room.status()}, True
-            if op == "confirm":
-                return {"ok": True, "data": await room.confirm(session=req.get("session"), by=_by(req))}, False
-            if op == "pause":
-                return {"ok": True, "data": await room.pause(session=req.get("session"), reason=req.get("reason"))}, False
-            if op == "resume":
-                return {"ok": True, "data": await room.resume(session=req.get("session"), origin="console",
-                                                              by=_by(req))}, False
             if op == "abort":
-                return {"ok": True, "data": await room.abort(session=req.get("session"),
-                                                             reason=req.get("reason") or "console")}, False
-            if op == "prompt_ack":
-                runner = room.active_session()
-                if runner is None or not runner.acknowledge_prompt(_by(req)):
-                    return _error("invalid_state", "no prompt is waiting"), False
-                return {"ok": True, "data": {"session": runner.session_id}}, False
-            if op in CLINICAL_OPS:  # adverse_event, course, enrol, course_end (devicehub.clinical)
-                return {"ok": True, "data": await console_op(room, op, req)}, False
-            if op == "alarm_ack":
-                n = room.alarms.acknowledge(req.get("id"))
-                return {"ok": True, "data": {"acknowledged": n}}, False
+                try:
+                    request = validate(op, CONSOLE, req)
+                except CommandError:  # an abort acts whatever is wrong with its members
+                    request = validate(op, CONSOLE, {})
+            else:
+                request = validate(op, CONSOLE, req)
+            return {"ok": True, "data": await dispatch(room, op, request, caller)}, False
         except CommandError as exc:
             return {"ok": False, "error": exc.to_dict()}, False
         except Exception as exc:  # noqa: BLE001 - the console never takes the hub down
             log.exception("console request %s failed", op)
             return _error("internal_error", f"{type(exc).__name__}: {exc}"), False
-        return _error("unknown_verb", f"unknown op {op!r}"), False
 
 
-def _by(req: dict[str, Any]) -> str:
-    by = req.get("by")
-    if not isinstance(by, str) or not by.strip():
-        raise CommandError("bad_request", "'by' (who, at the chair) is required", field="by")
-    return by
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
+def _error(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"ok": False, "error": error}
 
 
 class ConsoleClient:
@@ -163,6 +152,7 @@ class ConsoleClient:
         self.path = str(path)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._one_at_a_time = asyncio.Lock()  # a reply belongs to the request before it
 
     async def __aenter__(self) -> "ConsoleClient":
         self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=16 * MAX_LINE)
@@ -174,9 +164,10 @@ class ConsoleClient:
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         assert self.reader is not None and self.writer is not None
-        self.writer.write(json.dumps({"op": op, **fields}).encode() + b"\n")
-        await self.writer.drain()
-        line = await self.reader.readline()
+        async with self._one_at_a_time:
+            self.writer.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+            await self.writer.drain()
+            line = await self.reader.readline()
         if not line:
             raise ConnectionError("the hub closed the console connection")
         return json.loads(line)

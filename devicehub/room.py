@@ -11,19 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
-from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.control.dry_run import finding_detail
+from devicehub.bus import Bus, HubMessage
+from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
 from devicehub.room_api import CommandError
 from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
 from devicehub.runner.totals import QUANTITIES
-from devicehub.safety import safe_state_all
+from devicehub.safety import SafeStateReport, safe_state_all
+from devicehub.safety_watch import RuntimeLimitWatch
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +68,26 @@ class Room:
         self.since = rfc3339(utcnow())
         self.admission_checks = list(admission_checks or [])
         self.devices = DeviceManager(config, self.bus, self.alarms)
-        self.devices.telemetry_hooks.append(self._watch_runtime_limits)
+        self.devices.telemetry_hooks.append(RuntimeLimitWatch(self))
         self.current: SessionRunner | None = None
         self._last: SessionRunner | None = None
         self._start_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._recorded_last: dict[str, Any] | None = None
-        #: session id -> the task writing its report (the path, or None when it failed)
-        self.reports: dict[str, asyncio.Task[Any]] = {}
+        #: grows by one the moment an abort arrives: a start under way when it did stops there
+        self._abort_epoch = 0
+        #: the safe state being reached now (joined by every trigger that arrives meanwhile)
+        self._off: asyncio.Future[tuple[SafeStateReport, float]] | None = None
+        self._off_for = -1.0  # the trigger time it was started for
+        self.reports_dir = Path(config.store).parent / "reports"
+        #: which kind of process owns the room: "serve" (the daemon) or "run" (one session, no daemon)
+        self.owner: str | None = None
+        #: session id -> where its report was written
+        self.reports: dict[str, Path] = {}
+        #: reports are written one at a time, in order (the newest record wins)
+        self._report_lock = asyncio.Lock()
+        self._report_tasks: set[asyncio.Task[Any]] = set()
 
     # ================================================================== lifetime
     async def open(self) -> None:
@@ -116,7 +132,7 @@ class Room:
         if self.current is not None and not self.current.finished:
             await self.current.abort("hub_shutdown")
         await self.devices.close()
-        pending = [t for t in self.reports.values() if not t.done()]
+        pending = list(self._report_tasks)
         if pending:  # reports being written are finished, not lost with the process
             await asyncio.wait(pending, timeout=30.0)
 
@@ -150,7 +166,8 @@ class Room:
     def status(self) -> dict[str, Any]:
         sess = self.current or self._last
         return {
-            "hub": {"version": __version__, "boot": self.boot, "since": self.since},
+            "hub": {"version": __version__, "boot": self.boot, "since": self.since,
+                    **({"owner": self.owner} if self.owner else {})},
             "devices": [{k: d[k] for k in ("id", "type", "connected", "state", "fault")} for d in self.devices.describe()],
             "session": {"session": sess.session_id, "state": sess.state} if sess is not None else None,
             "alarms": self.alarms.active(),
@@ -163,6 +180,11 @@ class Room:
         if summary is None:
             raise CommandError("not_found", f"no session {session_id!r}", field="session")
         return summary
+
+    @property
+    def starting(self) -> bool:
+        """A start is being checked or its session created right now."""
+        return self._start_lock.locked()
 
     def active_session(self) -> SessionRunner | None:
         return self.current if self.current is not None and not self.current.finished else None
@@ -201,11 +223,18 @@ class Room:
         soft = [f for f in findings if f.severity == "soft" and f.id not in acked]
         if errors:  # every finding, so one refusal shows all there is to change (each with its severity)
             raise CommandError("hard_limit", "; ".join(f.message for f in errors), field=errors[0].field,
-                               details=[_finding_detail(f) for f in errors + soft])
+                               details=[finding_detail(f) for f in errors + soft])
         if soft:
             raise CommandError("soft_limit", "acknowledge each soft limit to start: " + "; ".join(f.message for f in soft),
-                               field=soft[0].field, details=[_finding_detail(f) for f in soft])
+                               field=soft[0].field, details=[finding_detail(f) for f in soft])
         return prog, sha, raw, analysis
+
+    def dry_run(self, *, program: str, patient_ref: str | None = None, params: dict[str, Any] | None = None,
+                acknowledge: list[str] | None = None) -> dict[str, Any]:
+        """The ``check`` verb: the dry run of a program for a patient, every finding included."""
+        from devicehub.control.dry_run import dry_run
+
+        return dry_run(self, program=program, patient_ref=patient_ref, params=params, acknowledge=acknowledge)
 
     def _course_findings(self, prog: Any, patient_ref: str) -> list[Any]:
         """The course limit: days since this patient's last completed session."""
@@ -217,7 +246,7 @@ class Room:
         if not last or not last.get("ended_at"):
             return course
         try:
-            ended = datetime.fromisoformat(str(last["ended_at"]).replace("Z", "+00:00"))
+            ended = parse_ts(str(last["ended_at"]))
         except ValueError:
             return course
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
@@ -244,11 +273,21 @@ class Room:
     async def start_session(self, *, program: str, patient_ref: str, operator: str,
                             params: dict[str, Any] | None = None, acknowledge: list[str] | None = None,
                             origin: str = "mqtt", preflight_done_by: str | None = None,
-                            confirmation_required: bool | None = None) -> SessionRunner:
+                            confirmation_required: bool | None = None,
+                            acknowledged_by: dict[str, str] | None = None,
+                            t_arrival: float | None = None) -> SessionRunner:
         for name, value in (("patient_ref", patient_ref), ("operator", operator)):
             if not isinstance(value, str) or not value.strip():
                 raise CommandError("bad_request", f"{name} must be a non-empty string", field=name)
+        if acknowledged_by:
+            unknown = sorted(set(acknowledged_by) - set(acknowledge or ()))
+            if unknown:
+                raise CommandError("bad_request", f"acknowledged_by names soft limits not acknowledged: "
+                                   f"{', '.join(unknown)}", field="acknowledged_by")
+        epoch = self._abort_epoch  # an abort from here on ends this start
         async with self._start_lock:
+            if self._abort_epoch != epoch:
+                raise CommandError("invalid_state", "an abort arrived while this start waited: nothing was started")
             try:
                 prog, sha, _raw, _analysis = self.check_start(program=program, patient_ref=patient_ref,
                                                               params=params, acknowledge=acknowledge)
@@ -275,6 +314,8 @@ class Room:
             # poll (idle polls are seconds apart); a device that answers again is back
             silent = await self.devices.not_answering([d for d in needed if self.devices.connected(d)])
             missing = sorted(set(silent) | set(self.devices.unavailable(needed)))
+            if self._abort_epoch != epoch:
+                raise CommandError("invalid_state", "an abort arrived during this start: nothing was started")
             if missing:
                 raise CommandError("device_unavailable", f"not available: {', '.join(missing)}",
                                    details=[{"device": d, **self.devices.state_of(d)} for d in missing])
@@ -290,18 +331,18 @@ class Room:
                 params=params or {}, program_json=prog.to_json(),
                 confirmation_required=(self.config.remote_confirmation and origin == "mqtt")
                 if confirmation_required is None else confirmation_required,
-                caps=self.runtime_caps(acked), options=self.options,
+                caps=self.runtime_caps(acked), options=self.options, acknowledged_by=acknowledged_by,
                 course=start_position(self, patient_ref),
             )
             self.current = runner
             self._last = runner
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(runner))
             await runner.open()
             if preflight_done_by is not None:
                 # taken as done by the operator's flag: recorded one event per item, as such
                 for item in prog.preflight:
-                    if runner.state in ("created", "preflight"):
+                    if runner.state in ("created", "preflight") and not runner.abort_requested:
                         await runner.preflight(item.id, True, preflight_done_by)
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch(runner))
             return runner
 
     async def _watch(self, runner: SessionRunner) -> None:
@@ -310,33 +351,47 @@ class Room:
             await runner.wait()
         finally:
             self.devices.set_running(False)
-        if runner.session_id not in self.reports:  # ``devicehub run`` may have asked for it already
-            self.report_later(runner.session_id)
+        await self._write_report(runner.session_id)
 
-    def report_later(self, session_id: str) -> asyncio.Task[Any]:
-        """Write the session's report (HTML) beside the record, off the event loop; the task
-        returns its path (None when it could not be written)."""
+    async def report(self, session_id: str) -> dict[str, Any]:
+        """Where the session's report is; written now when it was not yet (the console's ``report``)."""
+
+        self.session_summary(session_id)  # not_found for an unknown session
+        runner = self.current
+        if runner is not None and runner.session_id == session_id and runner.finished and self._watch_task is not None:
+            await asyncio.shield(self._watch_task)  # a session's own report is written when it ends
+        path = self.reports.get(session_id)
+        if path is None:
+            path = await self._write_report(session_id)
+        if path is None:
+            raise CommandError("invalid_state", f"the report of session {session_id} could not be written")
+        return {"session": session_id, "path": str(path)}
+
+    async def _write_report(self, session_id: str) -> Path | None:
+        """The session's HTML report (devicehub/report), written when it ends and again when an
+        adverse event is recorded after the end; off the event loop, one at a time."""
         from devicehub.report.files import write_in_thread
 
-        previous = self.reports.get(session_id)
+        async with self._report_lock:
+            path = await write_in_thread(self.config, session_id)  # logs and returns None on failure
+            if path is not None:
+                self.reports[session_id] = path
+            return path
 
-        async def write() -> Any:
-            if previous is not None and not previous.done():  # in order: the newest record wins
-                await asyncio.wait([previous])
-            return await write_in_thread(self.config, session_id)
-
-        task = asyncio.get_running_loop().create_task(write())
-        self.reports[session_id] = task
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def report_later(self, session_id: str) -> asyncio.Task[Any]:
+        """:meth:`_write_report` beside the caller (an adverse event after the end)."""
+        task = asyncio.get_running_loop().create_task(self._write_report(session_id))
+        self._report_tasks.add(task)
+        task.add_done_callback(self._report_tasks.discard)
         return task
 
     # ================================================================== RoomAPI verbs
     async def start(self, *, program: str, patient_ref: str, operator: str,
                     params: dict[str, dict[str, Any]] | None = None,
-                    acknowledge: list[str] | None = None, origin: str = "mqtt") -> dict[str, Any]:
+                    acknowledge: list[str] | None = None, origin: str = "mqtt", **at_chair: Any) -> dict[str, Any]:
+        """The ``start`` verb; ``at_chair`` carries the console's members (start_session's keywords)."""
         runner = await self.start_session(program=program, patient_ref=patient_ref, operator=operator,
-                                          params=params, acknowledge=acknowledge, origin=origin)
+                                          params=params, acknowledge=acknowledge, origin=origin, **at_chair)
         return {"session": runner.session_id, "state": runner.state, "course": runner.course}
 
     def _session(self, session_id: str | None) -> SessionRunner:
@@ -374,51 +429,48 @@ class Room:
             await runner.resume(remote=origin == "mqtt", by=by)
         return {"session": runner.session_id, "state": runner.state}
 
-    async def abort(self, *, session: str | None = None, reason: str | None = None) -> dict[str, Any]:
-        """Never refused: every device to its safe state, the active session ended."""
-        t0 = time.monotonic()
+    def safe_state_now(self, trigger: str, t_trigger: float | None = None) -> Awaitable[SafeStateReport]:
+        """Every device's off command on its way at once, before the caller awaits anything else.
+
+        Call it first on a stop path and await it. A safe state already under way is joined
+        (its off commands went out before this trigger arrived); the report's ``ms`` is timed
+        from this caller's ``t_trigger`` (a ``time.monotonic()`` stamp of the trigger's arrival).
+        """
+        t0 = time.monotonic() if t_trigger is None else t_trigger
+        off = self._off
+        if off is None or (off.done() and self._off_for != t0):
+            self._off_for = t0
+            async def reach() -> tuple[SafeStateReport, float]:
+                report = await safe_state_all(self.devices.devices, trigger, t_trigger=t0)
+                return report, time.monotonic()
+
+            off = self._off = asyncio.ensure_future(reach())
+
+        async def joined() -> SafeStateReport:
+            report, done_at = await asyncio.shield(off)
+            return dataclasses.replace(report, trigger=trigger, ms=max(0.0, (done_at - t0) * 1000.0))
+
+        return joined()
+
+    async def abort(self, *, session: str | None = None, reason: str | None = None,
+                    t_trigger: float | None = None) -> dict[str, Any]:
+        """Never refused: every device to its safe state first, then the active session ended."""
+        t0 = time.monotonic() if t_trigger is None else t_trigger
+        self._abort_epoch += 1  # before any await: a start under way stops where it is
         runner = self.active_session()
         if runner is not None:
-            report = await runner.abort(reason or "abort", t_trigger=t0)
-            ms = report.ms if report is not None else (time.monotonic() - t0) * 1000.0
+            runner.abort_requested = True
+        report = await self.safe_state_now("abort", t0)
+        runner = runner or self.active_session()
+        if runner is not None:
+            final = await runner.abort(reason or "abort", t_trigger=t0, first=report)
+            ms = final.ms if final is not None else report.ms
             return {"session": runner.session_id, "state": runner.state, "safe_state_ms": round(ms, 3)}
-        report = await safe_state_all(self.devices.devices, "abort", t_trigger=t0)
         if not report.confirmed:
             self.alarms.raise_alarm(priority="high", source="room", code="safe_state_unconfirmed",
                                     text="safe state not confirmed by " + ", ".join(
                                         d for d, s in report.devices.items() if s != "off"))
         return {"session": None, "state": "idle", "safe_state_ms": round(report.ms, 3)}
-
-    def _spawn(self, coro: Any) -> None:
-        """Run ``coro`` beside the caller (a telemetry hook may not wait), keeping a reference."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # ================================================================== runtime limits
-    def _watch_runtime_limits(self, dev_id: str, status: Any) -> None:
-        runner = self.active_session()
-        if runner is None or runner.state != "running":
-            return
-        skin = status.readings.get("skin_temp_c")
-        if skin is None:
-            return
-        limit = self.limits.runtime.skin_temp_c
-        hit = limit.exceeded(float(skin))
-        if hit is None:
-            self.alarms.clear(f"{dev_id}:skin_temperature")
-            return
-        severity, value = hit
-        if severity == "hard":
-            alarm = runner.raise_alarm(source=dev_id, code="skin_temperature",
-                                       text=f"skin {skin:.1f} degC above the hard limit {value:g} degC",
-                                       key=f"{dev_id}:skin_temperature_hard")
-            self._spawn(runner.fail("skin_temperature", trigger=f"skin_temperature:{dev_id}", alarm=alarm))
-        else:  # the session goes on; the record and its followers still learn of it
-            alarm = runner.raise_alarm(priority="medium", source=dev_id, code="skin_temperature",
-                                       text=f"skin {skin:.1f} degC above the soft limit {value:g} degC",
-                                       key=f"{dev_id}:skin_temperature", latched=False)
-            self._spawn(runner.record_alarm(alarm))
 
 
 @contextlib.contextmanager
@@ -433,13 +485,3 @@ def _as_command_errors(not_found_field: str | None = None) -> Iterator[None]:
 
 
 _DEVICE_TYPE = {"injection": "inj", "electroporation": "epg", "led": "led", "pemf": "pemf"}
-
-
-def _finding_detail(f: Any) -> dict[str, Any]:
-    """``{id, field, value, limit, unit, severity}``: severity ``hard``, ``soft`` or ``error``
-    (outside the device's capability)."""
-    d = f.detail() if callable(getattr(f, "detail", None)) else None
-    if not isinstance(d, dict):
-        d = {"id": f.id, "field": f.field, "value": f.value, "limit": f.limit, "unit": f.unit}
-    return {**d, "severity": f.severity}
-

@@ -1,17 +1,25 @@
-"""An async byte link over pyserial's ``serial_for_url``.
+"""An async byte link to a serial device: a real port, a pseudo-terminal or ``socket://``.
 
-Works for ``socket://`` (simulators, serial device servers), pseudo-terminals and real
-ports. Blocking serial I/O never runs on the event loop: the port is opened in a worker
-thread, then switched to non-blocking mode and watched with ``loop.add_reader``, so a
-read only takes what the kernel already holds (whole chunks, never a byte per system
-call, see shared/measured.md). Protocol framing (lines, CRC frames) is the driver's job:
-the link hands every chunk to ``on_data``.
+Ports (ttys, ptys) are opened with pyserial's ``serial_for_url`` and ``exclusive=True``,
+so a second program opening the same port fails clearly (pyserial takes an advisory
+``flock`` on it). ``socket://HOST:PORT`` (simulators, serial device servers) is a plain
+TCP connection made with the standard library: no reach into pyserial's private socket
+(docs/decisions/0008).
+
+Blocking I/O never runs on the event loop: the port is opened in a worker thread, then
+its file descriptor is put in non-blocking mode and watched with ``loop.add_reader``, so
+a read only takes what the kernel already holds (whole chunks, never a byte per system
+call, see shared/measured.md). Writes go out at once when the kernel takes them, else
+the rest waits in a buffer flushed by ``loop.add_writer``: one stuck port never blocks
+the loop, and so never delays the other devices. Protocol framing (lines, CRC frames) is
+the driver's job: the link hands every chunk to ``on_data``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -40,34 +48,41 @@ class SerialLink:
         self._sock: socket.socket | None = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = bytearray()  # what the kernel did not take yet
 
     @property
     def is_open(self) -> bool:
-        return self._ser is not None
+        return self._fd is not None
 
     async def open(self, timeout: float = 3.0) -> None:
         self._loop = asyncio.get_running_loop()
         ep = self.endpoint
-
-        def _open() -> serial.SerialBase:
-            kwargs = {"baudrate": ep.baud, "timeout": 0, "write_timeout": 1.0}
-            if ep.scheme != "socket":
-                kwargs.update(parity=ep.parity, stopbits=ep.stopbits, bytesize=8)
-            return serial.serial_for_url(ep.serial_url, **kwargs)
-
-        try:
-            self._ser = await asyncio.wait_for(asyncio.to_thread(_open), timeout)
-        except (OSError, serial.SerialException, asyncio.TimeoutError) as exc:
-            raise NotConnected(f"cannot open {ep}: {exc}") from exc
-        sock = getattr(self._ser, "_socket", None)
-        if isinstance(sock, socket.socket):
+        self._pending.clear()
+        if ep.scheme == "socket":
+            try:
+                sock = await asyncio.wait_for(
+                    asyncio.to_thread(socket.create_connection, (ep.host, ep.port), timeout), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise NotConnected(f"cannot open {ep}: {exc}") from exc
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover
                 pass
             self._sock = sock
-        self._fd = self._ser.fileno()
+            self._fd = sock.fileno()
+        else:
+            def _open() -> serial.SerialBase:
+                return serial.serial_for_url(ep.serial_url, baudrate=ep.baud, parity=ep.parity,
+                                             stopbits=ep.stopbits, bytesize=8, timeout=0, write_timeout=0,
+                                             exclusive=True)
+
+            try:
+                self._ser = await asyncio.wait_for(asyncio.to_thread(_open), timeout)
+            except (OSError, ValueError, serial.SerialException, asyncio.TimeoutError) as exc:
+                raise NotConnected(f"cannot open {ep}: {exc}") from exc
+            self._fd = self._ser.fileno()
+            os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
@@ -77,13 +92,13 @@ class SerialLink:
                 if not data:
                     raise ConnectionResetError("peer closed the connection")
             else:
-                assert self._ser is not None
-                data = self._ser.read(CHUNK)
+                assert self._fd is not None
+                data = os.read(self._fd, CHUNK)
                 if not data:
                     return
         except (BlockingIOError, InterruptedError):
             return
-        except (OSError, serial.SerialException) as exc:
+        except (OSError, serial.SerialException, AssertionError) as exc:
             self._lost(exc)
             return
         try:
@@ -91,48 +106,71 @@ class SerialLink:
         except Exception:  # pragma: no cover - a parser bug must not kill the reader
             log.exception("%s: data handler failed", self.endpoint)
 
-    def write(self, data: bytes) -> None:
-        if self._ser is None:
-            raise NotConnected(f"{self.endpoint}: link is closed")
+    def _send(self, data: bytes | bytearray) -> int:
         try:
             if self._sock is not None:
-                self._sock.sendall(data)  # small frames; the kernel buffer takes them at once
-            else:
-                self._ser.write(data)
+                return self._sock.send(data)
+            assert self._fd is not None
+            return os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the device; what the kernel takes now goes at once, never blocking."""
+        if self._fd is None:
+            raise NotConnected(f"{self.endpoint}: link is closed")
+        try:
+            if self._pending:  # keep the order: behind what is already waiting
+                self._pending += data
+                return
+            sent = self._send(data)
+            if sent < len(data):
+                self._pending += data[sent:]
+                assert self._loop is not None
+                self._loop.add_writer(self._fd, self._writable)
         except (OSError, serial.SerialException) as exc:
             self._lost(exc)
             raise NotConnected(f"{self.endpoint}: write failed: {exc}") from exc
 
+    def _writable(self) -> None:
+        try:
+            sent = self._send(self._pending)
+        except (OSError, serial.SerialException) as exc:
+            self._lost(exc)
+            return
+        del self._pending[:sent]
+        if not self._pending and self._loop is not None and self._fd is not None:
+            self._loop.remove_writer(self._fd)
+
     def _lost(self, exc: Exception | None) -> None:
-        if self._ser is None:
+        if self._fd is None:
             return
         self.close()
         if self._on_lost is not None:
             self._on_lost(exc)
 
     def close(self) -> None:
-        ser, self._ser = self._ser, None
-        if ser is None:
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
-        if self._loop is not None and self._fd is not None:
-            try:
-                self._loop.remove_reader(self._fd)
-            except (ValueError, OSError, RuntimeError):  # pragma: no cover
-                pass
-        self._fd = None
+        if self._loop is not None:
+            for remove in (self._loop.remove_reader, self._loop.remove_writer):
+                try:
+                    remove(fd)
+                except (ValueError, OSError, RuntimeError):  # pragma: no cover
+                    pass
+        self._pending.clear()
         sock, self._sock = self._sock, None
         if sock is not None:
-            # pyserial's socket:// close() sleeps 0.3 s "for quick reconnects": that would
-            # freeze the event loop (every heartbeat in the room), so close the socket here
-            # and let the port object finish its bookkeeping on a worker thread
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
+        ser, self._ser = self._ser, None
+        if ser is not None:
+            # closing a port may wait for the line to drain: not on the event loop
             threading.Thread(target=_quiet_close, args=(ser,), daemon=True).start()
-            return
-        _quiet_close(ser)
 
 
 def _quiet_close(ser: serial.SerialBase) -> None:

@@ -1,6 +1,15 @@
 """``devicehub run PROGRAM``: a session at the chair, with the live view.
 
-Exit codes: 0 completed, 2 not startable, 3 aborted, 4 failed.
+One code path whoever owns the room: when the room's daemon (``devicehub serve``)
+answers on its console socket, the session is started through it (it is the daemon's
+session: clinic software sees it over MQTT, its ``created`` event says ``origin:
+console``). With no daemon, ``run`` takes the room's lock, serves the room itself on the
+same socket (without MQTT) for this one session, and talks to it the same way. Either
+way every step goes through the room's command table: start, the preflight items,
+confirm-step prompts, abort.
+
+Exit codes: 0 completed, 2 not startable, 3 aborted, 4 failed, 5 the room is held by
+another process.
 """
 
 from __future__ import annotations
@@ -10,9 +19,13 @@ import asyncio
 import contextlib
 import signal
 import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 EXIT = {"completed": 0, "aborted": 3, "failed": 4}
+FINAL = ("completed", "aborted", "failed")
 
 
 def register(sub: Any) -> None:
@@ -21,7 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("--config", default="configs/hub.yaml", help="hub config (default configs/hub.yaml)")
     p.add_argument("--patient", required=True, help="patient reference (no names: a clinic reference)")
     p.add_argument("--operator", required=True, help="who runs the session")
-    p.add_argument("--ack", action="append", default=[], metavar="ID", help="acknowledge a soft limit by its id")
+    p.add_argument("--ack", action="append", default=[], metavar="ID",
+                   help="acknowledge a soft limit by its id (recorded as acknowledged by --operator)")
     p.add_argument("--param", action="append", default=[], metavar="STEP.PARAM=VALUE",
                    help="override a step parameter for this session")
     p.add_argument("--preflight-done", action="store_true",
@@ -61,103 +75,196 @@ def main(args: argparse.Namespace) -> int:
     return asyncio.run(run_session(config, args, params))
 
 
+async def room_owner(path: str | Path) -> str | None:
+    """Which kind of process serves the room's console socket at ``path`` now (``serve`` for
+    the daemon, ``run`` for another ``devicehub run``), or None when nothing answers."""
+    from devicehub.local_console import ConsoleClient
+
+    try:
+        async with ConsoleClient(path) as c:
+            reply = await asyncio.wait_for(c.request("status"), 5.0)
+    except (OSError, ConnectionError, ValueError, asyncio.TimeoutError):
+        return None
+    if not reply.get("ok"):
+        return None
+    return str(((reply.get("data") or {}).get("hub") or {}).get("owner") or "serve")
+
+
+@contextlib.asynccontextmanager
+async def hosted_room(config: Any) -> AsyncIterator[None]:
+    """Serve the room in this process (no daemon): its lock held, its console socket open."""
+    from devicehub.control.room_lock import RoomLock, lock_path
+    from devicehub.daemon import serve_room
+
+    with RoomLock(lock_path(config)):  # RoomHeld when another process owns the room
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.ensure_future(serve_room(config, ready=ready, stop=stop, mqtt=False))
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # the room did not open: raise why
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+
+async def run_session(config: Any, args: argparse.Namespace, params: dict[str, Any]) -> int:
+    from devicehub.control.room_lock import EXIT_ROOM_HELD, RoomHeld, lock_path, read_holder
+
+    owner = await room_owner(config.console_socket)
+    if owner == "serve":  # the room's daemon: the session is its own
+        return await run_through(config.console_socket, args, params, config.store)
+    if owner is not None:  # another run holds the room for its one session
+        print(f"devicehub run: not started: {RoomHeld(lock_path(config), read_holder(lock_path(config))).line()}",
+              file=sys.stderr)
+        return EXIT_ROOM_HELD
+    try:
+        async with hosted_room(config):
+            return await run_through(config.console_socket, args, params, config.store)
+    except RoomHeld as exc:
+        print(f"devicehub run: not started: {exc.line()}", file=sys.stderr)
+        return EXIT_ROOM_HELD
+
+
 async def _ask(prompt: str) -> str:
-    return await asyncio.to_thread(input, prompt)
+    """``input()`` off the event loop, on a daemon thread: an abort never waits for a keypress."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            text = input(prompt)
+        except EOFError:
+            text = ""
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(text))
+
+    threading.Thread(target=read, name="run-input", daemon=True).start()
+    return await answer
 
 
-async def run_session(config: Any, args: argparse.Namespace, params: dict[str, Any],
-                      attach: Any = None) -> int:
-    """Run one session at the chair. ``attach(room, store, boot)``, if given, is an async
-    context manager factory for services living beside the room (the demo's MQTT interface)."""
+async def _ask_unless(prompt: str, ended: asyncio.Future[Any]) -> str | None:
+    """The answer, or None when the session ended first (aborted at the console, say)."""
+    ask = asyncio.ensure_future(_ask(prompt))
+    await asyncio.wait([ask, ended], return_when=asyncio.FIRST_COMPLETED)
+    if ask.done():
+        return ask.result()
+    ask.cancel()
+    return None
+
+
+def _print_refusal(error: dict[str, Any]) -> None:
+    print(f"not startable ({error.get('code')}): {error.get('message')}", file=sys.stderr)
+    for d in error.get("details") or []:
+        if "id" in d:
+            print(f"  {d.get('id', '')}: {d.get('field', '')} = {d.get('value', '')} "
+                  f"(limit {d.get('limit', '')} {d.get('unit', '')})", file=sys.stderr)
+        else:
+            print(f"  {d.get('field', '')}: {d.get('message', '')}", file=sys.stderr)
+
+
+async def run_through(path: str | Path, args: argparse.Namespace, params: dict[str, Any],
+                      store: str | Path = "") -> int:
+    """One session through the room's console socket at ``path``; returns the exit code."""
     from rich.live import Live
 
     from devicehub.console_view import SessionView
-    from devicehub.records.hub_store import HubStore
-    from devicehub.room import Room
-    from devicehub.room_api import CommandError
-    from devicehub.runner.session import RunnerOptions
+    from devicehub.local_console import ConsoleClient
 
-    store = HubStore(config.store)
-    boot = await store.next_boot()
-    room = Room(config, store=store, boot=boot, options=RunnerOptions(auto_acknowledge_prompts=args.yes))
-    sub = room.bus.subscribe(lossy=True, maxsize=2000)
-    await room.open()
     loop = asyncio.get_running_loop()
-    runner = None
-    services = contextlib.AsyncExitStack()
-    if attach is not None:
-        await services.enter_async_context(attach(room, store, boot))
-    try:
-        try:
-            runner = await room.start_session(
-                program=args.program, patient_ref=args.patient, operator=args.operator, params=params,
-                acknowledge=args.ack, origin="console",
-                preflight_done_by=f"{args.operator} (--preflight-done)" if args.preflight_done else None,
-                confirmation_required=False)
-        except CommandError as exc:
-            print(f"not startable ({exc.code}): {exc.message}", file=sys.stderr)
-            for d in exc.details:
-                print(f"  {d.get('id', '')}: {d.get('field', '')} = {d.get('value', '')} "
-                      f"(limit {d.get('limit', '')} {d.get('unit', '')})", file=sys.stderr)
+    async with ConsoleClient(path) as ctl, ConsoleClient(path) as feed:
+        watching = await feed.request("watch")  # first, so no event of the session is missed
+        if not watching.get("ok"):
+            _print_refusal(watching.get("error") or {})
             return 2
+        start = await ctl.request(
+            "start", program=args.program, patient_ref=args.patient, operator=args.operator,
+            **({"params": params} if params else {}),
+            **({"acknowledge": list(args.ack), "acknowledged_by": {i: args.operator for i in args.ack}}
+               if args.ack else {}),
+            **({"preflight_done_by": f"{args.operator} (--preflight-done)"} if args.preflight_done else {}))
+        if not start.get("ok"):
+            _print_refusal(start.get("error") or {})
+            return 2
+        sid = start["data"]["session"]
         interrupted = asyncio.Event()
-        loop.add_signal_handler(signal.SIGINT, interrupted.set)
-        loop.add_signal_handler(signal.SIGTERM, interrupted.set)
-
-        async def watch_interrupt() -> None:
-            await interrupted.wait()
-            await runner.abort("console_interrupt")
-
-        interrupt_task = loop.create_task(watch_interrupt())
-        for item in list(runner.pending_preflight()):
-            if runner.state not in ("created", "preflight"):
-                break
-            text = next((i.text for i in runner.program.preflight if i.id == item), item)
-            answer = (await _ask(f"preflight {item}: {text} - done? [y/N] ")).strip().lower()
-            await runner.preflight(item, answer in ("y", "yes"), args.operator)
-        if runner.state in ("created", "preflight"):
-            print("preflight not complete: the session cannot start", file=sys.stderr)
-            await runner.abort("preflight_incomplete")
-
-        view = SessionView(runner.program_json, plain=args.plain or None)
-        view.feed("session.state", runner.snapshot())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupted.set)
+        view = SessionView(None, plain=args.plain or None)
+        final: asyncio.Future[dict[str, Any]] = loop.create_future()
+        prompts: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def pump() -> None:
+            async for m in feed.messages():
+                kind, data = m.get("kind", ""), m.get("data") or {}
+                if kind == "program":
+                    view.program = data
+                    continue
+                if data.get("session", sid) != sid and kind.startswith("session"):
+                    continue  # another session's last state, before ours began
+                view.feed(kind, data)
+                if kind == "session.event" and data.get("event") == "prompt":
+                    prompts.put_nowait(data)
+                if kind == "session.state" and data.get("session") == sid and data.get("state") in FINAL:
+                    if not final.done():
+                        final.set_result(data)
+                    return
+            if not final.done():
+                final.set_exception(ConnectionError("the hub closed the console connection"))
+
+        async def on_interrupt() -> None:
+            await interrupted.wait()
+            await ctl.request("abort", session=sid, reason="console_interrupt")
+
+        async def acknowledge_prompts() -> None:
             while True:
-                msg = await sub.get()
-                view.feed(msg.kind, msg.data)
+                prompt = await prompts.get()
+                if not args.yes and await _ask_unless(
+                        f"{prompt.get('text') or prompt.get('step')}: press Enter when done ", final) is None:
+                    return
+                await ctl.request("prompt_ack", by=args.operator)
 
-        pump_task = loop.create_task(pump())
-
-        async def prompts() -> None:
-            while not runner.finished:
-                if runner.prompt_pending and not args.yes:
-                    await _ask(f"{runner.prompt_pending}: press Enter when done ")
-                    runner.acknowledge_prompt(args.operator)
-                await asyncio.sleep(0.1)
-
-        prompt_task = loop.create_task(prompts())
-        if view.plain:
-            final = await runner.wait()
-        else:
-            with Live(view.render(), console=view.console, refresh_per_second=4, transient=False) as live:
-                waiter = loop.create_task(runner.wait())
-                while not waiter.done():
-                    await asyncio.wait([waiter], timeout=0.25)
-                    live.update(view.render())
-                final = waiter.result()
-        for t in (pump_task, prompt_task, interrupt_task):
-            t.cancel()
-        while (msg := sub.get_nowait()) is not None:
-            view.feed(msg.kind, msg.data)
-        report = await room.report_later(runner.session_id)  # the HTML report, written after every session
-        print(f"result: session {runner.session_id} {final}" + (f" ({runner.reason})" if runner.reason else ""))
-        print(f"record: {config.store} (devicehub sessions show {runner.session_id} --config {args.config})")
-        print(f"report: {report}")
-        return EXIT.get(final, 4)
-    finally:
-        if runner is not None and not runner.finished:
-            await runner.abort("console_exit")
-        await services.aclose()
-        await room.close()
-        await store.close()
+        tasks = [loop.create_task(pump()), loop.create_task(on_interrupt())]
+        try:
+            if start["data"]["state"] in ("created", "preflight"):
+                program = (await ctl.request("program", program=args.program)).get("data") or {}
+                for item in program.get("preflight", []):
+                    if interrupted.is_set() or final.done():
+                        break
+                    answer = await _ask_unless(f"preflight {item['id']}: {item.get('text', '')} - done? [y/N] ",
+                                               final)
+                    if answer is None:
+                        break
+                    answer = answer.strip().lower()
+                    reply = await ctl.request("preflight", session=sid, item=item["id"],
+                                              done=answer in ("y", "yes"), by=args.operator)
+                    if reply.get("ok") and reply["data"]["state"] not in ("created", "preflight"):
+                        break
+                else:
+                    status = await ctl.request("session", session=sid)
+                    if (status.get("data") or {}).get("state") in ("created", "preflight"):
+                        print("preflight not complete: the session cannot start", file=sys.stderr)
+                        await ctl.request("abort", session=sid, reason="preflight_incomplete")
+            tasks.append(loop.create_task(acknowledge_prompts()))
+            if view.plain:
+                ended = await final
+            else:
+                with Live(view.render(), console=view.console, refresh_per_second=4, transient=False) as live:
+                    while not final.done():
+                        await asyncio.wait([final], timeout=0.25)
+                        live.update(view.render())
+                ended = final.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        state = ended.get("state", "failed")
+        report = await ctl.request("report", session=sid)
+        print(f"result: session {sid} {state}" + (f" ({ended['reason']})" if ended.get("reason") else ""))
+        print(f"record: {store} (devicehub sessions show {sid} --config {args.config})")
+        if report.get("ok"):
+            print(f"report: {report['data']['path']}")
+        return EXIT.get(state, 4)

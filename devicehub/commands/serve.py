@@ -1,6 +1,7 @@
 """``devicehub serve`` (the hub daemon), and the local console's ``confirm`` and ``console``.
 
-Exit codes: 0 done, 2 bad config or refused request, 1 the hub is not reachable.
+Exit codes: 0 done, 2 bad config or refused request, 1 the hub is not reachable, 5 the
+room is held by another process (``serve``).
 """
 
 from __future__ import annotations
@@ -64,9 +65,15 @@ def serve_main(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from devicehub.control.room_lock import EXIT_ROOM_HELD, RoomHeld
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except RoomHeld as exc:
+        print(f"devicehub serve: not started: {exc.line()}", file=sys.stderr)
+        return EXIT_ROOM_HELD
 
 
 def _print_reply(reply: dict[str, Any]) -> int:

@@ -71,6 +71,10 @@ class IdempotencyStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the store's worker thread, in order with its reads and writes."""
+        return await self._run(fn, *args)
+
     async def get(self, request_id: str) -> StoredReply | None:
         row = await self._run(self._get, request_id)
         if row is None:

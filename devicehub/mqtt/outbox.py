@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,10 @@ class Outbox:
         rows = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._select, after_id, upto, limit)
         return [OutboxEntry(r[0], r[1], bytes(r[2]), bool(r[3])) for r in rows if r[0] not in self._removing]
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the outbox's worker thread, in order with its writes."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _select(self, after_id: int, upto: int, limit: int) -> list[tuple[int, str, bytes, int]]:
         return self._db.execute(

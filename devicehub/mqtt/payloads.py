@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
+from devicehub.clinical.fields import AdverseKind, Severity
+from devicehub.control import fields as vf
+from devicehub.control.table import MQTT, TABLE, validate_with, verbs_for
 from devicehub.mqtt.envelope import parse_rfc3339
-from devicehub.room_api import ERROR_CODES, CommandError
+from devicehub.room_api import ERROR_CODES
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=1000)]
@@ -47,95 +50,47 @@ class Request(BaseModel):
         return value
 
 
-class ProgramsRequest(Request):
+class ProgramsRequest(Request, vf.NoFields):
     pass
 
 
-class ProgramRequest(Request):
-    program: Id
-
-
-class StatusRequest(Request):
+class ProgramRequest(Request, vf.ProgramFields):
     pass
 
 
-class SessionRequest(Request):
-    session: Id
-
-
-class StartRequest(Request):
-    program: Id
-    patient_ref: Name
-    operator: Name
-    params: dict[str, dict[str, Any]] | None = Field(
-        None, description="overrides: {<step id>: {<parameter>: value}}")
-    acknowledge: list[Id] | None = Field(None, description="soft-limit ids (<step id>.<parameter>) accepted")
-
-
-class PreflightRequest(Request):
-    session: Id
-    item: Id
-    done: bool
-    by: Name
-
-
-class PauseRequest(Request):
-    session: Id
-    reason: Text | None = None
-
-
-class ResumeRequest(Request):
-    session: Id
-
-
-class AbortRequest(Request):
-    session: Id | None = None
-    reason: Text | None = None
-
-
-class RebirthRequest(Request):
+class StatusRequest(Request, vf.NoFields):
     pass
 
 
-AdverseKind = Literal["pain", "redness", "swelling", "bruising", "itching", "allergic_reaction", "infection", "other"]
-Severity = Literal["mild", "moderate", "severe"]
+class SessionRequest(Request, vf.SessionFields):
+    pass
 
 
-class AdverseEventRequest(Request):
-    session: Id
-    kind: AdverseKind
-    severity: Severity = Field(description="severe (or any allergic_reaction) brings a session not ended to its safe state")
-    by: Name
-    score: Annotated[int, Field(ge=0, le=10)] | None = Field(None, description="pain score 0-10, only with kind pain")
-    onset: str | None = Field(None, description="RFC 3339 with offset, not in the future",
-                              json_schema_extra={"format": "date-time"})
-    note: Text | None = None
-
-    @field_validator("onset")
-    @classmethod
-    def _onset(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_rfc3339(value)
-        return value
+class StartRequest(Request, vf.StartFields):
+    pass
 
 
-class CourseRequest(Request):
-    patient_ref: Name
+class PreflightRequest(Request, vf.PreflightFields):
+    pass
 
 
-class EnrolRequest(Request):
-    patient_ref: Name
-    course: Id = Field(description="a course plan id (configs/courses/<id>.yaml)")
-    by: Name
+class PauseRequest(Request, vf.PauseFields):
+    pass
 
 
-class CourseEndRequest(Request):
-    patient_ref: Name
-    by: Name
-    reason: Name
+class ResumeRequest(Request, vf.ResumeFields):
+    pass
 
 
-REQUEST_MODELS: dict[str, type[Request]] = {
+class AbortRequest(Request, vf.AbortFields):
+    pass
+
+
+class RebirthRequest(Request, vf.NoFields):
+    pass
+
+
+_NAMED: dict[str, type[Request]] = {
     "programs": ProgramsRequest,
     "program": ProgramRequest,
     "status": StatusRequest,
@@ -146,12 +101,21 @@ REQUEST_MODELS: dict[str, type[Request]] = {
     "resume": ResumeRequest,
     "abort": AbortRequest,
     "rebirth": RebirthRequest,
-    "adverse_event": AdverseEventRequest,
-    "course": CourseRequest,
-    "enrol": EnrolRequest,
-    "course_end": CourseEndRequest,
 }
-VERBS = tuple(REQUEST_MODELS)
+
+
+def _request_model(name: str) -> type[Request]:
+    """The MQTT request of a verb: the request envelope plus the verb's members from the table."""
+    if name in _NAMED:
+        return _NAMED[name]
+    members = TABLE[name].fields[MQTT]
+    title = "".join(part.title() for part in name.split("_")) + "Request"
+    return create_model(title, __base__=(Request, members))  # type: ignore[call-overload,no-any-return]
+
+
+#: every verb the command table serves over MQTT, with its request model
+VERBS = verbs_for(MQTT)
+REQUEST_MODELS: dict[str, type[Request]] = {name: _request_model(name) for name in VERBS}
 
 
 class _CommonOnly(Request):
@@ -160,33 +124,12 @@ class _CommonOnly(Request):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) if loc else "(payload)"
-
-
 def validate_request(verb: str, payload: dict[str, Any]) -> Request:
     """Validate a request payload; raise ``CommandError("bad_request")`` naming the field.
 
     With several findings ``details`` lists them all as ``{field, message}``.
     """
-    model = REQUEST_MODELS.get(verb, _CommonOnly)
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        findings = []
-        for err in exc.errors(include_url=False):
-            field = _field_name(tuple(err.get("loc", ())))
-            if err.get("type") == "missing":
-                message = f"{field} is required"
-            elif err.get("type") == "extra_forbidden":
-                message = f"{field} is not a member of a {verb} request"
-            else:
-                text = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-                message = f"{field}: {text}"
-            findings.append({"field": field, "message": message})
-        first = findings[0]
-        raise CommandError("bad_request", first["message"], field=first["field"],
-                           details=findings if len(findings) > 1 else None) from None
+    return validate_with(REQUEST_MODELS.get(verb, _CommonOnly), verb, payload)  # type: ignore[no-any-return]
 
 
 # ---- errors and replies ------------------------------------------------------------

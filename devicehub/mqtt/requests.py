@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,9 +26,10 @@ from typing import Any
 
 from devicehub.mqtt.envelope import EnvelopeFactory, parse_rfc3339, utcnow
 from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
+from devicehub.control.table import MQTT, TABLE, Caller, dispatch
 from devicehub.mqtt.payloads import VERBS, AbortRequest, Request, validate_request
 from devicehub.mqtt.topics import Topics
-from devicehub.clinical.wiring import CLINICAL_VERBS, urgent_payload
+from devicehub.clinical.wiring import urgent_payload
 from devicehub.room_api import CommandError, RoomAPI
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class IncomingRequest:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     received_at: datetime = field(default_factory=utcnow)
+    #: ``time.monotonic()`` at arrival: a safe state is timed from here
+    t_arrival: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -125,6 +129,11 @@ class RequestPipeline:
     async def handle(self, req: IncomingRequest) -> Outcome:
         verb = self.topics.verb_of(req.topic)
         is_abort = verb == "abort"
+        if is_abort and not req.retain:
+            # safe state first: the off commands go out before any other wait (the request
+            # id's lookup, a session's creation, the record); everything below follows and
+            # the room's abort joins this safe state (same trigger time) instead of starting one
+            await self._safe_state_now(req)
         body, parse_error = parse_payload(req.payload, self.max_request_bytes)
         # a severe adverse event acts like an abort despite a bad reply path or expires_at
         urgent = verb == "adverse_event" and urgent_payload(body)
@@ -133,7 +142,7 @@ class RequestPipeline:
         reply_topic, corr_text, corr_bytes, path_error = self._reply_path(req, body)
         if path_error is not None:
             if is_abort and not req.retain:
-                await self._abort(body, None)
+                await self._abort(body, None, req)
                 return Outcome(verb, True, note=f"abort acted; no reply: {path_error}")
             if urgent and not req.retain:
                 return await self._urgent_without_reply(req, body, path_error)
@@ -195,7 +204,7 @@ class RequestPipeline:
         # 7. the verb
         acted = False
         if is_abort:
-            data, abort_problem = await self._abort(body, model if isinstance(model, AbortRequest) else None)
+            data, abort_problem = await self._abort(body, model if isinstance(model, AbortRequest) else None, req)
             problem = problem or abort_problem
             reply: dict[str, Any] = {"ok": problem is None, "data": data}
             if problem is not None:
@@ -206,11 +215,11 @@ class RequestPipeline:
         else:
             assert model is not None and verb is not None
             try:
-                data = await self._dispatch(verb, model)
+                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
                 reply = {"ok": True, "data": data}
                 if late is not None:  # acted, as an abort does; the reply says what was wrong
                     reply = {"ok": False, "data": data, "error": late.to_dict()}
-                acted = verb not in ("programs", "program", "status", "session", "course")
+                acted = TABLE[verb].acts
             except CommandError as exc:
                 reply = {"ok": False, "error": exc.to_dict()}
             except Exception as exc:  # a fault in the room must not stop the hub
@@ -246,32 +255,15 @@ class RequestPipeline:
             return None, corr_text, corr_bytes, f"reply path {shown!r} is not under {self.topics.reply_prefix}"
         return topic, corr_text, corr_bytes, None
 
-    async def _dispatch(self, verb: str, m: Any) -> Any:
-        room = self.room
-        if verb == "programs":
-            return await _maybe_await(room.programs())
-        if verb == "program":
-            return await _maybe_await(room.program(m.program))
-        if verb == "status":
-            return await _maybe_await(room.status())
-        if verb == "session":
-            return await _maybe_await(room.session_summary(m.session))
-        if verb == "start":
-            return await _maybe_await(room.start(program=m.program, patient_ref=m.patient_ref, operator=m.operator,
-                                                 params=m.params, acknowledge=m.acknowledge, origin="mqtt"))
-        if verb == "preflight":
-            return await _maybe_await(room.preflight(session=m.session, item=m.item, done=m.done, by=m.by))
-        if verb == "pause":
-            return await _maybe_await(room.pause(session=m.session, reason=m.reason))
-        if verb == "resume":
-            return await _maybe_await(room.resume(session=m.session, origin="mqtt"))
-        if verb in CLINICAL_VERBS:
-            return await CLINICAL_VERBS[verb](room, m)
-        if verb == "rebirth":
-            if self.rebirth is not None:
-                await _maybe_await(self.rebirth())
-            return {}
-        raise CommandError("unknown_verb", f"unknown verb {verb!r}")
+    async def _safe_state_now(self, req: IncomingRequest) -> Any:
+        start = getattr(self.room, "safe_state_now", None)
+        if start is None:
+            return None
+        try:
+            return await start("abort", req.t_arrival)
+        except Exception:  # noqa: BLE001 - the abort below tries again
+            log.critical("safe state on abort failed", exc_info=True)
+            return None
 
     async def _urgent_without_reply(self, req: IncomingRequest, body: dict[str, Any] | None,
                                     path_error: str) -> Outcome:
@@ -282,7 +274,7 @@ class RequestPipeline:
             stored = await self.store.get(model.request_id)
             if stored is not None:
                 return Outcome(verb, False, note=f"repeat; no reply: {path_error}")
-            data = await self._dispatch(verb, model)
+            data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
             await self.store.put(model.request_id, fingerprint(verb, body), {"ok": True, "data": data})
         except CommandError as exc:
             return Outcome(verb, False, note=f"{exc.code}: {exc.message}; no reply: {path_error}")
@@ -299,7 +291,7 @@ class RequestPipeline:
             log.exception("room status failed during abort")
             return None
 
-    async def _abort(self, body: dict[str, Any] | None, model: AbortRequest | None
+    async def _abort(self, body: dict[str, Any] | None, model: AbortRequest | None, req: IncomingRequest
                      ) -> tuple[Any, CommandError | None]:
         """Safe state first, questions after: returns (abort data, what was wrong with the session id)."""
         given: str | None = None
@@ -313,7 +305,8 @@ class RequestPipeline:
         active = self._active_session()
         stale = given is not None and given != active
         try:
-            data = await _maybe_await(self.room.abort(session=None if stale else given, reason=reason))
+            data = await _maybe_await(self.room.abort(session=None if stale else given, reason=reason,
+                                                      t_trigger=req.t_arrival))
         except Exception as exc:
             log.critical("abort failed", exc_info=True)
             return None, CommandError("invalid_state", f"abort failed: {type(exc).__name__}: {exc}")

@@ -112,6 +112,7 @@ class SessionRunner:
         caps: dict[str, float] | None = None,
         options: RunnerOptions | None = None,
         program_json: dict[str, Any] | None = None,
+        acknowledged_by: dict[str, str] | None = None,
         course: dict[str, Any] | None = None,
     ) -> None:
         self.session_id = session_id
@@ -126,6 +127,10 @@ class SessionRunner:
         self.operator = operator
         self.origin = origin
         self.acknowledged = list(acknowledged or [])
+        #: who acknowledged each soft limit at the chair (id -> name), when the console said
+        self.acknowledged_by = dict(acknowledged_by or {})
+        #: set the moment an abort arrives: nothing starts running after it
+        self.abort_requested = False
         self.params = params or {}
         self.confirmation_required = confirmation_required
         self.options = options or RunnerOptions()
@@ -278,7 +283,9 @@ class SessionRunner:
         await self.event("state", state="created", previous=None)
         await self.event("created", program=self.program.id, version=self.program.version, sha256=self.sha256,
                          patient_ref=self.patient_ref, operator=self.operator, origin=self.origin,
-                         params=self.params, acknowledged=self.acknowledged, course=self.course)
+                         params=self.params, acknowledged=self.acknowledged,
+                         **({"acknowledged_by": self.acknowledged_by} if self.acknowledged_by else {}),
+                         course=self.course)
         self.publish_state()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise-{self.session_id}")
         await self._advance_from_preflight()
@@ -317,6 +324,8 @@ class SessionRunner:
             await self._start_running()
 
     async def _start_running(self) -> None:
+        if self.abort_requested:
+            return  # an abort is on its way in: nothing is energised after it arrived
         resumed = self.started_at is not None
         self.last_safe_state = None  # a resumed session's final event reports its own stop, if any
         self.started_at = self.started_at or rfc3339(utcnow())
@@ -343,13 +352,17 @@ class SessionRunner:
             self.chair_confirmation = False
             await self._start_running()
 
-    async def abort(self, reason: str | None = None, *, t_trigger: float | None = None) -> SafeStateReport | None:
+    async def abort(self, reason: str | None = None, *, t_trigger: float | None = None,
+                    first: SafeStateReport | None = None) -> SafeStateReport | None:
+        """End the session aborted; ``first`` is the safe state the room already reached for this
+        abort (the off commands went out before anything else), reused as the stop's own."""
+        self.abort_requested = True
         # an abort that arrives while the session is being created waits for that (a few
         # record writes, nothing energised yet), so the record never ends before it began
         await self._opened.wait()
         if self.finished:
             return None
-        await self._stop("aborted", trigger="abort", reason=reason or "abort", t_trigger=t_trigger)
+        await self._stop("aborted", trigger="abort", reason=reason or "abort", t_trigger=t_trigger, first=first)
         return self.last_safe_state
 
     async def fail(self, reason: str, *, trigger: str | None = None, t_trigger: float | None = None,
@@ -382,7 +395,7 @@ class SessionRunner:
 
     # ================================================================== stopping
     async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
-                    alarm: dict[str, Any] | None = None,
+                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
                     before_record: Callable[[], Awaitable[None]] | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
@@ -404,18 +417,19 @@ class SessionRunner:
         self._stop_idle.clear()
         self._escalate = None
         try:
-            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm,
+            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first,
                                  before_record=before_record)
         finally:
             self._stop_idle.set()
 
     async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
-                        alarm: dict[str, Any] | None,
+                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None,
                         before_record: Callable[[], Awaitable[None]] | None = None) -> None:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
-        report = await safe_state_all(self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
+        report = first if first is not None else await safe_state_all(
+            self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
         self.last_safe_state = report
         if before_record is not None:  # the trigger's own event, first in the record
             await before_record()

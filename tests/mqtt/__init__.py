@@ -146,7 +146,8 @@ class StubRoom:
         self.set_state(session, "awaiting_confirmation")
         return {"session": session, "state": "awaiting_confirmation"}
 
-    async def abort(self, *, session: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    async def abort(self, *, session: str | None = None, reason: str | None = None,
+                    t_trigger: float | None = None) -> dict[str, Any]:
         self._record("abort", session=session, reason=reason)
         active, self.active = self.active, None
         if active is None:
