@@ -44,6 +44,25 @@ def start_position(room: Any, patient_ref: str) -> dict[str, Any] | None:
     return position(view_now(room, patient_ref))
 
 
+def dry_run_course(room: Any, patient_ref: str | None) -> dict[str, Any] | None:
+    """The ``check`` verb's ``course``: where a start for this patient would stand, with a line
+    for the technician: "session k of n of phase P (course C), next due D1 to D2"."""
+    from devicehub.course.standing import phase_progress
+    from devicehub.report.collect import local
+
+    view = view_now(room, patient_ref) if patient_ref else None
+    pos = position(view)
+    if view is None or pos is None:
+        return None
+    k, n = phase_progress(view)
+    zone = getattr(room.config, "timezone", "UTC")
+    due = view["next_due"]
+    when = (f"next due {local(due['from'], zone, date_only=True)} to {local(due['to'], zone, date_only=True)}"
+            + (" (overdue)" if view["overdue"] else "") if due else "no session delivered yet: due now")
+    return {**pos, "session_in_phase": k, "sessions_in_phase": n, "next_due": due, "overdue": view["overdue"],
+            "text": f"session {k} of {n} of phase {pos['phase']} (course {pos['course']}), {when}"}
+
+
 async def course(room: Any, *, patient_ref: Any) -> dict[str, Any]:
     patient = _name(patient_ref, "patient_ref")
     view = await room.store.call(standing, patient)

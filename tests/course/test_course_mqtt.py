@@ -66,6 +66,13 @@ async def test_enrol_start_count_and_end_a_course(setup: Setup) -> None:
         assert parse_ts(view["next_due"]["from"]) == ended + timedelta(days=7)
         assert parse_ts(view["next_due"]["to"]) == ended + timedelta(days=14)
 
+        # the dry run at the chair says where the next session stands
+        dry = await console(room, "check", program="demo", patient_ref=patient)
+        assert dry["ok"], dry
+        assert dry["data"]["course"]["text"].startswith("session 2 of 2 of phase initial (course demo-course), "
+                                                        "next due "), dry["data"]["course"]
+        assert {f["id"] for f in dry["data"]["findings"]} >= {"course.phase_interval", "course.interval_days"}
+
         # the next start, at once: too soon for the phase (soft) and for the clinic (hard)
         r = await clinic.request("start", start_body(patient_ref=patient))
         assert r["ok"] is False and r["error"]["code"] == "hard_limit", r
