@@ -131,7 +131,9 @@ def render(data: dict[str, Any]) -> str:
             f"{_e(e['data'].get('by'))} at {_e(t(e['ts']))}" for e in data["confirmations"]) + "</p>")
 
     out.append("<h2>Soft limits acknowledged</h2>")
-    out.append("<ul>" + "".join(f"<li>{_e(a)}</li>" for a in s["acknowledged"]) + "</ul>"
+    by = next((e["data"].get("acknowledged_by") for e in data["events"] if e["event"] == "created"), None) or {}
+    out.append("<ul>" + "".join(f"<li>{_e(a)}" + (f" (by {_e(by[a])})" if a in by else "") + "</li>"
+                                for a in s["acknowledged"]) + "</ul>"
                if s["acknowledged"] else _none("None."))
 
     out.append("<h2>Alarms</h2>")
@@ -173,17 +175,17 @@ TIMELINE = {"state": ("state", "reason"), "confirmed": ("by",), "step_started": 
 
 
 def timeline(data: dict[str, Any], t: Any) -> list[list[Any]]:
-    rows = [[t(data["summary"]["created_at"]), "created", None]]
+    """The session's states (as the record derives them) and its notable events, in time order."""
+    rows: list[tuple[str, int, list[Any]]] = []
+    for n, st in enumerate(data["summary"]["states"]):
+        rows.append((st["ts"], n, [t(st["ts"]), st["state"], {"reason": st["reason"]} if st.get("reason") else None]))
     for e in data["events"]:
         keys = TIMELINE.get(e["event"])
-        if keys is None:
+        if keys is None or e["event"] == "state":
             continue
-        what = e["data"].get("state") if e["event"] == "state" else e["event"].replace("_", " ")
-        details = {k: e["data"][k] for k in keys if e["data"].get(k) is not None and k != "state"}
-        if what == "created":
-            continue
-        rows.append([t(e["ts"]), what, details or None])
-    return rows
+        details = {k: e["data"][k] for k in keys if e["data"].get(k) is not None}
+        rows.append((e["ts"], 10_000 + e["index"], [t(e["ts"]), e["event"].replace("_", " "), details or None]))
+    return [r for _ts, _n, r in sorted(rows, key=lambda x: (x[0], x[1]))]
 
 
 def next_window(data: dict[str, Any]) -> str:
