@@ -21,18 +21,12 @@ def _name(value: Any, field: str) -> str:
     return value
 
 
-def reader(store: Any) -> Any:
-    """A synchronous RecordStore for quick look-ups from the event loop (the hub's reader)."""
-    read = getattr(store, "_read", None)
-    return read() if callable(read) else store
-
-
 def view_now(room: Any, patient_ref: str) -> dict[str, Any] | None:
-    """The patient's standing, read from the event loop (a handful of rows)."""
-    try:
-        return standing(reader(room.store), patient_ref)
-    except Exception:  # noqa: BLE001 - no course table yet in a fresh store
-        return None
+    """The patient's standing, read from the event loop (a handful of rows) on the hub
+    store's read-only connection (a plain RecordStore is read directly)."""
+    read = getattr(room.store, "read", None)
+    # no try: a course record that cannot be read refuses the start rather than skip its checks
+    return read(standing, patient_ref) if callable(read) else standing(room.store, patient_ref)
 
 
 def start_checks(room: Any, program_id: str, patient_ref: str) -> list[Any]:
