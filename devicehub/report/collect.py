@@ -199,7 +199,7 @@ def planned_totals(program: dict[str, Any], devices: dict[str, str | None] | Non
         if kind == "confirm":
             continue
         points = sum(sizes.get(z, 0) for z in step.get("zones") or [])
-        key = (devices or {}).get(step.get("id")) or step.get("device") or kind
+        key = (devices or {}).get(step.get("id")) or step.get("device") or f"{kind} (step not reached)"
         into = out.setdefault(str(key), {})
         for name, value in _planned(kind, step, points).items():
             into[name] = into.get(name, 0) + value

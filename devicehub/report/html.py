@@ -171,13 +171,16 @@ def render(data: dict[str, Any]) -> str:
 TIMELINE = {"state": ("state", "reason"), "confirmed": ("by",), "step_started": ("step", "devices"),
             "step_done": ("step", "totals"), "prompt_acknowledged": ("step", "by"), "safe_state": ("trigger", "ms"),
             "alarm": ("priority", "code", "text"), "recovered": ("device", "by"), "adverse_event": ("kind", "severity"),
-            "delivery_settled": ("device", "late")}
+            "delivery_settled": ("device", "late"), "paused": ("reason",)}
 
 
 def timeline(data: dict[str, Any], t: Any) -> list[list[Any]]:
     """The session's states (as the record derives them) and its notable events, in time order."""
     rows: list[tuple[str, int, list[Any]]] = []
+    paused_events = any(e["event"] == "paused" for e in data["events"])
     for n, st in enumerate(data["summary"]["states"]):
+        if st["state"] == "paused" and paused_events:
+            continue  # the paused event says it, with its reason
         rows.append((st["ts"], n, [t(st["ts"]), st["state"], {"reason": st["reason"]} if st.get("reason") else None]))
     for e in data["events"]:
         keys = TIMELINE.get(e["event"])
