@@ -84,8 +84,8 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def blobs(rgb: np.ndarray, colour: tuple[int, int, int], min_area: int) -> list[int]:
-    """Areas of the 4-connected regions of exactly ``colour`` that are at least ``min_area``."""
+def blobs(rgb: np.ndarray, colour: tuple[int, int, int], min_area: int) -> list[tuple[float, float]]:
+    """Centres (x, y) of the 4-connected regions of exactly ``colour`` of ``min_area`` pixels or more."""
     mask = np.all(rgb == np.array(colour, dtype=np.uint8), axis=2)
     seen = np.zeros_like(mask)
     h, w = mask.shape
@@ -93,18 +93,44 @@ def blobs(rgb: np.ndarray, colour: tuple[int, int, int], min_area: int) -> list[
     for y, x in zip(*np.nonzero(mask)):
         if seen[y, x]:
             continue
-        area, todo = 0, deque([(y, x)])
+        area, todo, sx, sy = 0, deque([(y, x)]), 0, 0
         seen[y, x] = True
         while todo:
             cy, cx = todo.popleft()
             area += 1
+            sx, sy = sx + cx, sy + cy
             for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
                 if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
                     seen[ny, nx] = True
                     todo.append((ny, nx))
         if area >= min_area:
-            areas.append(area)
+            areas.append((sx / area, sy / area))
     return areas
+
+
+def expected_grid(step: str) -> list[str]:
+    """The state of each point as the record says, in picture order: zone left then right,
+    column by column, row 1 above row 2."""
+    table = INJECT if step == "inject" else EP
+    planned = 20.0 if step == "inject" else 10
+    out = []
+    for zone in ("left", "right"):
+        for c in (1, 2):
+            for r in (1, 2):
+                point = f"{zone}-r{r}c{c}"
+                if step == "ep" and point in EP_SKIPPED:
+                    out.append("skipped")
+                    continue
+                amount, status = table.get(point, (0.0, "unreached"))
+                if status in ("failed", None):
+                    out.append("failed")
+                elif status == "unreached" or amount == 0:
+                    out.append("none")
+                elif amount > planned * 1.05:
+                    out.append("over")
+                else:
+                    out.append("full" if amount >= planned * 0.95 else "partial")
+    return out
 
 
 def test_html_report_is_self_contained_and_its_dose_maps_show_each_point(tmp_path: Path) -> None:
@@ -130,9 +156,13 @@ def test_html_report_is_self_contained_and_its_dose_maps_show_each_point(tmp_pat
     for uri, step in zip(page.images, ("inject", "ep")):
         rgba = mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
         rgb = (rgba[..., :3] * 255).round().astype(np.uint8)
-        areas = {state: blobs(rgb, colour, min_area=400) for state, colour in COLOURS.items()}
-        found = {state: len(a) for state, a in areas.items() if a}
+        cells = [(x, y, state) for state, colour in COLOURS.items() for x, y in blobs(rgb, colour, min_area=400)]
+        found = Counter(state for _x, _y, state in cells)
         assert found == EXPECTED[step], (step, found)
+        assert len(cells) == 8  # one square per point, nothing else that large
+        by_column = sorted(cells)  # x: zone left then right, column 1 then 2
+        columns = [sorted(by_column[i:i + 2], key=lambda c: c[1]) for i in range(0, 8, 2)]  # y: row 1 on top
+        assert [state for col in columns for _x, _y, state in col] == expected_grid(step)
 
 
 def test_markdown_report_and_the_program_aftercare(tmp_path: Path) -> None:
