@@ -27,9 +27,6 @@ KINDS = ("pain", "redness", "swelling", "bruising", "itching", "allergic_reactio
 SEVERITIES = ("mild", "moderate", "severe")
 ENDED = ("completed", "aborted", "failed")
 
-_locks: dict[int, asyncio.Lock] = {}
-
-
 def is_urgent(kind: Any, severity: Any) -> bool:
     """Whether such an event brings a session that has not ended to its safe state."""
     return severity == "severe" or kind == "allergic_reaction"
@@ -88,8 +85,7 @@ async def adverse_event(room: Any, *, session: Any, kind: Any, severity: Any, by
     if urgent and live and (runner.state != "running" or runner._stopping):  # noqa: SLF001
         # not delivering: the room's devices to their safe state first, before any record
         # write or lock (a running session's own stop path does the same, below)
-        report = await safe_state_all(room.devices.devices, "adverse_event", t_trigger=t0,
-                                      timeout=runner.options.safe_state_timeout_s)
+        report = await _safe_state(room, runner, t0)
     if runner is None and not await room.store.exists(session):
         raise CommandError("not_found", f"no session {session!r}", field="session")
     data = {"kind": kind, "severity": severity, "score": score, "onset": onset, "note": note, "by": by,
@@ -110,8 +106,7 @@ async def adverse_event(room: Any, *, session: Any, kind: Any, severity: Any, by
                               before_record=record_first)
     if not got:  # not running (or it stopped meanwhile): the room was made safe above
         if report is None:
-            report = await safe_state_all(room.devices.devices, "adverse_event", t_trigger=t0,
-                                          timeout=runner.options.safe_state_timeout_s)
+            report = await _safe_state(room, runner, t0)
         await record_first()
         await runner.event("safe_state", **report.event_data())
     runner.chair_confirmation = True  # a confirmation at the chair before any output
@@ -124,10 +119,22 @@ async def adverse_event(room: Any, *, session: Any, kind: Any, severity: Any, by
     return {"session": session, "index": got[0], "action": "safe_state"}
 
 
+async def _safe_state(room: Any, runner: Any, t0: float) -> Any:
+    """Every device of the room off (joining a safe state already under way, where the room
+    offers that), timed from the event's arrival."""
+    now = getattr(room, "safe_state_now", None)
+    if callable(now):
+        return await now("adverse_event", t0)
+    return await safe_state_all(room.devices.devices, "adverse_event", t_trigger=t0,
+                                timeout=runner.options.safe_state_timeout_s)
+
+
 async def _record(room: Any, runner: Any, session: str, data: dict[str, Any]) -> int:
     if runner is not None:
         return await runner.event("adverse_event", **data)
-    lock = _locks.setdefault(id(room), asyncio.Lock())
+    lock = getattr(room, "_adverse_lock", None)
+    if lock is None:
+        lock = room._adverse_lock = asyncio.Lock()  # noqa: SLF001 - this module's own attribute
     async with lock:  # one writer, so indices and publication order agree
         ts = utcnow()
         idx = await room.store.append_event(session, "adverse_event", data, ts)
