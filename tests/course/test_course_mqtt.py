@@ -66,6 +66,13 @@ async def test_enrol_start_count_and_end_a_course(setup: Setup) -> None:
         assert parse_ts(view["next_due"]["from"]) == ended + timedelta(days=7)
         assert parse_ts(view["next_due"]["to"]) == ended + timedelta(days=14)
 
+        # the session's report, written when it ended, gives the next session window
+        where = await console(room, "report", session=sid)
+        assert where["ok"] and where["data"]["path"] == str(room.directory / "reports" / f"{sid}.html"), where
+        report = (room.directory / "reports" / f"{sid}.html").read_text(encoding="utf-8")
+        assert "demo-course: phase initial, session 1" in report
+        assert "Course demo-course, phase initial: between " in report
+
         # the dry run at the chair says where the next session stands
         dry = await console(room, "check", program="demo", patient_ref=patient)
         assert dry["ok"], dry

@@ -131,3 +131,18 @@ def test_enrolment_records_are_append_only_and_chained(store: RecordStore) -> No
     conn.execute("UPDATE course_records SET data_json = '{\"course\":\"x\"}' WHERE id = 1")
     ok, message = records.verify(store, "P-4")
     assert not ok and "record 1" in message
+
+
+def test_the_clinic_time_zone_is_checked(tmp_path: Path) -> None:
+    from devicehub.models.config import HubConfig
+    from devicehub.models.loading import ConfigError
+
+    doc = (ROOT / "configs/hub.yaml").read_text().replace("timezone: UTC", "timezone: Mars/Olympus")
+    bad = tmp_path / "hub.yaml"
+    bad.write_text(doc)
+    with pytest.raises(ConfigError) as err:
+        HubConfig.load(bad)
+    assert any(p.field == "timezone" for p in err.value.problems)
+    good = HubConfig.load(ROOT / "configs/hub.yaml")
+    assert good.timezone == "UTC" and good.courses == (ROOT / "configs/courses").resolve()
+    assert any("alcohol" in a for a in good.aftercare)

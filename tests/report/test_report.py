@@ -189,3 +189,16 @@ def test_the_scale_colours_are_apart(state: str) -> None:
     mine = np.array(COLOURS[state])
     assert min(np.abs(mine - np.array(o)).sum() for o in others) > 60
     assert np.abs(mine - 255).sum() > 60  # not the page's white
+
+
+def test_times_are_shown_in_the_clinics_zone(tmp_path: Path) -> None:
+    store_path = tmp_path / "r.sqlite"
+    with RecordStore(store_path) as store:
+        sid = make_session(store)
+    config = tmp_path / "hub.yaml"
+    config.write_text(f"store: {store_path}\ntimezone: Europe/Paris\nsite: clinic-a\nroom: room-9\n")
+    out = subprocess.run([sys.executable, "-m", "devicehub.cli", "sessions", "report", sid, "--config", str(config)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "2026-01-05 10:00:00 CET" in out.stdout and "times in Europe/Paris" in out.stdout  # 09:00 UTC
+    assert "clinic-a/room-9" in out.stdout
