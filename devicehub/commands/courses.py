@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check", help="validate course plan files (exit 0 ok, 2 not)")
     p.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    p.add_argument("--config", metavar="FILE",
+                   help="hub config whose program library the phases' programs must be in (default configs/hub.yaml)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("enrol", parents=[where], help="enrol a patient in a course plan")
@@ -69,10 +71,29 @@ def cmd_check(args: argparse.Namespace) -> int:
             for line in exc.lines():
                 print(line, file=sys.stderr)
             continue
+        missing = _unknown_programs(args, plan)
+        if missing:
+            bad += 1
+            for field, program in missing:
+                print(f"{path}: {field}: no program {program!r} in the library", file=sys.stderr)
+            continue
         phases = "; ".join(f"{p.id}: {p.sessions} sessions of {', '.join(p.programs)} every "
                            f"{p.interval_days.min}-{p.interval_days.max} days" for p in plan.phases)
         print(f"{path}: ok: {plan.id} ({plan.title}), {plan.total_sessions} sessions: {phases}")
     return 2 if bad else 0
+
+
+def _unknown_programs(args: argparse.Namespace, plan: Any) -> list[tuple[str, str]]:
+    """(field, program id) of every phase program not in the config's library (none when the
+    library is not known: no config)."""
+    from devicehub.commands.clinic_access import config_path_key
+
+    library = config_path_key(args, "programs", None) if config_doc(args) else None
+    if library is None or not library.is_dir():
+        return []
+    known = {p.stem for p in library.iterdir() if p.suffix in (".yaml", ".yml")}
+    return [(f"phases[{i}].programs[{j}]", prog) for i, phase in enumerate(plan.phases)
+            for j, prog in enumerate(phase.programs) if prog not in known]
 
 
 def _zone(args: argparse.Namespace) -> str:

@@ -38,7 +38,8 @@ def enrol(store: RecordStore, patient: str, plan_id: str = "demo-course", at=Non
 
 
 def test_shipped_plans_check_and_say_what_the_issue_asks() -> None:
-    r = cli("courses", "check", *[str(p) for p in sorted((ROOT / "configs/courses").glob("*.yaml"))])
+    r = cli("courses", "check", *[str(p) for p in sorted((ROOT / "configs/courses").glob("*.yaml"))],
+            "--config", str(ROOT / "configs/hub.yaml"))
     assert r.returncode == 0, r.stderr
     aga = load_plan(ROOT / "configs/courses/aga-standard.yaml")
     initial, maintenance = aga.phases
@@ -61,6 +62,11 @@ def test_check_names_every_bad_field_and_exits_2(tmp_path: Path) -> None:
     for field in ("phases[0].programs", "phases[0].sessions", "phases[0].interval_days", "phases[1].colour"):
         assert field in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("id: typo\ntitle: Typo\nindication: other\nphases:\n"
+                    "  - {id: a, programs: [demo, dmeo], sessions: 2, interval_days: {min: 7, max: 14}}\n")
+    r = cli("courses", "check", str(typo), "--config", str(ROOT / "configs/hub.yaml"))
+    assert r.returncode == 2 and "phases[0].programs[1]: no program 'dmeo'" in r.stderr, r.stderr
     schema = cli("schema", "course")
     assert schema.returncode == 0 and '"CoursePhase"' in schema.stdout
 
