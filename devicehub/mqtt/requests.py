@@ -29,7 +29,7 @@ from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
 from devicehub.control.table import MQTT, TABLE, Caller, dispatch
 from devicehub.mqtt.payloads import VERBS, AbortRequest, Request, validate_request
 from devicehub.mqtt.topics import Topics
-from devicehub.clinical.wiring import urgent_payload
+from devicehub.clinical.adverse import urgent_payload
 from devicehub.room_api import CommandError, RoomAPI
 
 log = logging.getLogger(__name__)
