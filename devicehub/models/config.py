@@ -134,6 +134,7 @@ class HubConfig(_Strict):
         default_factory=lambda: list(DEFAULT_AFTERCARE),
         description="aftercare advice printed in every report whose program has none of its own")
     remote_confirmation: bool = Field(True, description="a start or resume over MQTT waits for a confirmation at the console")
+    max_recoveries: int = Field(3, ge=0, le=100, description="pauses by a recoverable device fault per session; the next one fails it (too_many_faults)")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
