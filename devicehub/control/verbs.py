@@ -125,5 +125,6 @@ async def recover(room: Any, m: Any, caller: Caller) -> Any:
     """Clear the device fault that paused the session (console only: the cause is at the chair)."""
     return await room.recover(session=m.session, by=m.by)
 
+
 # the clinical verbs (adverse_event, course, enrol, course_end) register themselves too
 from devicehub.clinical import verbs as _clinical  # noqa: E402,F401
