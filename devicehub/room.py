@@ -20,7 +20,7 @@ from typing import Any
 
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
-from devicehub.control.dry_run import finding_detail
+from devicehub.control.dry_run import finding_detail, params_error
 from devicehub.bus import Bus, HubMessage
 from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
@@ -234,11 +234,7 @@ class Room:
             try:
                 prog = prog.apply_overrides(params)
             except InputError as exc:
-                problems = getattr(exc, "problems", [])
-                first = problems[0] if problems else None
-                raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
-                                   field=getattr(first, "field", "params"),
-                                   details=[p.to_dict() for p in problems]) from None
+                raise params_error(exc) from None
         analysis = analyse(prog, self.config, self.limits, params=None, acknowledged=tuple(acknowledge or ()))
         findings = list(analysis.findings) + self._course_findings(prog, patient_ref)
         errors = [f for f in findings if f.severity in ("error", "hard")]
