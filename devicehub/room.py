@@ -87,7 +87,28 @@ class Room:
 
     # ================================================================== lifetime
     async def open(self) -> None:
-        """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
+        """Connect the devices, every output off, settle what a crash left open, then mark
+        the sessions it interrupted and publish the room's state.
+
+        Order (docs/records.md): the safe state first (the ICDs keep what is to be read
+        through the off commands: EPG-1's last-train report until the next OUTP:TRIG,
+        LED-1/PEMF-1's run registers until the next start, INJ-1's totals always); then
+        each device that answers has its open deliveries settled from its counters
+        (``delivery_settled``, late) and a watchdog fault the dead hub caused cleared;
+        only then is each interrupted session marked ``failed`` / ``hub_restart`` with
+        the totals of its delivery rows."""
+        from devicehub.late_settlement import LateSettlement
+
+        self.late = LateSettlement(self)
+        await self.devices.start()
+        # whatever a previous hub left behind: every output off before anything else
+        await safe_state_all(self.devices.devices, "hub_start")
+        for dev_id in self.devices.devices:
+            if self.devices.connected(dev_id):
+                await self.late.device_back(dev_id)
+            else:
+                self.devices.unsettled.add(dev_id)  # settled when it connects
+        self.devices.on_answer = self.late.device_back
         for sid in await self.store.unfinished_sessions():
             # what had been delivered, as the record's delivery rows say (the document's
             # failed event carries the totals per device)
@@ -108,9 +129,6 @@ class Room:
         if self._recorded_last is not None:
             self.bus.emit("session.state", self._recorded_last, session=self._recorded_last["session"])
         self.bus.emit("alarms", {"alarms": self.alarms.active()})
-        await self.devices.start()
-        # whatever a previous hub left behind: every output off before anything else
-        await safe_state_all(self.devices.devices, "hub_start")
 
     async def _last_recorded_state(self) -> dict[str, Any] | None:
         """The newest recorded session's state, as the retained ``session`` topic carries it."""
@@ -340,6 +358,10 @@ class Room:
             await runner.wait()
         finally:
             self.devices.set_running(False)
+            # a delivery its device could not say at the stop is settled at its next answer
+            summary = self.store.read_session(runner.session_id) or {}
+            for d in summary.get("in_flight") or []:
+                self.devices.unsettled.add(d["device"])
         await self._write_report(runner.session_id)
 
     async def report(self, session_id: str) -> dict[str, Any]:

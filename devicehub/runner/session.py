@@ -18,77 +18,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from devicehub.alarms import WATCHDOG_CODES, AlarmBoard
 from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.runner import settlement
+from devicehub.runner.context import RunnerOptions, StepFailure
 from devicehub.runner.progress import PointProgress, StepProgress
+from devicehub.runner.settlement import Delivery
+from devicehub.runner.states import SessionState, StateMachine
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
 from drivers.base import Device, DeviceEvent, DriverError
+
+__all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "NotFound"]
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = ("completed", "aborted", "failed")
 SUPERVISED_EVENTS = ("fault", "connection_lost", "heartbeat_failed")
-
-
-class StepFailure(Exception):
-    """A step cannot go on; the session fails with ``reason``."""
-
-    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None) -> None:
-        super().__init__(text or reason)
-        self.reason = reason
-        self.text = text or reason
-        self.alarm = alarm  # an alarm code to raise (high), if any
-
-
-async def next_event(q: asyncio.Queue[DeviceEvent], deadline: float, failure: StepFailure) -> DeviceEvent:
-    """The device's next event, or ``failure`` raised once the loop's clock passes ``deadline``.
-
-    asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel, and a
-    step that outlives its cancellation is what the stop path must never see.
-    """
-    left = deadline - asyncio.get_running_loop().time()
-    if left <= 0:
-        raise failure
-    try:
-        async with asyncio.timeout(left):
-            return await q.get()
-    except TimeoutError:
-        raise failure from None
-
-
-@dataclass
-class RunnerOptions:
-    #: a point's injected dose is reached at dose x (1 - tolerance); the gun's cap allows dose x (1 + tolerance)
-    dose_tolerance: float = 0.05
-    #: a single shot may report at most this much more than it was set to before the runner stops
-    shot_overreport: float = 0.10
-    #: EP: extra time beyond the train's own length before a missing DONE is a failure
-    train_margin_s: float = 2.0
-    #: LED/PEMF: extra time beyond the exposure before a missing done is a failure
-    exposure_margin_s: float = 5.0
-    #: exposure_progress events at most this often
-    progress_interval_s: float = 1.0
-    #: confirm steps are acknowledged automatically (demo, tests, --yes)
-    auto_acknowledge_prompts: bool = False
-    #: a device that has not confirmed its safe state by then is reported unconfirmed
-    safe_state_timeout_s: float = 1.0
-
-
-@dataclass
-class ActivePoint:
-    """The point a device is delivering to right now, and how to settle it after a stop."""
-
-    step: Any
-    progress: PointProgress
-    device_id: str
-    settle: Callable[[str], Awaitable[None]] | None = None
-    #: the delivery intent's write, while it is under way (its id is not known yet)
-    intent: asyncio.Future[int] | None = None
 
 
 class SessionRunner:
@@ -136,7 +84,8 @@ class SessionRunner:
         self.program_json = program_json
         self.totals = Totals(caps=dict(caps or {}))
 
-        self.state = "new"
+        #: the states and their transitions (devicehub/runner/states.py); ``state`` is the published one
+        self.machine = StateMachine()
         self.reason: str | None = None
         self.started_at: str | None = None
         self.ended_at: str | None = None
@@ -146,10 +95,10 @@ class SessionRunner:
         self.group_index = 0
         self.last_safe_state: SafeStateReport | None = None
 
-        self._active: dict[str, ActivePoint] = {}  # device id -> point being delivered
+        #: device id -> the delivery it is making now (intent written, result not yet)
+        self._deliveries: dict[str, Delivery] = {}
         self._run_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
         self._finished = asyncio.Event()
         self._prompt: asyncio.Future[str] | None = None
         self._prompt_step: str | None = None
@@ -169,8 +118,14 @@ class SessionRunner:
 
     # ================================================================== info
     @property
+    def state(self) -> str:
+        """The published state (shared/mqtt-api.md); ``stopping`` shows the state it stops from."""
+        published = self.machine.published
+        return published.value if published is not None else "new"
+
+    @property
     def finished(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.machine.final
 
     def required_preflight(self) -> list[str]:
         return [item.id for item in self.program.preflight if getattr(item, "required", True)]
@@ -217,6 +172,18 @@ class SessionRunner:
                 return s
         raise KeyError(step_id)
 
+    def devices_needed(self) -> list[str]:
+        """The devices the rest of the session needs (steps not done yet)."""
+        out: list[str] = []
+        for step in self.program.steps:
+            sp = self.progress.get(step.id)
+            if sp is not None and sp.status == "done":
+                continue
+            dev = self.step_devices.get(step.id)
+            if dev is not None and dev not in out:
+                out.append(dev)
+        return sorted(out)
+
     def device_for(self, step: Any) -> tuple[str, Device]:
         dev_id = self.step_devices[step.id]
         return dev_id, self.devices[dev_id]
@@ -252,7 +219,8 @@ class SessionRunner:
         await self.event("alarm", **alarm)
 
     async def _set_state(self, state: str, reason: str | None = None) -> None:
-        previous, self.state = self.state, state
+        previous = self.state
+        self.machine.go(state)
         self.reason = reason  # a reason belongs to the state it came with
         data: dict[str, Any] = {"state": state, "previous": previous}
         if reason:
@@ -274,7 +242,7 @@ class SessionRunner:
             program_sha256=self.sha256, program_json=self.program_json or {}, patient_ref=self.patient_ref,
             operator=self.operator, origin=self.origin, params=self.params, acknowledgements=self.acknowledged,
         )
-        self.state = "created"
+        self.machine.go(SessionState.CREATED)
         await self.event("state", state="created", previous=None)
         await self.event("created", program=self.program.id, version=self.program.version, sha256=self.sha256,
                          patient_ref=self.patient_ref, operator=self.operator, origin=self.origin,
@@ -324,12 +292,11 @@ class SessionRunner:
         self.started_at = self.started_at or rfc3339(utcnow())
         await self._set_state("running")
         await self.event("resumed" if resumed else "started")
-        self._stopping = False
         self._run_task = asyncio.get_running_loop().create_task(self._run(), name=f"run-{self.session_id}")
 
     async def pause(self, reason: str | None = None) -> None:
         async with self._transition:
-            if self.state != "running" or self._stopping:
+            if self.machine.state is not SessionState.RUNNING:
                 raise InvalidState(f"session is {self.state}; only a running session can pause")
             await self._stop("paused", trigger="pause", reason=reason)
 
@@ -381,9 +348,11 @@ class SessionRunner:
                     alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
-        if self.finished or (self._stopping and kind == "paused"):
+        if self.machine.state is SessionState.NEW:
+            return  # its record was never created: nothing ran, nothing to end
+        if self.finished or (self.machine.stopping and kind == "paused"):
             return
-        if self._stopping:
+        if self.machine.stopping:
             # already stopping (e.g. a fault during an abort): that path finishes first, and a
             # failure outranks an abort or a pause in its final state; an abort that arrived
             # during a pause then ends the paused session itself (an abort is never lost)
@@ -395,7 +364,7 @@ class SessionRunner:
             if kind == "aborted" and not self.finished:
                 await self._stop(kind, trigger=trigger, reason=reason, t_trigger=t0)
             return
-        self._stopping = True
+        self.machine.go(SessionState.STOPPING)
         self._stop_idle.clear()
         self._escalate = None
         try:
@@ -426,7 +395,7 @@ class SessionRunner:
                                                       else "unconfirmed") for d, s in again.devices.items()},
                                          details={**report.details, **again.details}, device_ms=report.device_ms)
                 self.last_safe_state = report
-        await self._settle_active("interrupted" if kind == "paused" else kind)
+        await self._settle_open("interrupted" if kind == "paused" else kind, t_stopped=t0, report=report)
         await self.event("safe_state", **report.event_data())
         if not report.confirmed:
             bad = [d for d, s in report.devices.items() if s != "off"]
@@ -439,7 +408,6 @@ class SessionRunner:
         if kind == "paused":
             await self.event("paused", **({"reason": reason} if reason else {}))
             await self._set_state("paused", reason=None)
-            self._stopping = False
             return
         await self._finish(kind, reason)
 
@@ -468,19 +436,26 @@ class SessionRunner:
             self._supervisor.cancel()
         self._finished.set()
 
-    async def _settle_active(self, status: str) -> None:
-        for dev_id, ap in list(self._active.items()):
-            if ap.intent is not None and ap.progress.delivery_id is None:
+    async def _settle_open(self, status: str, *, t_stopped: float | None = None,
+                           report: SafeStateReport | None = None) -> None:
+        """Every delivery still open, settled from its device after the room is safe (the
+        stop paths: pause, abort, fault, a device lost). One the device cannot say now
+        stays in flight and is settled late (devicehub/runner/settlement.py)."""
+        for dev_id, d in list(self._deliveries.items()):
+            fut = d.intent_write
+            if d.intent_id is None and fut is not None:
                 try:  # a stop while the intent was being written: its id is needed to settle it
-                    ap.progress.delivery_id = await asyncio.wait_for(asyncio.shield(ap.intent), 2.0)
+                    d.intent_id = await asyncio.wait_for(asyncio.shield(fut), 2.0)
                 except Exception as exc:  # noqa: BLE001 - then the intent is not in the record
-                    log.warning("intent of %s not recorded: %s", ap.progress.point, exc)
-            if ap.settle is not None:
-                try:
-                    await asyncio.wait_for(ap.settle(status), 2.0)
-                except Exception as exc:  # noqa: BLE001 - the record notes it; the room is already safe
-                    log.warning("settling %s on %s failed: %s", ap.progress.point, dev_id, exc)
-            self._active.pop(dev_id, None)
+                    log.warning("intent of %s not recorded: %s", d.point or d.step, exc)
+            if d.t_stopped is None and t_stopped is not None:
+                # the stop command left at the trigger; half the device's confirmation round
+                d.t_stopped = t_stopped + (report.device_ms.get(dev_id, 0.0) / 2000.0 if report else 0.0)
+            try:
+                await asyncio.wait_for(self.settle(d, status, _stopping=True), 2.0)
+            except Exception as exc:  # noqa: BLE001 - the room is already safe; it stays in flight
+                log.warning("settling %s on %s failed: %s", d.point or d.step, dev_id, exc)
+            self._deliveries.pop(dev_id, None)
 
     # ================================================================== running
     def groups(self) -> list[list[Any]]:
@@ -504,7 +479,7 @@ class SessionRunner:
                 group = groups[self.group_index]
                 await self._run_group(group)
                 self.group_index += 1
-            self._stopping = True
+            self.machine.go(SessionState.STOPPING)
             await self._finish("completed", None)
         except asyncio.CancelledError:
             raise
@@ -530,11 +505,9 @@ class SessionRunner:
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
 
     async def _run_group(self, group: list[Any]) -> None:
-        from devicehub.runner import electroporation, exposure, injection
+        from devicehub.runner.steps import STEPS
 
-        runners = {"injection": injection.run, "electroporation": electroporation.run,
-                   "led": exposure.run, "pemf": exposure.run,
-                   "confirm": lambda runner, step: runner._run_confirm(step)}
+        runners = {**STEPS, "confirm": lambda runner, step: runner._run_confirm(step)}
         for step in group:
             sp = self.progress.setdefault(step.id, StepProgress(step.id, step.kind))
             if sp.status != "done":
@@ -608,28 +581,58 @@ class SessionRunner:
         await self.event("prompt_acknowledged", step=step.id, by=by)
 
     # ================================================================== accounting
-    async def begin_point(self, device_id: str, step: Any, pp: PointProgress,
-                          settle: Callable[[str], Awaitable[None]], *, planned: dict[str, Any]) -> None:
-        """Record the point's delivery intent and make it active, so that a stop at any moment
-        from here on (even during the intent's own write) settles it: no intent is ever left
-        without its result."""
-        ap = ActivePoint(step, pp, device_id, settle=settle)
-        self.set_active(device_id, ap)
-        if pp.delivery_id is None:
-            ap.intent = asyncio.ensure_future(self.store.delivery_intent(
-                self.session_id, step_id=step.id, zone=pp.zone, point=pp.point, device=device_id,
-                planned=planned))
-            pp.delivery_id = await asyncio.shield(ap.intent)
-        pp.status = "active"
+    async def open_delivery(self, device_id: str, step: Any, *, point: PointProgress | None,
+                            planned: dict[str, Any]) -> Delivery:
+        """Read the device's counters, write the delivery's intent with them, and hold it open:
+        a stop at any moment from here on (even during the intent's own write) settles it."""
+        kind = settlement.KIND_OF_STEP[step.kind]
+        device = self.devices[device_id]
+        before = await settlement.read_counters(kind, device)
+        d = Delivery(device_id=device_id, kind=kind, step=step.id, zone=point.zone if point else None,
+                     point=point.point if point else None, before=before, planned=dict(planned), progress=point)
+        self._deliveries[device_id] = d
+        fut = asyncio.ensure_future(self.store.delivery_intent(
+            self.session_id, step_id=step.id, zone=d.zone, point=d.point, device=device_id,
+            planned={**planned, "device_before": before}))
+        d.intent_write = fut
+        d.intent_id = await asyncio.shield(fut)
+        if point is not None:
+            point.status = "active"
+        return d
 
-    def set_active(self, device_id: str, ap: ActivePoint | None) -> None:
-        if ap is None:
-            self._active.pop(device_id, None)
-        else:
-            self._active[device_id] = ap
+    async def delivery_started(self, delivery: Delivery) -> None:
+        delivery.started = True
+        if delivery.t_started is None:
+            delivery.t_started = time.monotonic()
+        await self.event("delivery_started", delivery=delivery.intent_id, device=delivery.device_id,
+                         step=delivery.step, zone=delivery.zone, point=delivery.point)
 
-    def active(self, device_id: str) -> ActivePoint | None:
-        return self._active.get(device_id)
+    async def settle(self, delivery: Delivery, status: str = "done", _stopping: bool = False,
+                     **extra: Any) -> dict[str, float]:
+        """The one settlement (devicehub/runner/settlement.py): the device's figures in the
+        record, what was not yet entered added to progress and totals. On the step's own
+        path a device that cannot say is a failure of the step; on a stop path the delivery
+        stays in flight."""
+        try:
+            delivered = await settlement.settle(
+                delivery, self.devices[delivery.device_id], _RunnerSink(self), status=status, extra=extra,
+                announce=_stopping or delivery.point is None, account=self._account_delivery)
+        finally:
+            if delivery.settled and self._deliveries.get(delivery.device_id) is delivery:
+                self._deliveries.pop(delivery.device_id, None)
+        if delivered is None:
+            if _stopping:
+                return {}
+            raise StepFailure("delivery_unsettled", f"{delivery.device_id} did not say what it delivered",
+                              alarm="device_fault")
+        return delivered
+
+    def _account_delivery(self, d: Delivery, amounts: dict[str, float]) -> None:
+        if d.progress is None:  # an exposure: the step's amounts, run after run
+            sp = self.progress.setdefault(d.step, StepProgress(d.step, self.program_step(d.step).kind))
+            for k, v in amounts.items():
+                sp.done_amounts[k] = sp.done_amounts.get(k, 0.0) + v
+        self.account(d.device_id, d.progress, **amounts)
 
     def account(self, device_id: str, point: PointProgress | None, **amounts: float) -> None:
         """The one place delivered amounts enter the session: progress, totals, caps."""
@@ -681,6 +684,20 @@ class SessionRunner:
             alarm = self.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
                                      key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
             await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
+
+
+class _RunnerSink:
+    """A settlement's writes during the session: the result row, and the event through the
+    runner (one writer, so indices and publication order agree)."""
+
+    def __init__(self, runner: SessionRunner) -> None:
+        self.runner = runner
+
+    async def result(self, intent_id: int, delivered: dict[str, Any], status: str) -> None:
+        await self.runner.store.delivery_result(intent_id, delivered=delivered, status=status)
+
+    async def event(self, name: str, **data: Any) -> int:
+        return await self.runner.event(name, **data)
 
 
 class InvalidState(Exception):
