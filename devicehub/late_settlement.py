@@ -39,6 +39,10 @@ class LateSettlement:
             active = room.active_session()
             if active is not None and active.state == "running" and dev_id in active.devices_needed():
                 return  # the session's own stop path settles what it opened
+            if active is not None and dev_id in active.unsettled_devices():
+                await active.settle_pending(dev_id)  # a paused session's own, into its progress
+                if dev_id in active.unsettled_devices():
+                    return
             exclude = active.session_id if active is not None else None
             await self.settle(dev_id, exclude=exclude)
             if await self.room.store.call(RecordStore.open_deliveries, dev_id, exclude):

@@ -413,7 +413,11 @@ class Room:
         return {"session": runner.session_id, "state": runner.state, "pending_items": runner.pending_preflight()}
 
     async def confirm(self, *, session: str, by: str) -> dict[str, Any]:
+        from devicehub.faults import check_devices_for_rest
+
         runner = self._session(session)
+        if runner.state == "awaiting_confirmation" and runner.started_at is not None:
+            await check_devices_for_rest(self, runner)  # a resume's confirmation: the room again
         with _as_command_errors():
             await runner.confirm(by)
         return {"session": runner.session_id, "state": runner.state}
@@ -422,10 +426,17 @@ class Room:
         runner = self._session(session)
         with _as_command_errors():
             await runner.pause(reason)
+        # a delivery its device could not say at the pause is settled at the device's next answer
+        self.devices.unsettled.update(runner.unsettled_devices())
         return {"session": runner.session_id, "state": runner.state}
 
     async def resume(self, *, session: str, origin: str = "mqtt", by: str | None = None) -> dict[str, Any]:
+        from devicehub.faults import check_devices_for_rest
+
         runner = self._session(session)
+        if runner.state != "paused":
+            raise CommandError("invalid_state", f"session is {runner.state}; only a paused session can resume")
+        await check_devices_for_rest(self, runner)  # the session stays paused when one is missing
         with _as_command_errors():
             await runner.resume(remote=origin == "mqtt", by=by)
         return {"session": runner.session_id, "state": runner.state}

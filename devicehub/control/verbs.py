@@ -118,3 +118,11 @@ async def rebirth(room: Any, m: Any, caller: Caller) -> Any:
 async def report(room: Any, m: Any, caller: Caller) -> Any:
     """Where the session's report is (written when the session ended, or now)."""
     return await room.report(m.session)
+
+
+@verb("clear_fault", console=f.ClearFaultFields)
+async def clear_fault(room: Any, m: Any, caller: Caller) -> Any:
+    """Send a device its own clear command for a latched fault (console only)."""
+    from devicehub.faults import clear_fault as clear
+
+    return await clear(room, m.device, m.by)

@@ -97,6 +97,8 @@ class SessionRunner:
 
         #: device id -> the delivery it is making now (intent written, result not yet)
         self._deliveries: dict[str, Delivery] = {}
+        #: deliveries a stop could not settle (their device did not answer): settled when it does
+        self._unsettled: list[Delivery] = []
         self._run_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
@@ -456,6 +458,21 @@ class SessionRunner:
             except Exception as exc:  # noqa: BLE001 - the room is already safe; it stays in flight
                 log.warning("settling %s on %s failed: %s", d.point or d.step, dev_id, exc)
             self._deliveries.pop(dev_id, None)
+            if not d.settled and d.intent_id is not None:
+                self._unsettled.append(d)
+
+    def unsettled_devices(self) -> list[str]:
+        """Devices with a delivery of this session still open (a paused session cannot resume)."""
+        return sorted({d.device_id for d in self._unsettled if not d.settled})
+
+    async def settle_pending(self, device_id: str) -> None:
+        """The device answers again: settle what a stop could not (progress and totals learn
+        it, so a resumed point gets only what it still lacks)."""
+        for d in [d for d in self._unsettled if d.device_id == device_id]:
+            with contextlib.suppress(CapExceeded):
+                await self.settle(d, "interrupted", _stopping=True)
+            if d.settled:
+                self._unsettled.remove(d)
 
     # ================================================================== running
     def groups(self) -> list[list[Any]]:
