@@ -51,6 +51,9 @@ class DeviceManager:
         #: connection, when it answers after being unresponsive, and on each poll while it is
         #: in ``unsettled``; the room settles its open deliveries and clears a watchdog fault
         self.on_answer: Callable[[str], Awaitable[None]] | None = None
+        #: a watchdog fault found outside a session is the room's to clear (device_watchdog),
+        #: not an alarm of its own (shared/mqtt-api.md, "Latched device faults outside a session")
+        self.room_clears_watchdogs = False
         #: devices that may still have deliveries open in the record (settled on their next answer)
         self.unsettled: set[str] = set()
         #: devices being settled right now: unavailable to a start or a resume until done
@@ -158,7 +161,7 @@ class DeviceManager:
         self.last_status[dev_id] = st
         if st.state == "fault" and (before is None or before.state != "fault") and not self.running:
             watchdog = str(st.fault) in WATCHDOG_CODES
-            if watchdog and self.on_answer is not None:
+            if watchdog and self.room_clears_watchdogs:
                 return
             code = "watchdog" if watchdog else "device_fault"
             self.alarms.raise_alarm(priority="high", source=dev_id, code=code, key=f"{dev_id}:{code}",

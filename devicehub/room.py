@@ -100,6 +100,7 @@ class Room:
         from devicehub.late_settlement import LateSettlement
 
         self.late = LateSettlement(self)
+        self.devices.room_clears_watchdogs = True
         await self.devices.start()
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
