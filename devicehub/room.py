@@ -21,7 +21,8 @@ from typing import Any
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
 from devicehub.control.dry_run import finding_detail
-from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.bus import Bus, HubMessage
+from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
 from devicehub.room_api import CommandError
 from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
@@ -256,7 +257,7 @@ class Room:
         if not last or not last.get("ended_at"):
             return []
         try:
-            ended = datetime.fromisoformat(str(last["ended_at"]).replace("Z", "+00:00"))
+            ended = parse_ts(str(last["ended_at"]))
         except ValueError:
             return []
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, fiel
 from devicehub.control import fields as vf
 from devicehub.control.table import MQTT, TABLE, validate_with, verbs_for
 from devicehub.mqtt.envelope import parse_rfc3339
-from devicehub.room_api import ERROR_CODES, CommandError
+from devicehub.room_api import ERROR_CODES
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=1000)]
