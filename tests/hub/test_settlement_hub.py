@@ -76,6 +76,7 @@ async def restarted_and_settled(setup: Setup, clinic: Clinic, sid: str, seen: in
     failed = await clinic.wait_state("failed", session=sid, start=seen)
     assert failed["data"]["reason"] == "hub_restart"
     await clinic.wait_event(sid, "failed", start=seen)
+    await record_equals_devices(setup, clinic, sid)
     events = [m["data"] for m in clinic.events(sid)]
     settled = [e for e in events if e["event"] == "delivery_settled"]
     assert {e["device"] for e in settled} == devices and all(e["late"] for e in settled), settled
@@ -126,7 +127,7 @@ async def test_hub_killed_mid_train_settles_from_the_train_report(setup: Setup) 
 
         restarted = await restarted_and_settled(setup, clinic, sid, seen, boot, {"epg-1"})
         try:
-            sims = await record_equals_devices(setup, clinic, sid)
+            sims = await sim_states(room)
             assert sims["epg-1"]["fault"] in (None, 0) and sims["epg-1"]["state"] == "idle"
             await full_session_completes(setup, clinic)
         finally:
@@ -154,7 +155,7 @@ async def test_hub_killed_mid_exposure_settles_from_the_run_registers(setup: Set
 
         restarted = await restarted_and_settled(setup, clinic, sid, seen, boot, {"led-1", "pemf-1"})
         try:
-            sims = await record_equals_devices(setup, clinic, sid)
+            sims = await sim_states(room)
             assert sims["led-1"]["elapsed_s"] > 2.0 and sims["pemf-1"]["elapsed_s"] > 2.0
             assert all(sims[d]["fault"] in (None, 0) for d in ("led-1", "pemf-1"))
             await full_session_completes(setup, clinic)
