@@ -15,28 +15,28 @@ runtime caps there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-from devicehub.alarms import WATCHDOG_CODES, AlarmBoard
+from devicehub.alarms import AlarmBoard
 from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
-from devicehub.runner import settlement
+from devicehub.runner import program_run
+from devicehub.runner.deliveries import DeliveryBook
 from devicehub.runner.context import RunnerOptions, StepFailure
 from devicehub.runner.progress import PointProgress, StepProgress
 from devicehub.runner.settlement import Delivery
+from devicehub.runner.supervision import supervise
 from devicehub.runner.states import SessionState, StateMachine
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
-from drivers.base import Device, DeviceEvent, DriverError
+from drivers.base import Device, DriverError
 
 __all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "NotFound"]
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = ("completed", "aborted", "failed")
-SUPERVISED_EVENTS = ("fault", "connection_lost", "heartbeat_failed")
 
 
 class SessionRunner:
@@ -95,10 +95,8 @@ class SessionRunner:
         self.group_index = 0
         self.last_safe_state: SafeStateReport | None = None
 
-        #: device id -> the delivery it is making now (intent written, result not yet)
-        self._deliveries: dict[str, Delivery] = {}
-        #: deliveries a stop could not settle (their device did not answer): settled when it does
-        self._unsettled: list[Delivery] = []
+        #: the deliveries opened and not yet settled (devicehub/runner/deliveries.py)
+        self.book = DeliveryBook(self)
         self._run_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
@@ -251,7 +249,7 @@ class SessionRunner:
                          params=self.params, acknowledged=self.acknowledged,
                          **({"acknowledged_by": self.acknowledged_by} if self.acknowledged_by else {}))
         self.publish_state()
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise-{self.session_id}")
+        self._supervisor = asyncio.get_running_loop().create_task(supervise(self), name=f"supervise-{self.session_id}")
         await self._advance_from_preflight()
 
     async def _advance_from_preflight(self) -> None:
@@ -397,7 +395,7 @@ class SessionRunner:
                                                       else "unconfirmed") for d, s in again.devices.items()},
                                          details={**report.details, **again.details}, device_ms=report.device_ms)
                 self.last_safe_state = report
-        await self._settle_open("interrupted" if kind == "paused" else kind, t_stopped=t0, report=report)
+        await self.book.settle_open("interrupted" if kind == "paused" else kind, t_stopped=t0, report=report)
         await self.event("safe_state", **report.event_data())
         if not report.confirmed:
             bad = [d for d, s in report.devices.items() if s != "off"]
@@ -438,63 +436,13 @@ class SessionRunner:
             self._supervisor.cancel()
         self._finished.set()
 
-    async def _settle_open(self, status: str, *, t_stopped: float | None = None,
-                           report: SafeStateReport | None = None) -> None:
-        """Every delivery still open, settled from its device after the room is safe (the
-        stop paths: pause, abort, fault, a device lost). One the device cannot say now
-        stays in flight and is settled late (devicehub/runner/settlement.py)."""
-        for dev_id, d in list(self._deliveries.items()):
-            fut = d.intent_write
-            if d.intent_id is None and fut is not None:
-                try:  # a stop while the intent was being written: its id is needed to settle it
-                    d.intent_id = await asyncio.wait_for(asyncio.shield(fut), 2.0)
-                except Exception as exc:  # noqa: BLE001 - then the intent is not in the record
-                    log.warning("intent of %s not recorded: %s", d.point or d.step, exc)
-            if d.t_stopped is None and t_stopped is not None:
-                # the stop command left at the trigger; half the device's confirmation round
-                d.t_stopped = t_stopped + (report.device_ms.get(dev_id, 0.0) / 2000.0 if report else 0.0)
-            try:
-                await asyncio.wait_for(self.settle(d, status, _stopping=True), 2.0)
-            except Exception as exc:  # noqa: BLE001 - the room is already safe; it stays in flight
-                log.warning("settling %s on %s failed: %s", d.point or d.step, dev_id, exc)
-            self._deliveries.pop(dev_id, None)
-            if not d.settled and d.intent_id is not None:
-                self._unsettled.append(d)
-
-    def unsettled_devices(self) -> list[str]:
-        """Devices with a delivery of this session still open (a paused session cannot resume)."""
-        return sorted({d.device_id for d in self._unsettled if not d.settled})
-
-    async def settle_pending(self, device_id: str) -> None:
-        """The device answers again: settle what a stop could not (progress and totals learn
-        it, so a resumed point gets only what it still lacks)."""
-        for d in [d for d in self._unsettled if d.device_id == device_id]:
-            with contextlib.suppress(CapExceeded):
-                await self.settle(d, "interrupted", _stopping=True)
-            if d.settled:
-                self._unsettled.remove(d)
-
     # ================================================================== running
-    def groups(self) -> list[list[Any]]:
-        """Steps in order; a step named by another's ``with`` runs alongside it, not alone."""
-        partners = {getattr(s, "with_", None) for s in self.program.steps} - {None}
-        out: list[list[Any]] = []
-        for s in self.program.steps:
-            if s.id in partners:
-                continue
-            group = [s]
-            w = getattr(s, "with_", None)
-            if w:
-                group.append(self.program_step(w))
-            out.append(group)
-        return out
-
     async def _run(self) -> None:
         try:
-            groups = self.groups()
+            groups = program_run.groups(self)
             while self.group_index < len(groups):
                 group = groups[self.group_index]
-                await self._run_group(group)
+                await program_run.run_group(self, group)
                 self.group_index += 1
             self.machine.go(SessionState.STOPPING)
             await self._finish("completed", None)
@@ -521,69 +469,8 @@ class SessionRunner:
             log.exception("session %s: unexpected error", self.session_id)
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
 
-    async def _run_group(self, group: list[Any]) -> None:
-        from devicehub.runner.steps import STEPS
-
-        runners = {**STEPS, "confirm": lambda runner, step: runner._run_confirm(step)}
-        for step in group:
-            sp = self.progress.setdefault(step.id, StepProgress(step.id, step.kind))
-            if sp.status != "done":
-                sp.status = "active"
-        todo = [s for s in group if self.progress[s.id].status != "done"]
-        if not todo:
-            return
-        self.current_step = group[0].id
-        for s in todo:
-            if not self.progress[s.id].points and not self.progress[s.id].done_amounts:
-                await self.event("step_started", step=s.id, kind=s.kind, devices=self._step_device_list(s))
-        self.publish_state()
-        if len(todo) == 1:
-            await runners[todo[0].kind](self, todo[0])
-        else:
-            await self._run_alongside(todo, runners)
-        for s in todo:
-            self.progress[s.id].status = "done"
-            await self.event("step_done", step=s.id, kind=s.kind, devices=self._step_device_list(s),
-                             totals=self._step_totals(s))
-        self.publish_state()
-
-    async def _run_alongside(self, steps: list[Any], runners: dict[str, Any]) -> None:
-        """Run steps side by side; the first to fail cancels the others."""
-        self.start_marks = {}
-        n_exposures = sum(1 for s in steps if s.kind in ("led", "pemf"))
-        self.alongside_barrier = asyncio.Barrier(n_exposures) if n_exposures > 1 else None
-        tasks = [asyncio.ensure_future(runners[s.kind](self, s)) for s in steps]
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in pending:
-                t.cancel()
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.alongside_barrier = None
-        if len(self.start_marks) >= 2:
-            marks = sorted(self.start_marks.values())
-            await self.event("alongside_started", steps=[s.id for s in steps],
-                             skew_ms=round((marks[-1] - marks[0]) * 1000.0, 3))
-
-    def _step_device_list(self, step: Any) -> list[str]:
-        return [self.step_devices[step.id]] if step.id in self.step_devices else []
-
-    def _step_totals(self, step: Any) -> dict[str, float]:
-        sp = self.progress[step.id]
-        out: dict[str, float] = dict(sp.done_amounts)
-        for p in sp.points.values():
-            for k, v in p.delivered.items():
-                if not k.endswith("_sum"):  # bookkeeping (e.g. depth sums for averages), not a delivery
-                    out[k] = out.get(k, 0.0) + v
-        return {k: round(v, 6) for k, v in out.items()}
-
-    async def _run_confirm(self, step: Any) -> None:
+    async def run_confirm(self, step: Any) -> None:
+        """A confirm step: the prompt at the chair, until acknowledged."""
         loop = asyncio.get_running_loop()
         self._prompt = loop.create_future()
         self._prompt_step = step.id
@@ -600,56 +487,20 @@ class SessionRunner:
     # ================================================================== accounting
     async def open_delivery(self, device_id: str, step: Any, *, point: PointProgress | None,
                             planned: dict[str, Any]) -> Delivery:
-        """Read the device's counters, write the delivery's intent with them, and hold it open:
-        a stop at any moment from here on (even during the intent's own write) settles it."""
-        kind = settlement.KIND_OF_STEP[step.kind]
-        device = self.devices[device_id]
-        before = await settlement.read_counters(kind, device)
-        d = Delivery(device_id=device_id, kind=kind, step=step.id, zone=point.zone if point else None,
-                     point=point.point if point else None, before=before, planned=dict(planned), progress=point)
-        self._deliveries[device_id] = d
-        fut = asyncio.ensure_future(self.store.delivery_intent(
-            self.session_id, step_id=step.id, zone=d.zone, point=d.point, device=device_id,
-            planned={**planned, "device_before": before}))
-        d.intent_write = fut
-        d.intent_id = await asyncio.shield(fut)
-        if point is not None:
-            point.status = "active"
-        return d
+        return await self.book.open_delivery(device_id, step, point=point, planned=planned)
 
     async def delivery_started(self, delivery: Delivery) -> None:
-        delivery.started = True
-        if delivery.t_started is None:
-            delivery.t_started = time.monotonic()
-        await self.event("delivery_started", delivery=delivery.intent_id, device=delivery.device_id,
-                         step=delivery.step, zone=delivery.zone, point=delivery.point)
+        await self.book.delivery_started(delivery)
 
-    async def settle(self, delivery: Delivery, status: str = "done", _stopping: bool = False,
-                     **extra: Any) -> dict[str, float]:
-        """The one settlement (devicehub/runner/settlement.py): the device's figures in the
-        record, what was not yet entered added to progress and totals. On the step's own
-        path a device that cannot say is a failure of the step; on a stop path the delivery
-        stays in flight."""
-        try:
-            delivered = await settlement.settle(
-                delivery, self.devices[delivery.device_id], _RunnerSink(self), status=status, extra=extra,
-                announce=_stopping or delivery.point is None, account=self._account_delivery)
-        finally:
-            if delivery.settled and self._deliveries.get(delivery.device_id) is delivery:
-                self._deliveries.pop(delivery.device_id, None)
-        if delivered is None:
-            if _stopping:
-                return {}
-            raise StepFailure("delivery_unsettled", f"{delivery.device_id} did not say what it delivered",
-                              alarm="device_fault")
-        return delivered
+    async def settle(self, delivery: Delivery, status: str = "done", **extra: Any) -> dict[str, float]:
+        return await self.book.settle(delivery, status, **extra)
 
-    def _account_delivery(self, d: Delivery, amounts: dict[str, float]) -> None:
-        if d.progress is None:  # an exposure: the step's amounts, run after run
-            sp = self.progress.setdefault(d.step, StepProgress(d.step, self.program_step(d.step).kind))
-            for k, v in amounts.items():
-                sp.done_amounts[k] = sp.done_amounts.get(k, 0.0) + v
-        self.account(d.device_id, d.progress, **amounts)
+    def unsettled_devices(self) -> list[str]:
+        """Devices with a delivery of this session still open (a paused session cannot resume)."""
+        return self.book.unsettled_devices()
+
+    async def settle_pending(self, device_id: str) -> None:
+        await self.book.settle_pending(device_id)
 
     def account(self, device_id: str, point: PointProgress | None, **amounts: float) -> None:
         """The one place delivered amounts enter the session: progress, totals, caps."""
@@ -663,59 +514,6 @@ class SessionRunner:
             return
         self._last_progress_event[step_id] = now
         await self.event("exposure_progress", step=step_id, device=device_id, **data)
-
-    # ================================================================== supervision
-    async def _supervise(self) -> None:
-        """Watch every device's events for the whole session; trip the safe state on trouble."""
-        queues: list[tuple[str, asyncio.Queue[DeviceEvent]]] = []
-        async with contextlib.AsyncExitStack() as stack:
-            for dev_id, dev in self.devices.items():
-                q = await stack.enter_async_context(dev.subscribe())
-                queues.append((dev_id, q))
-            merged: asyncio.Queue[tuple[str, DeviceEvent]] = asyncio.Queue()
-
-            async def pump(dev_id: str, q: asyncio.Queue[DeviceEvent]) -> None:
-                while True:
-                    merged.put_nowait((dev_id, await q.get()))
-
-            pumps = [asyncio.ensure_future(pump(d, q)) for d, q in queues]
-            try:
-                while not self.finished:
-                    dev_id, ev = await merged.get()
-                    if ev.kind in SUPERVISED_EVENTS:
-                        await self._on_device_trouble(dev_id, ev)
-            finally:
-                for p in pumps:
-                    p.cancel()
-
-    async def _on_device_trouble(self, dev_id: str, ev: DeviceEvent) -> None:
-        if self.finished:
-            return
-        code = ev.data.get("code", ev.kind)
-        text = ev.data.get("text") or ev.data.get("error") or ev.kind
-        if ev.kind == "fault":
-            alarm_code = "watchdog" if str(code) in WATCHDOG_CODES else "device_fault"
-        else:
-            alarm_code = ev.kind
-        if self.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
-            alarm = self.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
-                                     key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
-            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
-
-
-class _RunnerSink:
-    """A settlement's writes during the session: the result row, and the event through the
-    runner (one writer, so indices and publication order agree)."""
-
-    def __init__(self, runner: SessionRunner) -> None:
-        self.runner = runner
-
-    async def result(self, intent_id: int, delivered: dict[str, Any], status: str) -> None:
-        await self.runner.store.delivery_result(intent_id, delivered=delivered, status=status)
-
-    async def event(self, name: str, **data: Any) -> int:
-        return await self.runner.event(name, **data)
-
 
 class InvalidState(Exception):
     pass
