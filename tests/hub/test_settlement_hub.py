@@ -183,3 +183,34 @@ async def test_clear_fault_refused_while_the_cause_is_there_then_accepted(setup:
     # an unknown device is refused, naming the field
     unknown = await acli("console", "--clear-fault", "led-9", "--by", "tech", "--config", setup.config)
     assert unknown.returncode == 2 and "not_found" in unknown.stderr
+
+
+async def test_resume_over_mqtt_refused_while_the_led_does_not_answer(setup: Setup) -> None:
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        await auto_trigger(room, 20)
+        sid, acks = await confirmed(setup, clinic, {"light": {"duration_s": 5}, "field": {"duration_s": 5},
+                                                    "ep": {"pulses_per_point": 2}})
+        try:
+            await wait_sim(setup, "led-1", lambda s: s["output_on"], what="LED on")
+        finally:
+            acks.cancel()
+        paused = await clinic.request("pause", {"session": sid})
+        assert paused["ok"] and paused["data"]["state"] == "paused", paused
+        async with ControlClient(room.sims["led-1"].control) as c:
+            await c.inject("stall", count=-1)
+            reply = await clinic.request("resume", {"session": sid})
+            assert reply["ok"] is False and reply["error"]["code"] == "device_unavailable", reply
+            assert [d["device"] for d in reply["error"]["details"]] == ["led-1"], reply
+            state = await clinic.request("session", {"session": sid})
+            assert state["data"]["state"] == "paused", state
+            await c.clear("stall")
+        reply = await clinic.request("resume", {"session": sid})
+        assert reply["ok"] and reply["data"]["state"] == "awaiting_confirmation", reply
+        aborted = await clinic.request("abort", {"session": sid})
+        assert aborted["ok"], aborted
+        summary = (await clinic.request("session", {"session": sid}))["data"]
+        assert summary["in_flight"] == []
+        sims = await sim_states(room)
+        assert_totals_match(summary["totals"], sims)
