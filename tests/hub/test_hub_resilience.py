@@ -205,6 +205,12 @@ async def test_hub_killed_mid_session(setup: Setup) -> None:
                 if states["led-1"]["output_on"] and states["pemf-1"]["output_on"]:
                     break
                 assert time.monotonic() < deadline, {d: s["output_on"] for d, s in states.items()}
+            # and the hub has told its followers so (a kill between an event's record write
+            # and its outbox write would leave a gap in what they see: not this test's subject)
+            for dev in ("led-1", "pemf-1"):
+                await clinic.wait_for(lambda m, d=dev: m.topic.endswith(f"{sid}/events")
+                                      and m.body["data"]["event"] == "delivery_started"
+                                      and m.body["data"]["device"] == d, timeout=10)
         finally:
             acks.cancel()
         seen = len(clinic.messages)
