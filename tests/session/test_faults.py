@@ -94,6 +94,9 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
         settled = await hub.next_event("delivery_settled")
         assert settled["late"] is True and settled["device"] == dev
         summary = hub.store.read_session(sid)
+        # the watchdog fault its silence latched is cleared by the hub, now that they talk again
+        await hub.wait_sim(dev, lambda s: s["fault"] in (None, 0) and s["state"] != "fault",
+                           what=f"{dev}'s watchdog fault cleared by the hub")
     assert summary["in_flight"] == [], [(e["event"], e["data"]) for e in await hub.store.events(sid)][-14:]
     # the record's totals are what the simulators counted (they count from zero here)
     assert_totals_match(summary["totals"], await hub.sim_states())
