@@ -1,15 +1,14 @@
-"""One session of one program: the state machine, supervision and the safe state.
+"""One session of one program: its lifecycle, pause, resume, abort and the stop path.
 
-States (shared/mqtt-api.md): created -> preflight -> awaiting_confirmation -> running ->
-completed | aborted | failed, running -> paused -> running (resumed at the console) or
-paused -> awaiting_confirmation -> running (resumed from afar).
+States move only along the table of ``devicehub.runner.states`` (shared/mqtt-api.md's
+states plus an internal ``stopping``); an illegal transition raises.
 
 The runner owns one rule above all: any device fault, lost heartbeat, lost
 connection, abort, interrupt or unexpected exception brings every device to its safe
 state at once (``devicehub.safety.safe_state_all``), and the time it took is recorded
-with the ``safe_state`` event. Delivered amounts are accounted from what the devices
-report, in one place (:meth:`SessionRunner._account`), and checked against the
-runtime caps there.
+with the ``safe_state`` event. Then every open delivery is settled from the device's
+own counters (``devicehub.runner.deliveries``); delivered amounts enter progress,
+totals and the runtime caps in one place (:meth:`SessionRunner.account`).
 """
 
 from __future__ import annotations
