@@ -35,7 +35,6 @@ __all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "Not
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("completed", "aborted", "failed")
 
 
 class SessionRunner:
