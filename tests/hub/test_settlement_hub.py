@@ -214,3 +214,50 @@ async def test_resume_over_mqtt_refused_while_the_led_does_not_answer(setup: Set
         assert summary["in_flight"] == []
         sims = await sim_states(room)
         assert_totals_match(summary["totals"], sims)
+
+
+async def test_hub_killed_while_paused_by_a_fault(setup: Setup) -> None:
+    """Issue 13: a session paused by a recoverable fault, then the hub is killed: on restart
+    it is failed (hub_restart) with the totals the devices counted; the fault the device
+    latched is cleared at the chair, and the next session runs."""
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        boot = hub.boot
+        await auto_trigger(room, 20)
+        params = {"ep": {"pulses_per_point": 20, "period_ms": 200}, "light": {"duration_s": 1},
+                  "field": {"duration_s": 1}}
+        sid, acks = await confirmed(setup, clinic, params)
+        try:
+            await wait_sim(setup, "epg-1", lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= 3,
+                           what="EPG mid-train")
+        finally:
+            acks.cancel()
+        async with ControlClient(room.sims["epg-1"].control) as c:
+            await c.inject("open_circuit", count=-1)
+        paused = await clinic.wait_event(sid, "paused")
+        assert paused["data"]["reason"] == "fault" and paused["data"]["recovery"]["device"] == "epg-1"
+        retained = await clinic.wait_state("paused", session=sid)
+        assert retained["data"]["recovery"]["code"] == -302
+        refused = await clinic.request("resume", {"session": sid})
+        assert refused["ok"] is False and refused["error"]["code"] == "invalid_state", refused
+        seen = len(clinic.messages)
+        await asyncio.to_thread(hub.kill)
+
+        restarted = HubProcess(room.config_path, room.directory / "hub.log")
+        await restarted.astart()
+        try:
+            assert restarted.boot == boot + 1
+            failed = await clinic.wait_state("failed", session=sid, start=seen)
+            assert failed["data"]["reason"] == "hub_restart"
+            await record_equals_devices(setup, clinic, sid)
+            # the open circuit latched in the EPG needs the chair: refused while it is there
+            args = ("console", "--clear-fault", "epg-1", "--by", "tech", "--config", setup.config)
+            assert (await acli(*args)).returncode == 1
+            async with ControlClient(room.sims["epg-1"].control) as c:
+                await c.clear("open_circuit")
+            cleared = await acli(*args)
+            assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+            await full_session_completes(setup, clinic)
+        finally:
+            await asyncio.to_thread(restarted.terminate)
