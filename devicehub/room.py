@@ -342,7 +342,6 @@ class Room:
                 confirmation_required=(self.config.remote_confirmation and origin == "mqtt")
                 if confirmation_required is None else confirmation_required,
                 caps=self.runtime_caps(acked), options=self.options, acknowledged_by=acknowledged_by,
-                max_recoveries=getattr(self.config, "max_recoveries", 3),
             )
             self.current = runner
             self._last = runner
@@ -439,28 +438,10 @@ class Room:
         runner = self._session(session)
         if runner.state != "paused":
             raise CommandError("invalid_state", f"session is {runner.state}; only a paused session can resume")
-        if runner.recovery is not None:
-            raise CommandError("invalid_state", f"paused by a fault of {runner.recovery['device']}: "
-                               f"recover it at the console first ({runner.recovery['hint']})")
         await check_devices_for_rest(self, runner)  # the session stays paused when one is missing
         with _as_command_errors():
             await runner.resume(remote=origin == "mqtt", by=by)
         return {"session": runner.session_id, "state": runner.state}
-
-    async def recover(self, *, session: str, by: str) -> dict[str, Any]:
-        """The console's ``recover``: the faulted device's clear command (devicehub/runner/recovery.py)."""
-        from devicehub.runner.recovery import RecoveryRefused
-
-        runner = self._session(session)
-        try:
-            with _as_command_errors():
-                result = await runner.recover(by)
-        except RecoveryRefused as exc:
-            raise CommandError("device_unavailable", str(exc), details=[
-                {"device": exc.device, "fault": exc.code, "fault_text": exc.text}]) from None
-        self.devices.note_status(result["device"], result["status"])
-        return {"session": runner.session_id, "state": runner.state, "device": result["device"],
-                "code": result["code"], "recovered": True}
 
     def safe_state_now(self, trigger: str, t_trigger: float | None = None) -> Awaitable[SafeStateReport]:
         """Every device's off command on its way at once, before the caller awaits anything else.

@@ -120,9 +120,6 @@ class Device(ABC):
     """
 
     kind: ClassVar[str] = ""
-    #: fault code -> what the technician checks before ``recover`` (the faults a session
-    #: pauses for instead of failing; shared/mqtt-api.md, "When a device faults")
-    recovery_hints: ClassVar[dict[int, str]] = {}
     #: how often the heartbeat is sent while energised, seconds
     heartbeat_interval: ClassVar[float] = 0.2
 

@@ -60,13 +60,6 @@ REPLY_TIMEOUT = 0.25
 STATES = ("IDLE", "ARMED", "RUNNING", "FAULT")
 #: codes of the ICD's "fault" kind (the rest are command errors)
 FAULT_CODES = frozenset({-301, -302, -303, -310})
-#: faults a technician removes at the chair (shared/mqtt-api.md, "When a device faults"):
-#: what to check, in the technician's words; a fault not listed fails the session
-RECOVERY_HINTS: dict[int, str] = {
-    -301: "Overcurrent: check the electrodes are not touching each other or wet, then recover",
-    -302: "Open circuit: press the applicator onto the scalp (check the cable and gel), then recover",
-    -303: "Generator too hot: let it cool, check its vents are free, then recover",
-}
 #: at most this many SYST:ERR? reads when looking for the latched fault
 MAX_ERROR_READS = 20
 
@@ -132,7 +125,6 @@ _LOST = _Signal("connection lost")
 class EpgDriver(Device):
     kind = "epg"
     heartbeat_interval = 0.15
-    recovery_hints = RECOVERY_HINTS
 
     def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None) -> None:
         super().__init__(endpoint, device_id=device_id)

@@ -115,15 +115,6 @@ class Mode(IntEnum):
     NAPPAGE = 2
 
 
-#: faults a technician removes at the chair (shared/mqtt-api.md, "When a device faults"):
-#: what to check, in the technician's words; a fault not listed fails the session
-RECOVERY_HINTS: dict[int, str] = {
-    6: "Needle blocked: change the needle cartridge, then recover",
-    7: "Reservoir empty: fit a new vial, then recover",
-    8: "Needle cartridge missing: fit a cartridge, then recover",
-}
-
-
 def code_text(code: int) -> str:
     return CODE_TEXT.get(code, f"unknown code {code}")
 

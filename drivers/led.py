@@ -60,14 +60,6 @@ FAULT_TEXTS: dict[int, str] = {
     5: "watchdog",
 }
 
-#: faults a technician removes at the chair (shared/mqtt-api.md, "When a device faults"):
-#: what to check, in the technician's words; a fault not listed fails the session
-RECOVERY_HINTS: dict[int, str] = {
-    1: "LED head too hot: let the helmet cool (check its vents are free), then recover",
-    2: "Scalp too warm under the helmet: lift it, let the skin cool, then recover",
-    4: "Applicator too far from the scalp: seat the helmet within 30 mm, then recover",
-}
-
 
 class LedDriver(ModbusEmitter):
     kind: ClassVar[str] = "led"
@@ -79,7 +71,6 @@ class LedDriver(ModbusEmitter):
     heartbeat_register: ClassVar[int] = 9
     input_count: ClassVar[int] = 10
     fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
-    recovery_hints: ClassVar[dict[int, str]] = RECOVERY_HINTS
 
     def __init__(self, endpoint: Any, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)

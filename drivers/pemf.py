@@ -51,12 +51,6 @@ FAULT_TEXTS: dict[int, str] = {
     5: "watchdog",
 }
 
-#: faults a technician removes at the chair (shared/mqtt-api.md, "When a device faults"):
-#: what to check, in the technician's words; a fault not listed fails the session
-RECOVERY_HINTS: dict[int, str] = {
-    1: "Coil too hot: let the applicator cool, then recover",
-}
-
 
 class PemfDriver(ModbusEmitter):
     kind: ClassVar[str] = "pemf"
@@ -68,7 +62,6 @@ class PemfDriver(ModbusEmitter):
     heartbeat_register: ClassVar[int] = 6
     input_count: ClassVar[int] = 9
     fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
-    recovery_hints: ClassVar[dict[int, str]] = RECOVERY_HINTS
 
     def setpoint_registers(self, params: BaseModel) -> list[int]:
         assert isinstance(params, PemfExposure)

@@ -35,8 +35,6 @@ def register(sub: Any) -> None:
     k.add_argument("--abort", nargs="?", const="", metavar="SESSION", help="abort (the active session) and exit")
     k.add_argument("--ack-prompt", action="store_true", help="acknowledge the waiting confirm step and exit")
     k.add_argument("--ack-alarms", action="store_true", help="acknowledge every latched alarm and exit")
-    k.add_argument("--recover", metavar="SESSION",
-                   help="after a recoverable fault: send the device its clear command (--by who) and exit")
     k.add_argument("--clear-fault", metavar="DEVICE",
                    help="send DEVICE its clear command for a latched fault (--by who); exit 0 when it then "
                         "shows no fault, 1 with its fault text while the cause is still there")
@@ -144,8 +142,6 @@ def console_main(args: argparse.Namespace) -> int:
         return asyncio.run(_one(config, "prompt_ack", by=by))
     if args.ack_alarms:
         return asyncio.run(_one(config, "alarm_ack"))
-    if args.recover:
-        return asyncio.run(_one(config, "recover", session=args.recover, by=by))
     if args.clear_fault:
         return asyncio.run(_clear_fault(config, args.clear_fault, by))
     return asyncio.run(_watch(config, by, args.plain))

@@ -89,11 +89,6 @@ class AbortFields(Fields):
     reason: Text | None = None
 
 
-class RecoverFields(Fields):
-    session: Id
-    by: Name
-
-
 class ClearFaultFields(Fields):
     device: Id
     by: Name

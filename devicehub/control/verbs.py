@@ -126,9 +126,3 @@ async def clear_fault(room: Any, m: Any, caller: Caller) -> Any:
     from devicehub.faults import clear_fault as clear
 
     return await clear(room, m.device, m.by)
-
-
-@verb("recover", console=f.RecoverFields)
-async def recover(room: Any, m: Any, caller: Caller) -> Any:
-    """After a recoverable fault: the device's clear command; the session stays paused (console only)."""
-    return await room.recover(session=m.session, by=m.by)

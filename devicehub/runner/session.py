@@ -20,7 +20,7 @@ from typing import Any
 
 from devicehub.alarms import AlarmBoard
 from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
-from devicehub.runner import program_run, recovery
+from devicehub.runner import program_run
 from devicehub.runner.deliveries import DeliveryBook
 from devicehub.runner.context import RunnerOptions, StepFailure
 from devicehub.runner.progress import PointProgress, StepProgress
@@ -59,7 +59,6 @@ class SessionRunner:
         options: RunnerOptions | None = None,
         program_json: dict[str, Any] | None = None,
         acknowledged_by: dict[str, str] | None = None,
-        max_recoveries: int = 3,
     ) -> None:
         self.session_id = session_id
         self.program = program
@@ -96,12 +95,6 @@ class SessionRunner:
 
         #: the deliveries opened and not yet settled (devicehub/runner/deliveries.py)
         self.book = DeliveryBook(self)
-        #: paused by a recoverable fault: {device, code, text, hint} until ``recover`` (recovery.py)
-        self.recovery: dict[str, Any] | None = None
-        self.fault_pauses = 0
-        self.max_recoveries = max_recoveries
-        self._stop_kind: str | None = None
-        self._stop_reason: str | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
@@ -160,8 +153,6 @@ class SessionRunner:
         }
         if self.reason:
             data["reason"] = self.reason
-        if self.state == "paused":
-            data["recovery"] = self.recovery
         if self._prompt_step is not None:
             data["prompt"] = {"step": self._prompt_step, "text": self.program_step(self._prompt_step).prompt}
         return data
@@ -311,8 +302,6 @@ class SessionRunner:
         async with self._transition:
             if self.state != "paused":
                 raise InvalidState(f"session is {self.state}; only a paused session can resume")
-            if self.recovery is not None:
-                raise InvalidState(f"paused by a fault of {self.recovery['device']}: recover it at the console first")
             if remote and self.confirmation_required:
                 await self._set_state("awaiting_confirmation", reason="resume")
                 return
@@ -338,24 +327,6 @@ class SessionRunner:
         await self._opened.wait()
         await self._stop("failed", trigger=trigger or reason, reason=reason, t_trigger=t_trigger, alarm=alarm)
 
-    async def pause_for_fault(self, recovery: dict[str, Any], *, trigger: str, t_trigger: float | None = None,
-                              alarm: dict[str, Any] | None = None) -> None:
-        """A recoverable fault while running: safe state, the alarm, then paused with ``recovery``."""
-        await self._opened.wait()
-        await self._stop("paused", trigger=trigger, reason="fault", t_trigger=t_trigger, alarm=alarm,
-                         recovery=recovery)
-
-    async def recover(self, by: str) -> dict[str, Any]:
-        """The console's ``recover``: the device's clear command; ``recovered`` when it holds."""
-        async with self._transition:
-            if self.state != "paused" or self.recovery is None:
-                raise InvalidState(f"session is {self.state}; there is no device fault to recover from")
-            result = await recovery.clear(self, by)
-            await self.event("recovered", device=result["device"], code=result["code"], by=by)
-            self.recovery = None
-            self.publish_state()
-            return result
-
     async def wait(self) -> str:
         await self._finished.wait()
         return self.state
@@ -372,8 +343,7 @@ class SessionRunner:
 
     # ================================================================== stopping
     async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
-                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
-                    recovery: dict[str, Any] | None = None) -> None:
+                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
         if self.machine.state is SessionState.NEW:
@@ -395,16 +365,13 @@ class SessionRunner:
         self.machine.go(SessionState.STOPPING)
         self._stop_idle.clear()
         self._escalate = None
-        self._stop_kind, self._stop_reason = kind, reason
         try:
-            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first,
-                                 recovery=recovery)
+            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first)
         finally:
             self._stop_idle.set()
 
     async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
-                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None,
-                        recovery: dict[str, Any] | None = None) -> None:
+                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None) -> None:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
@@ -437,11 +404,7 @@ class SessionRunner:
         if self._escalate is not None and kind != "failed":
             kind, reason = "failed", self._escalate[0]
         if kind == "paused":
-            if recovery is not None:
-                self.recovery = recovery
-                self.fault_pauses += 1
-            await self.event("paused", **({"reason": reason} if reason else {}),
-                             **({"recovery": recovery} if recovery is not None else {}))
+            await self.event("paused", **({"reason": reason} if reason else {}))
             await self._set_state("paused", reason=None)
             return
         await self._finish(kind, reason)
@@ -483,38 +446,26 @@ class SessionRunner:
             await self._finish("completed", None)
         except asyncio.CancelledError:
             raise
-        except (StepFailure, DriverError) as exc:
-            if self.machine.stopping and self._stop_kind == "paused" and self._stop_reason == "fault":
-                return  # a stop for a fault is under way: the step's own error is that fault
-            fault = _recoverable_in(self, exc)
-            if fault is not None:
-                dev_id, code, text = fault
-                alarm = self.raise_alarm(source=dev_id, code="device_fault", text=f"{dev_id}: {text} ({code})",
-                                         key=f"{dev_id}:device_fault", device=dev_id, device_code=code)
-                await recovery.device_fault(self, dev_id, code, text, trigger=f"fault:{dev_id}", alarm=alarm)
-                return
-            await self._step_failed(exc)
-        except CapExceeded as exc:
-            alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
-            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached", alarm=alarm)
-        except Exception as exc:  # noqa: BLE001 - an unexpected error still ends in the safe state
-            log.exception("session %s: unexpected error", self.session_id)
-            await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
-
-    async def _step_failed(self, exc: Exception) -> None:
-        if isinstance(exc, StepFailure):
+        except StepFailure as exc:
             # every failure of a step is a high alarm of the session (a cap, a device that
             # over-reports, an impedance out of range, a device fault)
             alarm = self.raise_alarm(source=self.current_step or "runner", code=exc.alarm or exc.reason,
                                      text=exc.text)
             await self._stop("failed", trigger=exc.reason, reason=exc.reason, alarm=alarm)
-            return
-        # a device that failed a request mid-step (a timeout, a refusal, a lost link)
-        text = str(exc)
-        dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),
-                   self.step_devices.get(self.current_step or "", "device"))
-        alarm = self.raise_alarm(source=dev, code="device_error", text=text, key=f"{dev}:device_error", device=dev)
-        await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}", alarm=alarm)
+        except CapExceeded as exc:
+            alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
+            await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached", alarm=alarm)
+        except DriverError as exc:
+            # a device that failed a request mid-step (a timeout, a refusal, a lost link)
+            text = str(exc)
+            dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),
+                       self.step_devices.get(self.current_step or "", "device"))
+            alarm = self.raise_alarm(source=dev, code="device_error", text=text, key=f"{dev}:device_error",
+                                     device=dev)
+            await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}", alarm=alarm)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error still ends in the safe state
+            log.exception("session %s: unexpected error", self.session_id)
+            await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
 
     async def run_confirm(self, step: Any) -> None:
         """A confirm step: the prompt at the chair, until acknowledged."""
@@ -561,24 +512,6 @@ class SessionRunner:
             return
         self._last_progress_event[step_id] = now
         await self.event("exposure_progress", step=step_id, device=device_id, **data)
-
-def _recoverable_in(runner: SessionRunner, exc: Exception) -> tuple[str, Any, str] | None:
-    """(device, code, text) when a step's error is a device fault the technician can remove:
-    a start the device refused with its fault (LED-1 applicator too far), the gun's
-    reservoir found empty."""
-    from drivers.base import DeviceFault
-
-    if isinstance(exc, DeviceFault):
-        dev = next((d for d, dv in runner.devices.items() if dv.device_id in str(exc) or str(dv.endpoint) in str(exc)),
-                   runner.step_devices.get(runner.current_step or ""))
-        if dev is not None and recovery.recovery_for(runner, dev, exc.code, exc.text) is not None:
-            return dev, exc.code, exc.text
-    if isinstance(exc, StepFailure) and exc.reason == "reservoir_empty":
-        dev = runner.step_devices.get(runner.current_step or "")
-        if dev is not None and recovery.recovery_for(runner, dev, 7, "reservoir empty") is not None:
-            return dev, 7, "reservoir empty"
-    return None
-
 
 class InvalidState(Exception):
     pass

@@ -1,9 +1,8 @@
 """Supervision: every device's events watched for the whole session; trouble trips the safe state.
 
 A fault, a lost connection or a failing heartbeat of any device (used by the session or
-not) is a high alarm of the session; a fault the technician can remove pauses a running
-session (``recovery.py``), anything else fails it. Either brings every device to its safe
-state first.
+not) fails the session: a high alarm of the session, then ``SessionRunner.fail``, which
+brings every device to its safe state first.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import contextlib
 from typing import Any
 
 from devicehub.alarms import WATCHDOG_CODES
-from devicehub.runner import recovery
 from drivers.base import DeviceEvent
 
 SUPERVISED_EVENTS = ("fault", "connection_lost", "heartbeat_failed")
@@ -54,8 +52,4 @@ async def on_device_trouble(runner: Any, dev_id: str, ev: DeviceEvent) -> None:
     if runner.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
         alarm = runner.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
                                  key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
-        if ev.kind == "fault":  # a fault the technician can remove pauses a running session instead
-            await recovery.device_fault(runner, dev_id, code, text, trigger=f"fault:{dev_id}", t_trigger=ev.t,
-                                        alarm=alarm)
-            return
         await runner.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)

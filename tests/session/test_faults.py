@@ -20,10 +20,11 @@ PARAMS = {
     "other": {"ep": {"period_ms": 10}, "light": {"duration_s": 3}, "field": {"duration_s": 3}},
 }
 
-#: the faults that fail the session (the recoverable ones pause it: test_recovery.py)
 FAULTS = [
-    ("epg-1", "stall"), ("inj-1", "stall"), ("led-1", "led_open"), ("led-1", "stall"),
-    ("pemf-1", "coil_open"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
+    ("epg-1", "overcurrent"), ("epg-1", "open_circuit"), ("epg-1", "over_temperature"), ("epg-1", "stall"),
+    ("inj-1", "occlusion"), ("inj-1", "empty"), ("inj-1", "cartridge_missing"), ("inj-1", "stall"),
+    ("led-1", "head_overheat"), ("led-1", "skin_overheat"), ("led-1", "led_open"), ("led-1", "stall"),
+    ("pemf-1", "coil_open"), ("pemf-1", "overheat"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
 ]
 
 #: the device's state while it delivers (armed counts for the gun: it fires on a pull)
