@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
@@ -63,7 +63,10 @@ class Room:
         self.alarms = AlarmBoard(self.bus)
         self.limits = limits or Limits.load(config.limits)
         self.library = ProgramLibrary(config.programs)
-        self.options = options or RunnerOptions()
+        self.options = dataclasses.replace(options or RunnerOptions(),
+                                           max_recoveries=getattr(config, "max_recoveries", 3))
+        if self.options.pulse_timing is None:  # EP trains are held to the clinic's pulse-timing limit
+            self.options = dataclasses.replace(self.options, pulse_timing=self.limits.electroporation.pulse_timing_error_us)
         self.boot = boot
         self.since = rfc3339(utcnow())
         self.admission_checks = list(admission_checks or [])
@@ -424,6 +427,20 @@ class Room:
             await runner.confirm(by)
         return {"session": runner.session_id, "state": runner.state}
 
+    async def recover(self, *, session: str, by: str) -> dict[str, Any]:
+        """Clear the device fault a session is paused by (console only); the session stays paused."""
+        from devicehub.runner.recovery import RecoveryRefused
+
+        runner = self._session(session)
+        try:
+            with _as_command_errors():
+                recovery = await runner.recover(by)
+        except RecoveryRefused as exc:
+            recovery = runner.recovery or {}
+            raise CommandError("invalid_state", str(exc), field="session",
+                               details=[{k: recovery.get(k) for k in ("device", "code", "text", "hint")}]) from None
+        return {"session": runner.session_id, "state": runner.state, "recovered": recovery}
+
     async def pause(self, *, session: str, reason: str | None = None) -> dict[str, Any]:
         runner = self._session(session)
         with _as_command_errors():
@@ -438,6 +455,9 @@ class Room:
         runner = self._session(session)
         if runner.state != "paused":
             raise CommandError("invalid_state", f"session is {runner.state}; only a paused session can resume")
+        if runner.recovery is not None:  # invalid_state comes before device_unavailable (mqtt-api)
+            with _as_command_errors():
+                await runner.resume(remote=origin == "mqtt", by=by)  # refused: recover first
         await check_devices_for_rest(self, runner)  # the session stays paused when one is missing
         with _as_command_errors():
             await runner.resume(remote=origin == "mqtt", by=by)

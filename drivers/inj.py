@@ -40,6 +40,7 @@ from drivers.base import (
 )
 from drivers.endpoints import Endpoint
 from drivers.inj_frames import (
+    RECOVERY_HINTS,
     REFUSAL_TEXT,
     Ack,
     Cap,
@@ -108,6 +109,7 @@ class InjParams(BaseModel):
 class InjDriver(Device):
     kind = "inj"
     heartbeat_interval = 0.3
+    recovery_hints = RECOVERY_HINTS
 
     def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None, reply_timeout: float = 0.2) -> None:
         super().__init__(endpoint, device_id=device_id)

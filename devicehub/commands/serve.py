@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
     k.add_argument("--clear-fault", metavar="DEVICE",
                    help="send DEVICE its clear command for a latched fault (--by who); exit 0 when it then "
                         "shows no fault, 1 with its fault text while the cause is still there")
+    k.add_argument("--recover", metavar="SESSION",
+                   help="clear the device fault that paused the session (by --by) and exit; resume after it")
     k.set_defaults(func=console_main)
 
 
@@ -140,6 +142,8 @@ def console_main(args: argparse.Namespace) -> int:
                                 reason=f"aborted at the console by {by}"))
     if args.ack_prompt:
         return asyncio.run(_one(config, "prompt_ack", by=by))
+    if args.recover:
+        return asyncio.run(_one(config, "recover", session=args.recover, by=by))
     if args.ack_alarms:
         return asyncio.run(_one(config, "alarm_ack"))
     if args.clear_fault:

@@ -94,6 +94,11 @@ class ClearFaultFields(Fields):
     by: Name
 
 
+class RecoverFields(Fields):
+    session: Id
+    by: Name
+
+
 class PromptAckFields(Fields):
     by: Name
 

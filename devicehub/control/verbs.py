@@ -126,3 +126,9 @@ async def clear_fault(room: Any, m: Any, caller: Caller) -> Any:
     from devicehub.faults import clear_fault as clear
 
     return await clear(room, m.device, m.by)
+
+
+@verb("recover", console=f.RecoverFields)
+async def recover(room: Any, m: Any, caller: Caller) -> Any:
+    """Clear the device fault that paused the session (console only: the cause is at the chair)."""
+    return await room.recover(session=m.session, by=m.by)

@@ -327,7 +327,7 @@ class SessionStateData(BaseModel):
 
 SessionEvent = Literal["created", "preflight_item", "confirmed", "started", "paused", "resumed",
                        "step_started", "step_done", "point_done", "train_done", "exposure_progress",
-                       "alarm", "safe_state", "completed", "aborted", "failed",
+                       "alarm", "safe_state", "recovered", "completed", "aborted", "failed",
                        # recorded and published beyond the document's table (docs/mqtt.md):
                        "state", "prompt", "prompt_acknowledged", "point_skipped", "alongside_started"]
 

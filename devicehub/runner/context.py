@@ -22,11 +22,14 @@ from drivers.base import Device, DeviceEvent
 class StepFailure(Exception):
     """A step cannot go on; the session fails with ``reason``."""
 
-    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None) -> None:
+    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None, device: str | None = None,
+                 code: Any = None, t_trigger: float | None = None) -> None:
         super().__init__(text or reason)
         self.reason = reason
         self.text = text or reason
         self.alarm = alarm  # an alarm code to raise (high), if any
+        self.device, self.code = device, code  # the device fault behind it, if one (recoverable?)
+        self.t_trigger = t_trigger  # when its cause arrived (time.monotonic()), if known
 
 
 async def next_event(q: asyncio.Queue[DeviceEvent], deadline: float, failure: StepFailure) -> DeviceEvent:
@@ -61,6 +64,10 @@ class RunnerOptions:
     auto_acknowledge_prompts: bool = False
     #: a device that has not confirmed its safe state by then is reported unconfirmed
     safe_state_timeout_s: float = 1.0
+    #: pauses by a recoverable fault per session; the next recoverable fault fails it
+    max_recoveries: int = 3
+    #: EP: the pulse-timing limit (limits.electroporation.pulse_timing_error_us; the room sets it)
+    pulse_timing: Any = None
 
 
 class StepContext(Protocol):

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from devicehub.runner.context import StepContext, StepFailure, next_event
+from devicehub.runner.pulse_timing import TrainTiming, check_pulse
 from drivers.epg import EpgTrain
 
 #: the load assumed when no impedance was measured (as the program validation assumes)
@@ -64,13 +65,14 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
     train = EpgTrain(amplitude_v=step.amplitude_v, width_ms=step.width_ms, period_ms=step.period_ms, pulses=pulses,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
-    offsets: list[int] = []
+    timing = TrainTiming(step.period_ms, runner.options.pulse_timing)
     # the intent, with the device's last-train report as it is before this train: after a
     # stop (or a hub restart) the train is what the report says, counted only if this
     # train was triggered (devicehub/runner/settlement.py)
     delivery = await runner.open_delivery(dev_id, step, point=pp, planned={
         "pulses": pulses, "amplitude_v": step.amplitude_v, "width_ms": step.width_ms, "period_ms": step.period_ms,
         **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {})})
+    delivery.details = timing.delivered  # the timing error so far, also in a result written on a stop
     runner.publish_state()
     timeout = pulses * step.period_ms / 1000.0 + runner.options.train_margin_s
     async with epg.subscribe() as q:
@@ -83,13 +85,11 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
         while done is None:
             ev = await next_event(q, deadline, late)
             if ev.kind == "pulse":
-                offsets.append(int(ev.data.get("t_us", 0)))
+                await check_pulse(runner, timing, dev_id, step, pp, ev)
             elif ev.kind == "train_done":
                 done = ev
-    period_us = step.period_ms * 1000.0
-    timing_error = max((abs(t - i * period_us) for i, t in enumerate(offsets)), default=0.0)
-    report = await runner.settle(delivery, "done", timing_error_us=round(timing_error, 1),
-                                 **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {}))
+    timing_error = timing.error_us  # the largest interval error (EPG-1 ICD)
+    report = await runner.settle(delivery, "done", **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {}))
     if int(report.get("pulses", 0)) != pulses:
         raise StepFailure("train_mismatch", f"{dev_id}: train report {report.get('pulses')} pulses, {pulses} configured",
                           alarm="device_fault")

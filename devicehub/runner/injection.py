@@ -97,7 +97,8 @@ async def run(runner: StepContext, step: Any) -> None:
                                               f"{pt.id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
                                               alarm="dose_cap_reached")
                     elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
-                        raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault")
+                        raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
+                                          device=dev_id, code=7)
                 await gun.set_cap(0.0)
                 await runner.settle(delivery, "done", **_depth(pp))
                 _drop_shot_events(q)  # their shots are in the gun's totals just read

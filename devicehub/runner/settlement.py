@@ -75,6 +75,8 @@ class Delivery:
     progress: Any = None
     #: the intent's write while under way (a stop waits for it: no intent is left without its result)
     intent_write: Any = None
+    #: the step's own figures for the result, read when it is written (e.g. the EP timing error)
+    details: Callable[[], dict[str, Any]] | None = None
 
     def event_data(self, delivered: dict[str, Any], late: bool) -> dict[str, Any]:
         return {"device": self.device_id, "step": self.step, "zone": self.zone, "point": self.point,
@@ -209,7 +211,8 @@ async def settle(d: Delivery, device: Any, sink: RecordSink, *, status: str, lat
         return None
     d.settled = True
     d.delivered = delivered
-    row = {**delivered, **(extra or {})}
+    extra = {**(d.details() if d.details is not None else {}), **(extra or {})}
+    row = {**delivered, **extra}
     if late:
         row["late"] = True
     row["settle_ms"] = round((time.monotonic() - t0) * 1000.0, 3)

@@ -1,7 +1,8 @@
 """Supervision: every device's events watched for the whole session; trouble trips the safe state.
 
 A fault, a lost connection or a failing heartbeat of any device (used by the session or
-not) fails the session: a high alarm of the session, then ``SessionRunner.fail``, which
+not) is a high alarm of the session; a fault the technician removes at the chair pauses a
+running session (``recovery.py``), anything else fails it (``SessionRunner.fail``); either
 brings every device to its safe state first.
 """
 
@@ -51,5 +52,19 @@ async def on_device_trouble(runner: Any, dev_id: str, ev: DeviceEvent) -> None:
         alarm_code = ev.kind
     if runner.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
         alarm = runner.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
-                                 key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
+                                   key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
+        recovery = runner._recovery_for(dev_id, code, text) if ev.kind == "fault" else None
+        if recovery is not None:  # a fault the technician removes at the chair (runner/recovery.py)
+            stopping = runner.machine.stopping
+            if runner.state == "running" and not stopping:
+                await runner._pause_for_fault(recovery, trigger=f"fault:{dev_id}", t_trigger=ev.t, alarm=alarm)
+                return
+            if stopping or runner.state == "paused":
+                # the room is (being) made safe already: the fault is recorded, and a
+                # paused session shows what to fix before it may resume
+                await runner.record_alarm(alarm)
+                if runner.state == "paused" and not stopping and runner.recovery is None:
+                    runner.recovery = recovery
+                    runner.publish_state()
+                return
         await runner.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
