@@ -159,15 +159,16 @@ async def read_delivered(d: Delivery, device: Any) -> dict[str, float]:
 def _placed(d: Delivery, state: str, elapsed: float, fluence: float | None) -> tuple[float, float]:
     """An emitter run's length (and LED fluence) inside the registers' resolution step.
 
-    A run that reached its own end (``done``) is exactly what the registers say. A run
+    A run that reached its own end (``done``) lasted exactly what ELAPSED says; its
+    fluence is placed inside FLUENCE's 1 mJ/cm2 step by the set irradiance. A run
     cut short was truncated to the registers' step: when the hub's own stop ended it
     (the device is idle after it), the hub's clock of the start and the stop places it
     inside that step, so a paused exposure's runs add up to what the device delivered
     and the rest is not delivered twice; when the device ended it itself (a fault, its
     watchdog) or the hub was not there to see, it is the middle of the step."""
     if state == "done":
-        return elapsed, fluence or 0.0
-    if d.t_started is not None and d.t_stopped is not None and state != "fault":
+        seconds = elapsed  # a run that ended by itself ends exactly on its DURATION
+    elif d.t_started is not None and d.t_stopped is not None and state != "fault":
         seconds = _within(d.t_stopped - d.t_started, elapsed, ELAPSED_STEP_S)
     else:
         seconds = elapsed + ELAPSED_STEP_S / 2.0
