@@ -56,6 +56,9 @@ def test_three_minute_fault_soak(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # invariant 3: every record verifies and ends in a final state; a hub restart: failed (hub_restart)
     assert r["violations"]["3_record"] == 0, where
     assert all(o["state"] in ("completed", "aborted", "failed") for o in r["outcomes"] if o["session"]), where
+    # invariant 2: the record's totals are what the devices counted (settled from their counters,
+    # late where a device could not be read at the stop), and no point above its plan
+    assert r["violations"]["2_delivered"] == 0, where
     # invariant 4: the persistent follower saw every message of every boot (after the replays)
     assert r["violations"]["4_seq"] == 0, where
     # invariant 5: judged when the last hub lived through more than ten sessions
