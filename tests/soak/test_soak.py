@@ -5,11 +5,12 @@ cut links, pauses, aborts from both sides, a broker restart, a hub SIGKILL, at r
 moments of real sessions. The seed is printed; ``DEVICEHUB_SOAK_SEED`` picks another,
 ``bench/soak.py --seed S --minutes 3`` replays it by hand.
 
-Asserted here: the invariants that hold on today's code (3: every record verifies and
-ends final, a hub restart marks its session failed with hub_restart; 4: the follower saw
-every message, no seq gap per boot; 5: the hub's RSS and descriptors do not grow), that
-the soak really ran its disturbances, and that every session ended. Invariants 1 and 2
-are counted and printed; see bench/README.md for why their counts are not 0 yet.
+Asserted here: the invariants that hold on today's code (2: the record's totals are what
+the devices counted; 3: every record verifies and ends final, a hub restart marks its
+session failed with hub_restart; 4: the follower saw every message, no seq gap per boot;
+5: the hub's RSS and descriptors do not grow), that the soak really ran its disturbances,
+and that every session ended. Invariant 1 is counted and printed; see bench/README.md
+for why its count is not 0 yet.
 """
 
 from __future__ import annotations
