@@ -130,6 +130,11 @@ class SessionRunner:
         return published.value if published is not None else "new"
 
     @property
+    def stopping(self) -> bool:
+        """A pause, an abort or a failure is under way (outputs going off, the record following)."""
+        return self.machine.stopping
+
+    @property
     def finished(self) -> bool:
         return self.machine.final
 
@@ -372,7 +377,7 @@ class SessionRunner:
         """Pause a running session for ``trigger`` (an adverse event): safe state first, then
         ``before_record`` (the trigger's own event), then safe_state and paused."""
         await self._opened.wait()
-        if self.state != "running" or self._stopping:
+        if self.state != "running" or self.stopping:
             return
         await self._stop("paused", trigger=trigger, reason=reason, t_trigger=t_trigger, before_record=before_record)
 
