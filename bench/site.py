@@ -143,6 +143,7 @@ class Bare:
         self.port, self.site = port, site
         self.client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
         self.count = 0
+        self.subscribed = False
         self.cpu = 0.0
         self.first = self.last = 0.0
         self._stop = threading.Event()
@@ -168,7 +169,9 @@ class Bare:
         async with aiomqtt.Client("127.0.0.1", self.port, identifier=self.client_id, clean_start=False,
                                   properties=props, protocol=aiomqtt.ProtocolVersion.V5,
                                   max_queued_incoming_messages=0) as client:
-            await client.subscribe(f"devicehub/v1/{self.site}/+/#", qos=1)
+            if not self.subscribed:  # the session keeps it; a resubscribe would wait behind the backlog
+                await client.subscribe(f"devicehub/v1/{self.site}/+/#", qos=1, timeout=60)
+                self.subscribed = True
             self._ready.set()
             reader = asyncio.ensure_future(self._read(client))
             while not self._stop.is_set():
@@ -192,9 +195,13 @@ def run_publisher(port: int, site: str, rooms: int, seconds: float, backlog: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_collector(cfg: Path, client_id: str, log: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "collect", "--config", str(cfg), "--client-id",
                              client_id], stdout=subprocess.PIPE, stderr=open(log, "a"), text=True, cwd=ROOT)
+    STARTED.append(proc)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("devicehub collecting"), line
     return proc
@@ -320,6 +327,10 @@ def main() -> int:
         doc = {"machine": machine_info(), "rooms": args.rooms, "seconds": args.seconds, "runs": runs,
                "copy_baseline": copy_baseline(pg, args.backlog)}
     finally:
+        for proc in STARTED:  # whatever failed above, no collector outlives the run
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         broker.stop()
         pg.destroy()
     path = write_results("site", doc)
