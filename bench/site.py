@@ -43,7 +43,7 @@ import yaml  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from devicehub.local_broker import LocalBroker  # noqa: E402
+from simulators.local_broker import LocalBroker  # noqa: E402
 from devicehub.mqtt.envelope import EnvelopeFactory, new_ulid  # noqa: E402
 from tests.sites.pg import PrivatePostgres  # noqa: E402
 

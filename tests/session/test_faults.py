@@ -1,13 +1,16 @@
-"""Every injectable fault of every device, injected while that device is delivering.
+"""Every injectable fault that is not recoverable, injected while its device is delivering.
 
 Whatever catches the fault first (the device's own fault event, the program's impedance
 check, the runner's supervision of a silent device, the hub's skin temperature limit),
-the session must end failed with every output off: a ``safe_state`` event with its time
+the session must end failed with every output off (the recoverable ones pause it:
+tests/session/test_recovery.py): a ``safe_state`` event with its time
 and a verdict per device, a stalled device reported ``unconfirmed`` with a high alarm
 (its own watchdog then switches it off), and a record whose hash chains verify.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -21,10 +24,8 @@ PARAMS = {
 }
 
 FAULTS = [
-    ("epg-1", "overcurrent"), ("epg-1", "open_circuit"), ("epg-1", "over_temperature"), ("epg-1", "stall"),
-    ("inj-1", "occlusion"), ("inj-1", "empty"), ("inj-1", "cartridge_missing"), ("inj-1", "stall"),
-    ("led-1", "head_overheat"), ("led-1", "skin_overheat"), ("led-1", "led_open"), ("led-1", "stall"),
-    ("pemf-1", "coil_open"), ("pemf-1", "overheat"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
+    ("epg-1", "stall"), ("inj-1", "stall"), ("led-1", "led_open"), ("led-1", "stall"),
+    ("pemf-1", "coil_open"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
 ]
 
 #: the device's state while it delivers (armed counts for the gun: it fires on a pull)
@@ -51,6 +52,7 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
     runner = await hub.start("demo", params=PARAMS.get(dev, PARAMS["other"]))
     sid = runner.session_id
     await _mid_step(hub, dev)
+    t_inject = time.monotonic()
     await hub.control(dev).inject(fault, count=-1)
 
     assert await hub.finish(runner, 15) == "failed"
@@ -58,7 +60,8 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
 
     # the safe state: its time and each device's verdict
     safe = await hub.next_event("safe_state")
-    assert isinstance(safe["ms"], (int, float)) and 0 <= safe["ms"] < 5000
+    # timed from the fault's arrival, which came after the injection and before the event was seen
+    assert isinstance(safe["ms"], (int, float)) and 0 < safe["ms"] <= (time.monotonic() - t_inject) * 1000
     expected = {d: "off" for d in DEVICES}
     if stalled:
         expected[dev] = "unconfirmed"

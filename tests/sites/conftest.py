@@ -27,7 +27,7 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 
-from devicehub.local_broker import LocalBroker
+from simulators.local_broker import LocalBroker
 from tests.sites.pg import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parents[2]

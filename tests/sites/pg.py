@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from devicehub.local_broker import free_port
+from simulators.local_broker import free_port
 
 
 def pg_bin(name: str) -> str:

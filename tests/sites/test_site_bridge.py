@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devicehub.local_broker import LocalBroker
+from simulators.local_broker import LocalBroker
 from tests.hub.conftest import Clinic, ack_prompts, auto_trigger, console, hub_in, new_site, root_of, \
     run_to_awaiting, simulated_room
 from tests.sites.conftest import (SITE_BROKER_CONF, LinkProxy, assert_same_events, bridge_conf, collectors, query,
