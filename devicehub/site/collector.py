@@ -57,6 +57,15 @@ class Collector:
                 self.thinned += 1
                 return
             self._last_reading[device] = item.received
+        # parsed here, on paho's thread, while the writer waits for PostgreSQL
+        try:
+            env = parse(item.topic, item.payload)
+            item.rows, item.ts = rows_of(env), env["_ts"]
+        except BadMessage as exc:
+            self.refused += 1
+            log.warning("message on %s not stored: %s", item.topic, exc)
+            self.acked += self.link.ack([item])  # nothing to store: sending it again changes nothing
+            return
         self.queue.put(item)
 
     def _take(self) -> list[Incoming]:
@@ -77,17 +86,12 @@ class Collector:
                 break
         return batch
 
-    def _rows(self, batch: list[Incoming]) -> tuple[Rows, list[Any]]:
-        rows, stamps = Rows(), []
+    @staticmethod
+    def _rows(batch: list[Incoming]) -> tuple[Rows, list[Any]]:
+        rows = Rows()
         for item in batch:
-            try:
-                env = parse(item.topic, item.payload)
-                rows.extend(rows_of(env))
-                stamps.append(env["_ts"])
-            except BadMessage as exc:
-                self.refused += 1
-                log.warning("message on %s not stored: %s", item.topic, exc)
-        return rows, stamps
+            rows.extend(item.rows)
+        return rows, [item.ts for item in batch]
 
     def run(self, ready: threading.Event | None = None) -> int:
         """Serve until :meth:`stop`; returns an exit code."""

@@ -47,6 +47,8 @@ class Incoming:
     qos: int
     generation: int
     received: float  # time.time() at arrival
+    rows: Any = None  # what it writes (the collector parses on arrival)
+    ts: Any = None  # its envelope's ts
 
 
 def subscriptions(config: SiteConfig) -> list[tuple[str, int]]:
