@@ -188,6 +188,40 @@ class Bare:
                     self.first = self.last
 
 
+def bare_drain(port: int, site: str, client_id: str, expect: int, subscribe: bool) -> None:
+    """The child: a bare aiomqtt subscriber on a persistent session; counts ``expect`` QoS 1
+    messages and prints {"n", "seconds", "cpu_s"} from its first message to its last."""
+
+    async def run() -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_start=False, properties=props,
+                                  protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0) as client:
+            if subscribe:
+                await client.subscribe(f"devicehub/v1/{site}/+/#", qos=1, timeout=60)
+                print("subscribed", flush=True)
+                return
+            n, first, cpu0 = 0, 0.0, time.process_time()
+            async for m in client.messages:
+                if m.qos:
+                    n += 1
+                    if n == 1:
+                        first, cpu0 = time.perf_counter(), time.process_time()
+                    if n >= expect:
+                        break
+            print(json.dumps({"n": n, "seconds": time.perf_counter() - first,
+                              "cpu_s": time.process_time() - cpu0}), flush=True)
+
+    asyncio.run(run())
+
+
+def run_bare(port: int, site: str, client_id: str, expect: int = 0, subscribe: bool = False) -> str:
+    out = subprocess.run([sys.executable, __file__, "--bare", "--port", str(port), "--site", site, "--client-id",
+                          client_id, "--backlog", str(expect)] + (["--subscribe"] if subscribe else []),
+                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def run_publisher(port: int, site: str, rooms: int, seconds: float, backlog: int = 0) -> dict[str, int]:
     out = subprocess.run([sys.executable, __file__, "--publish", "--port", str(port), "--site", site,
                           "--rooms", str(rooms), "--seconds", str(seconds), "--backlog", str(backlog)],
@@ -259,14 +293,11 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     bare.stop()
     stop(procs)
     before = count_messages(url)
+    drain_id = f"bench-drain-{site}"
+    run_bare(broker.port, site, drain_id, subscribe=True)  # its session, then away
     backlog = run_publisher(broker.port, site, args.rooms, 0, backlog=args.backlog)["qos1"]
-    bare.count = 0
-    t = time.monotonic()
-    bare.start()
-    while bare.count < backlog and time.monotonic() - t < 300:
-        time.sleep(0.02)
-    bare_rate = bare.count / (bare.last - bare.first)  # first to last message, as for the collectors
-    bare.stop()
+    drained = json.loads(run_bare(broker.port, site, drain_id, expect=backlog))  # a process of its own
+    bare_rate = drained["n"] / max(drained["seconds"], 1e-3)  # first to last message, as for the collectors
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
     cpu0 = sum(cpu_seconds(p.pid) for p in procs)  # the start (imports, migrations) not counted
     wait_count(url, before + backlog)
@@ -279,6 +310,7 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     return {"collectors": n_collectors, "rooms": args.rooms, "sustained": sustained,
             "backlog": {"messages": backlog, "collector_msgs_per_s": round(rate, 1),
                         "bare_subscriber_msgs_per_s": round(bare_rate, 1),
+                        "bare_subscriber_cpu_s_per_1000": round(1000 * drained["cpu_s"] / max(drained["n"], 1), 4),
                         "ratio_to_bare": round(rate / bare_rate, 3),
                         "collector_cpu_s_per_1000": round(1000 * cpu / backlog, 4)}}
 
@@ -311,7 +343,13 @@ def main() -> int:
     ap.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--site", help=argparse.SUPPRESS)
+    ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--subscribe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--client-id", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare:
+        bare_drain(args.port, args.site, args.client_id, args.backlog, args.subscribe)
+        return 0
     if args.publish:
         publish(args.port, args.site, args.rooms, args.seconds, args.backlog)
         return 0
