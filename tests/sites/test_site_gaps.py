@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devicehub.site.schema import MIGRATIONS, MigrationError, migrate, migrations
+from devicehub.mqtt.envelope import new_ulid
 from tests.hub.conftest import (Clinic, acli, auto_trigger, console, hub_in, new_site, root_of, run_to_awaiting,
                                 simulated_room)
 from tests.sites.conftest import collectors, query, until_db, write_site_config
@@ -112,3 +113,27 @@ def test_migrations_are_applied_once_and_never_edited(database, tmp_path: Path) 
         (edited / "0001_initial.sql").unlink()
         with pytest.raises(MigrationError):
             migrate(conn, edited)  # no file 1: the numbering has a gap
+
+
+async def test_collector_waits_for_a_database_that_is_not_there_yet(site_broker, database, postgres,
+                                                                     tmp_path: Path) -> None:
+    site = new_site()
+    cfg = write_site_config(tmp_path / "site.yaml", database=database, port=site_broker.port, site=site)
+    async with collectors(cfg, tmp_path) as make:
+        await asyncio.to_thread(postgres.stop)
+        try:
+            starting = asyncio.create_task(make("collector-a").astart())  # ready once the schema is there
+            log = tmp_path / "collector-collector-a.log"
+            while "database not reachable" not in (log.read_text() if log.exists() else ""):
+                await asyncio.sleep(0.05)  # poll the log for the collector's retry
+            assert not starting.done()
+        finally:
+            await asyncio.to_thread(postgres.start)
+        collector = await starting
+        env = {"v": 1, "type": "status", "site": site, "room": "room-1", "boot": 1, "seq": 1, "msg_id": new_ulid(),
+               "ts": "2026-12-01T10:00:00.000000Z", "historical": False, "data": {"state": "online"}}
+        async with aiomqtt.Client("127.0.0.1", site_broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish(f"{root_of(site, 'room-1')}/status", json.dumps(env), qos=1)
+        await until_db(database, lambda q: q("SELECT status FROM rooms WHERE site = %s", site)
+                       == [{"status": "online"}], what="stored once the database came")
+        assert collector.proc.poll() is None
