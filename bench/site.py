@@ -17,7 +17,8 @@ Figures, per collector count, in the same run:
   ceiling without MQTT.
 
 Run: ``.venv/bin/python bench/site.py [--rooms 200] [--seconds 20] [--backlog 20000]``.
-The two real hubs the issue names are not part of this run (see bench/README.md).
+Two real hubs (``devicehub serve`` on simulated rooms) run demo sessions back to back
+beside the synthetic rooms during the sustained phase; their messages are counted apart.
 """
 
 from __future__ import annotations
@@ -128,6 +129,55 @@ def publish(port: int, site: str, rooms: int, seconds: float, backlog: int) -> N
         c.disconnect()
         c.loop_stop()
     print(json.dumps({"qos1": qos1, "qos0": qos0}), flush=True)
+
+
+# ------------------------------------------------------------------ two real hubs beside them
+class RealHubs:
+    """Two simulated rooms with ``devicehub serve`` each, running demo sessions back to back
+    (started over MQTT, confirmed and prompted at the chair, as tests/hub does) on a thread
+    of their own while the synthetic rooms publish."""
+
+    def __init__(self, port: int, site: str, tmp: Path) -> None:
+        from simulators.simroom import SimulatedRoom
+        from tests.hub.conftest import HubProcess
+
+        self.port, self.site = port, site
+        self.rooms = [SimulatedRoom(tmp / f"hub-{i}", site=site, room=f"hub-{i}", mqtt_port=port).start()
+                      for i in (1, 2)]
+        self.hubs = [HubProcess(r.config_path, r.directory / "hub.log").start() for r in self.rooms]
+        self.sessions = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "RealHubs":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(180)
+        for h in self.hubs:
+            h.terminate()
+        for r in self.rooms:
+            r.stop()
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._room(r) for r in self.rooms))
+
+    async def _room(self, room: Any) -> None:
+        from tests.hub.conftest import Clinic, ack_prompts, auto_trigger, console, root_of, run_to_awaiting
+
+        await auto_trigger(room, 20)
+        async with Clinic(self.port, root_of(self.site, room.room)) as clinic:
+            while not self._stop.is_set():
+                sid = await run_to_awaiting(clinic)
+                acks = asyncio.create_task(ack_prompts(clinic, room, sid))
+                try:
+                    await console(room, "confirm", session=sid, by="bench")
+                    await clinic.wait_state("completed", session=sid, timeout=120)
+                    self.sessions += 1
+                finally:
+                    acks.cancel()
 
 
 # ------------------------------------------------------------------ the parent
@@ -249,8 +299,9 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def count_messages(url: str) -> int:
+    """The synthetic rooms' messages stored (the real hubs' are counted apart)."""
     with psycopg.connect(url) as c:
-        return c.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return c.execute("SELECT count(*) FROM messages WHERE room LIKE 'room-%%'").fetchone()[0]
 
 
 def wait_count(url: str, n: int, timeout: float = 300) -> float:
@@ -276,19 +327,27 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
     bare = Bare(broker.port, site)
     bare.start()
-    # ---- sustained, at session rates
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-    t0 = time.monotonic()
-    sent = run_publisher(broker.port, site, args.rooms, args.seconds)
-    wait_count(url, sent["qos1"])
-    cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    # ---- sustained, at session rates, with two real hubs running sessions beside them
+    with RealHubs(broker.port, site, tmp / f"hubs-{site}") as hubs:
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        t0 = time.monotonic()
+        sent = run_publisher(broker.port, site, args.rooms, args.seconds)
+        wait_count(url, sent["qos1"])
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        hub_sessions = hubs.sessions
     with psycopg.connect(url) as c:
-        lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages")]
+        lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages"
+                                        " WHERE room LIKE 'room-%%'")]
+        hub_lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages"
+                                            " WHERE room LIKE 'hub-%%' AND NOT historical")]
         telemetry = c.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+        hub_events = c.execute("SELECT count(*) FROM session_events WHERE room LIKE 'hub-%%'").fetchone()[0]
     sustained = {"qos1_sent": sent["qos1"], "telemetry_sent": sent["qos0"], "telemetry_kept": telemetry,
                  "msgs_per_s": round(sent["qos1"] / args.seconds, 1),
                  "lag_s": summary(lags), "collector_cpu_s_per_1000": round(1000 * cpu / sent["qos1"], 4),
-                 "bare_received": bare.count, "elapsed_s": round(time.monotonic() - t0, 2)}
+                 "bare_received": bare.count, "elapsed_s": round(time.monotonic() - t0, 2),
+                 "real_hubs": {"sessions_completed": hub_sessions, "events_stored": hub_events,
+                               "messages": len(hub_lags), "lag_s": summary(hub_lags)}}
     # ---- backlog drain: consumers away while it is published
     bare.stop()
     stop(procs)
@@ -299,14 +358,14 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     drained = json.loads(run_bare(broker.port, site, drain_id, expect=backlog))  # a process of its own
     bare_rate = drained["n"] / max(drained["seconds"], 1e-3)  # first to last message, as for the collectors
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)  # the start (imports, migrations) not counted
-    wait_count(url, before + backlog)
+    # from the collectors' ready line (subscribed; the process start, imports and migrations
+    # not counted) to the last row stored: the first message's delivery counts against them
+    t = time.monotonic()
+    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+    done = wait_count(url, before + backlog)
     cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
     stop(procs)
-    with psycopg.connect(url) as c:  # from the first batch's transaction to the last (not the process start)
-        span = c.execute("SELECT extract(epoch FROM max(received_at) - min(received_at))::float8 FROM messages"
-                         " WHERE boot = 2").fetchone()[0]
-    rate = backlog / max(span, 1e-3)
+    rate = backlog / (done - t)
     return {"collectors": n_collectors, "rooms": args.rooms, "sustained": sustained,
             "backlog": {"messages": backlog, "collector_msgs_per_s": round(rate, 1),
                         "bare_subscriber_msgs_per_s": round(bare_rate, 1),
