@@ -132,3 +132,7 @@ async def report(room: Any, m: Any, caller: Caller) -> Any:
 async def recover(room: Any, m: Any, caller: Caller) -> Any:
     """Clear the device fault that paused the session (console only: the cause is at the chair)."""
     return await room.recover(session=m.session, by=m.by)
+
+
+# the clinical verbs (adverse_event, course, enrol, course_end) register themselves too
+from devicehub.clinical import verbs as _clinical  # noqa: E402,F401

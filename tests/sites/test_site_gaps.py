@@ -102,9 +102,10 @@ async def test_bad_input_is_stored_nowhere_and_stops_nothing(site_broker, databa
 
 def test_migrations_are_applied_once_and_never_edited(database, tmp_path: Path) -> None:
     with psycopg.connect(database) as conn:
-        assert migrate(conn) == len(migrations()) == 1
-        assert migrate(conn) == 1  # again: nothing to do
-        assert conn.execute("SELECT version, name FROM schema_version").fetchall() == [(1, "0001_initial.sql")]
+        assert migrate(conn) == len(migrations()) == 2
+        assert migrate(conn) == 2  # again: nothing to do
+        assert conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall() == \
+            [(1, "0001_initial.sql"), (2, "0002_boots_holes_upto.sql")]
         edited = tmp_path / "migrations"
         shutil.copytree(MIGRATIONS, edited)
         (edited / "0001_initial.sql").write_text((edited / "0001_initial.sql").read_text() + "\n-- edited\n")
@@ -113,6 +114,18 @@ def test_migrations_are_applied_once_and_never_edited(database, tmp_path: Path) 
         (edited / "0001_initial.sql").unlink()
         with pytest.raises(MigrationError):
             migrate(conn, edited)  # no file 1: the numbering has a gap
+
+    # a database made by version 1 alone is brought to version 2
+    only_first = tmp_path / "v1"
+    only_first.mkdir()
+    shutil.copy(MIGRATIONS / "0001_initial.sql", only_first)
+    with psycopg.connect(database, autocommit=True) as c:
+        c.execute("CREATE DATABASE v1_upgrade")
+    url = database.rsplit("/", 1)[0] + "/v1_upgrade"
+    with psycopg.connect(url) as conn:
+        assert migrate(conn, only_first) == 1
+        assert migrate(conn) == 2
+        assert conn.execute("SELECT holes_upto FROM boots").fetchall() == []
 
 
 async def test_collector_waits_for_a_database_that_is_not_there_yet(site_broker, database, postgres,

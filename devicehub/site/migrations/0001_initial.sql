@@ -28,10 +28,9 @@ CREATE TABLE boots (
     last_seen   timestamptz NOT NULL DEFAULT now(),
     seqs        bigint NOT NULL DEFAULT 0,     -- count of distinct seq numbers stored (kept by the writer)
     max_seq     bigint NOT NULL DEFAULT 0,
-    holes_upto  bigint NOT NULL DEFAULT 0,     -- the gap check listed every hole below this seq
     PRIMARY KEY (site, room, boot)
 );
-CREATE INDEX boots_to_check ON boots (site, room, boot) WHERE seqs < max_seq AND max_seq > holes_upto;
+CREATE INDEX boots_with_gaps ON boots (last_seen) WHERE seqs < max_seq;
 
 CREATE TABLE messages (
     msg_id      text PRIMARY KEY,
