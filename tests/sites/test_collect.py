@@ -94,6 +94,19 @@ async def test_two_hubs_every_event_once(site_broker, database, tmp_path: Path) 
                 assert [s["session"] for s in patient["sessions"]] == [sid1]
                 assert patient["sessions"][0]["adverse_events"] == []
 
+                # a follow-up after the end: the hub's adverse event reaches the patient's view
+                ae = await c1.request("adverse_event", {"session": sid1, "kind": "redness", "severity": "mild",
+                                                        "by": "dr-b", "note": "next visit"})
+                assert ae["ok"] and ae["data"]["action"] == "recorded", ae
+                await until_db(database, lambda q: q("SELECT count(*) AS n FROM adverse_events WHERE session = %s",
+                                                     sid1)[0]["n"] == 1, what="the adverse event stored")
+                patient = json.loads((await acli("site", "patient", listed[sid1]["patient_ref"], "--config",
+                                                 str(cfg), "--json")).stdout)
+                assert [(a["index"], a["kind"], a["severity"], a["by"], a["note"])
+                        for a in patient["sessions"][0]["adverse_events"]] == \
+                    [(ae["data"]["index"], "redness", "mild", "dr-b", "next visit")]
+                assert patient["sessions"][0]["complete"] is True
+
                 rooms = json.loads((await acli("site", "rooms", "--config", str(cfg), "--json")).stdout)
                 assert [(r["site"], r["room"], r["status"]) for r in rooms] == \
                     [(site, "room-1", "online"), (site, "room-2", "online")]
