@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
     c.add_argument("--by", default=None, help="who confirms (default: the logged-in user)")
     c.set_defaults(func=confirm_main)
 
-    k = sub.add_parser("console", help="attach to the running hub: live view, pause, resume, abort")
+    k = sub.add_parser("console", help="the technician's console on the running hub (full screen); "
+                                       "flags for one-shot actions in scripts")
     k.add_argument("--config", default="configs/hub.yaml")
     k.add_argument("--by", default=None, help="who is at the console (default: the logged-in user)")
     k.add_argument("--plain", action="store_true", help="plain event lines instead of the live view")
@@ -120,11 +121,16 @@ def console_main(args: argparse.Namespace) -> int:
         return asyncio.run(_one(config, "prompt_ack", by=by))
     if args.ack_alarms:
         return asyncio.run(_one(config, "alarm_ack"))
-    return asyncio.run(_watch(config, by, args.plain))
+    if args.plain or not sys.stdout.isatty():
+        return asyncio.run(_watch(config, by, True))
+    from devicehub.console.app import run
+
+    return run(config.console_socket, by)  # the full-screen console (devicehub/console/)
 
 
 async def _watch(config: Any, by: str, plain: bool) -> int:
-    """The live view of the hub's session; Ctrl-C leaves (it does not abort: use --abort)."""
+    """The plain line-by-line view of the hub's session (``--plain``, or not on a terminal);
+    Ctrl-C leaves (it does not abort: use --abort)."""
     from rich.live import Live
 
     from devicehub.console_view import SessionView

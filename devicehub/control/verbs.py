@@ -51,7 +51,7 @@ async def start(room: Any, m: Any, caller: Caller) -> Any:
     if caller.origin != MQTT:
         # at the chair: who acknowledged what, and the checklist taken as done when asked
         at_chair = {"acknowledged_by": m.acknowledged_by, "preflight_done_by": m.preflight_done_by,
-                    "confirmation_required": False, "t_arrival": caller.t_arrival}
+                    "confirmation_required": m.wait_for_start, "t_arrival": caller.t_arrival}
     return await room.start(program=m.program, patient_ref=m.patient_ref, operator=m.operator, params=m.params,
                              acknowledge=m.acknowledge, origin=caller.origin, **at_chair)
 
@@ -118,3 +118,7 @@ async def rebirth(room: Any, m: Any, caller: Caller) -> Any:
 async def report(room: Any, m: Any, caller: Caller) -> Any:
     """Where the session's report is (written when the session ended, or now)."""
     return await room.report(m.session)
+
+
+# verbs whose logic lives in a module of their own register themselves on import
+from devicehub.control import record_check  # noqa: E402,F401

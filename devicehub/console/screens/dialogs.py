@@ -1,0 +1,86 @@
+"""Small questions: a yes/no confirmation, the adverse event form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+DIALOG_CSS = """
+Vertical#dialog { width: 72; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
+Vertical#dialog Horizontal { height: auto; }
+Vertical#dialog Button { margin: 1 1 0 0; }
+"""
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """``y`` confirms, ``n`` or Escape does not."""
+
+    DEFAULT_CSS = "ConfirmDialog { align: center middle; }\n" + DIALOG_CSS
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question)
+            with Horizontal():
+                yield Button("Yes (y)", id="yes", variant="warning")
+                yield Button("No (n)", id="no")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+SEVERITIES = ("mild", "moderate", "severe")
+
+
+class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
+    """What happened to the patient: kind, severity, who records it, a note."""
+
+    DEFAULT_CSS = "AdverseEventDialog { align: center middle; }\n" + DIALOG_CSS
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Record", priority=True)]
+
+    def __init__(self, by: str) -> None:
+        super().__init__()
+        self.by = by
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Adverse event (recorded with the session)")
+            yield Input(placeholder="kind (e.g. pain, erythema, bleeding, syncope)", id="kind")
+            yield Select([(s, s) for s in SEVERITIES], prompt="severity", id="severity")
+            yield Input(value=self.by, placeholder="recorded by", id="by")
+            yield Input(placeholder="note (optional)", id="note")
+            with Horizontal():
+                yield Button("Record (ctrl+s)", id="save", variant="warning")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        kind = self.query_one("#kind", Input).value.strip()
+        severity = self.query_one("#severity", Select).value
+        by = self.query_one("#by", Input).value.strip()
+        if not kind or not isinstance(severity, str) or not by:
+            self.notify("kind, severity and who records it are required", severity="error")
+            return
+        out: dict[str, Any] = {"kind": kind, "severity": severity, "by": by}
+        note = self.query_one("#note", Input).value.strip()
+        if note:
+            out["note"] = note
+        self.dismiss(out)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

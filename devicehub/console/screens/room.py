@@ -1,0 +1,56 @@
+"""The room: every device, the active alarms, the session now or the last one. Nothing
+energised from here."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Static
+
+from devicehub.console import render
+from devicehub.console.screens.base import HubScreen
+
+
+class RoomScreen(HubScreen):
+    BINDINGS = [
+        Binding("n", "new", "New session"),
+        Binding("s", "session", "Session"),
+        Binding("a", "ack_alarms", "Acknowledge alarms"),
+        Binding("q", "app.quit", "Quit console"),
+    ]
+
+    def body(self) -> ComposeResult:
+        yield Static(id="devices", classes="panel")
+        yield Static(id="alarms", classes="panel")
+        yield Static(id="session", classes="panel")
+
+    def update_view(self) -> None:
+        st = self.hub.state
+        self.set("devices", render.devices(st))
+        self.set("alarms", render.alarms(st))
+        sid = st.session_id
+        if not sid:
+            text = Text("no session yet in this room (n: new session)", style="dim")
+        elif st.live:
+            text = Text(f"session {sid} is {st.state}: s shows it", style="bold")
+        else:
+            s = st.session or {}
+            text = Text(f"last session {sid}: {st.state}" + (f" ({s['reason']})" if s.get("reason") else "")
+                        + f", program {s.get('program', '?')}, patient {s.get('patient_ref', '?')}"
+                        + " (s: its result, n: new session)")
+        self.set("session", text)
+
+    def action_new(self) -> None:
+        if self.hub.state.live:
+            self.notify(f"session {self.hub.state.session_id} is {self.hub.state.state}: one at a time")
+            return
+        self.hub.show("new")
+
+    def action_session(self) -> None:
+        stage = self.hub.stage()
+        if stage:
+            self.hub.show(stage)
+
+    def action_ack_alarms(self) -> None:
+        self.hub.act("alarm_ack")

@@ -1,0 +1,72 @@
+"""The technician's console driven by Textual's pilot against a real daemon and the simulators.
+
+The hub's fixtures (a simulated room, ``devicehub serve`` as a process, Mosquitto) are
+those of tests/hub. ``until`` awaits what the screen shows, polling the app between
+frames: there is no sleep that orders events.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devicehub.console.app import ConsoleApp
+from tests.hub.conftest import Setup, setup  # noqa: F401 - the fixture, shared
+
+SIZE = (150, 52)
+
+
+def app_for(s: Setup, by: str = "tech-a") -> ConsoleApp:
+    return ConsoleApp(s.room.directory / "devicehub.sock", by)
+
+
+def screen_text(app: ConsoleApp) -> str:
+    """What the screen shows, as text (from Textual's own SVG screenshot)."""
+    svg = app.export_screenshot()
+    return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+
+
+async def until(pilot: Any, pred: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Let the app run until ``pred()`` is true (the deadline only keeps a broken test from hanging)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; the screen shows:\n{screen_text(pilot.app)[-3000:]}")
+        await pilot.pause(0.05)
+
+
+async def type_into(pilot: Any, selector: str, text: str) -> None:
+    """Click a field and type into it, key by key, as a person would."""
+    await pilot.click(selector)
+    field = pilot.app.screen.query_one(selector)
+    field.value = ""
+    await pilot.press(*[_key(c) for c in text])
+
+
+_KEYS = {".": "full_stop", "=": "equals_sign", "_": "underscore", "-": "minus", " ": "space", ",": "comma"}
+
+
+def _key(c: str) -> str:
+    return _KEYS.get(c, c)
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Callable[[ConsoleApp, str], Path]:
+    """Save an SVG screenshot of the app's screen (into docs/console when DEVICEHUB_SCREENSHOTS is set)."""
+    where = Path(os.environ.get("DEVICEHUB_SCREENSHOTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+
+    def save(app: ConsoleApp, name: str) -> Path:
+        return Path(app.save_screenshot(f"{name}.svg", str(where)))
+
+    return save

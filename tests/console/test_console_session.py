@@ -1,0 +1,74 @@
+"""A whole session at the console, from program pick to the ended screen."""
+
+from __future__ import annotations
+
+from devicehub.console.screens.ended import EndedScreen
+from devicehub.console.screens.new_session import NewSessionScreen
+from devicehub.console.screens.preflight import PreflightScreen
+from devicehub.console.screens.room import RoomScreen
+from devicehub.console.screens.running import RunningScreen
+from tests.console.conftest import SIZE, app_for, screen_text, type_into, until
+from tests.hub.conftest import Setup, auto_trigger
+
+SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
+
+
+async def pick_program(pilot, program: str) -> None:
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, NewSessionScreen) and app.screen.programs, "the programs")
+    ol = app.screen.query_one("#programs")
+    ol.focus()
+    ids = [p["program"] for p in app.screen.programs]
+    for _ in range(len(ids) + 1):
+        if ol.highlighted is not None and ids[ol.highlighted] == program:
+            break
+        await pilot.press("down")
+    await pilot.press("enter")
+    await until(pilot, lambda: app.screen.program == program, f"program {program} picked")
+
+
+async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    await hub.astart()
+    await auto_trigger(room, 10)  # the simulated technician pulls the INJ-1 trigger
+    app = app_for(setup)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.connected and app.state.devices, "the room")
+        assert isinstance(app.screen, RoomScreen)
+        shots(app, "room")
+        await pilot.press("n")
+        await pick_program(pilot, "demo")
+        await type_into(pilot, "#patient", "P-0001")
+        await type_into(pilot, "#params", SHORT)
+        await until(pilot, lambda: app.screen.check and app.screen.check.get("startable")
+                    and app.screen.check["params"], "a startable dry run")
+        shots(app, "new-session")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, PreflightScreen), "the checklist")
+        screen = app.screen
+        screen.query_one("#items").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: "consent" in app.state.preflight, "consent ticked")
+        assert app.state.state == "preflight"
+        assert screen.query_one("#start").disabled
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: app.state.state == "awaiting_confirmation", "every item done")
+        await until(pilot, lambda: not screen.query_one("#start").disabled, "START enabled")
+        shots(app, "preflight")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, RunningScreen), "the running screen")
+        await until(pilot, lambda: app.state.prompt, "the confirm step")
+        await until(pilot, lambda: "CONFIRM STEP apply-serum" in screen_text(app), "the prompt on screen")
+        shots(app, "running-prompt")
+        await pilot.press("c")
+        await until(pilot, lambda: app.state.state == "running" and app.state.session.get("step") == "ep",
+                    "electroporation")
+        shots(app, "running")
+        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.verified, "the ended screen",
+                    timeout=120)
+        await until(pilot, lambda: app.screen.report, "the report's path")
+        text = screen_text(app)
+        assert "COMPLETED" in text and "VERIFIES" in text, text
+        shots(app, "ended")
+        tick = {t.by for t in app.state.preflight.values()}
+        assert tick == {"tech-a"}
