@@ -70,3 +70,14 @@ def shots(tmp_path: Path) -> Callable[[ConsoleApp, str], Path]:
         return Path(app.save_screenshot(f"{name}.svg", str(where)))
 
     return save
+
+
+def recorded_events(room: Any, session: str) -> list[dict[str, Any]]:
+    """The session's events as the record holds them (read-only, beside the running hub)."""
+    from devicehub.records.store import RecordStore
+
+    store = RecordStore(room.directory / "devicehub.sqlite", readonly=True)
+    try:
+        return store.events(session)
+    finally:
+        store.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from devicehub.console.screens.dialogs import AdverseEventDialog
 from devicehub.console.screens.ended import EndedScreen
 from devicehub.console.screens.new_session import NewSessionScreen
 from devicehub.console.screens.preflight import PreflightScreen
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
-from tests.console.conftest import SIZE, app_for, screen_text, type_into, until
+from tests.console.conftest import SIZE, app_for, recorded_events, screen_text, type_into, until
 from tests.hub.conftest import Setup, auto_trigger
 
 SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
@@ -72,3 +73,23 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         shots(app, "ended")
         tick = {t.by for t in app.state.preflight.values()}
         assert tick == {"tech-a"}
+
+        # an adverse event, recorded from the ended screen with who recorded it
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, AdverseEventDialog), "the adverse event form")
+        await type_into(pilot, "#kind", "erythema")
+        await pilot.click("#severity")
+        await until(pilot, lambda: app.screen.query_one("#severity").highlighted is not None, "severity chosen")
+        while app.screen.query_one("#severity").highlighted != 1:
+            await pilot.press("down")
+        shots(app, "adverse-event")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.recorded, "recorded")
+        sid = app.state.session_id
+    events = recorded_events(room, sid)
+    adverse = [e for e in events if e["event"] == "adverse_event"]
+    assert [(a["data"]["kind"], a["data"]["severity"], a["data"]["by"]) for a in adverse] == [
+        ("erythema", "moderate", "tech-a")]
+    assert [e["data"]["by"] for e in events if e["event"] == "confirmed"] == ["tech-a"]
+    completed = next(e["index"] for e in events if e["event"] == "completed")
+    assert adverse[0]["index"] > completed  # recorded after the end, in the same chain

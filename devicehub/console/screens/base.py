@@ -32,14 +32,19 @@ class HubScreen(Screen[None]):
     def body(self) -> ComposeResult:
         return iter(())
 
+    mounted_view = False
+
     def on_mount(self) -> None:
+        self.mounted_view = True
         self.refresh_view()
 
     def refresh_view(self) -> None:
+        if not self.mounted_view:
+            return  # not mounted yet: its on_mount draws it
         try:
             bar = self.query_one("#bar", Static)
         except NoMatches:
-            return  # not composed yet: its on_mount draws it
+            return
         bar.update(render.bar(self.hub.state, self.hub.by, self.hub.socket))
         self.update_view()
 

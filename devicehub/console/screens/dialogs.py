@@ -9,12 +9,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select
+from textual.widgets import Button, Input, Label, OptionList
 
 DIALOG_CSS = """
 Vertical#dialog { width: 72; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
 Vertical#dialog Horizontal { height: auto; }
 Vertical#dialog Button { margin: 1 1 0 0; }
+Vertical#dialog OptionList { height: auto; }
 """
 
 
@@ -60,7 +61,8 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
         with Vertical(id="dialog"):
             yield Label("Adverse event (recorded with the session)")
             yield Input(placeholder="kind (e.g. pain, erythema, bleeding, syncope)", id="kind")
-            yield Select([(s, s) for s in SEVERITIES], prompt="severity", id="severity")
+            yield Label("severity (arrows):")
+            yield OptionList(*SEVERITIES, id="severity")
             yield Input(value=self.by, placeholder="recorded by", id="by")
             yield Input(placeholder="note (optional)", id="note")
             with Horizontal():
@@ -70,7 +72,8 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:
         kind = self.query_one("#kind", Input).value.strip()
-        severity = self.query_one("#severity", Select).value
+        chosen = self.query_one("#severity", OptionList).highlighted
+        severity = SEVERITIES[chosen] if chosen is not None else None
         by = self.query_one("#by", Input).value.strip()
         if not kind or not isinstance(severity, str) or not by:
             self.notify("kind, severity and who records it are required", severity="error")

@@ -157,7 +157,7 @@ class NewSessionScreen(HubScreen):
             self.check, self.check_error = None, f"{err.get('code')} [{err.get('field', '')}]: {err.get('message')}"
         self.update_view()
 
-    def ready(self) -> bool:
+    def startable(self) -> bool:
         return bool(self.check and self.check.get("startable") and self.hub.state.connected
                     and self.query_one("#patient", Input).value.strip()
                     and self.query_one("#operator", Input).value.strip())
@@ -175,14 +175,14 @@ class NewSessionScreen(HubScreen):
                           Text(str(f.get("message", "")), style=style),
                           Text(acked or ("to acknowledge" if sev == "soft" else "start impossible"), style=style),
                           key=f["id"])
-        self.query_one("#start", Button).disabled = not self.ready()
+        self.query_one("#start", Button).disabled = not self.startable()
 
     # ------------------------------------------------------------------ actions
     def action_room(self) -> None:
         self.back_to_room()
 
     def action_start(self) -> None:
-        if not self.ready():
+        if not self.startable():
             self.notify("not startable yet: pick a program, enter the patient and operator, acknowledge "
                         "each soft limit; a hard limit makes a start impossible", severity="warning")
             return
