@@ -101,17 +101,20 @@ def grid(state: RoomState) -> Any:
     return t
 
 
-def totals(delivered: dict[str, dict[str, Any]], planned: dict[str, dict[str, Any]] | None = None,
+def totals(delivered: dict[str, dict[str, Any]] | None, planned: dict[str, dict[str, Any]] | None = None,
            title: str = "delivered / planned") -> Table:
+    """Per device: what the devices counted (None: no column) beside what was planned (None: no column)."""
     t = Table(title=title, title_justify="left", expand=True)
     t.add_column("device")
-    t.add_column("delivered (the device's own figures)")
+    if delivered is not None:
+        t.add_column("delivered (the device's own figures)")
     if planned is not None:
-        t.add_column("planned")
-    for dev in sorted(set(delivered) | set(planned or {})):
-        row = [dev, ", ".join(f"{k} {_num(v)}" for k, v in (delivered.get(dev) or {}).items()) or "-"]
-        if planned is not None:
-            row.append(", ".join(f"{k} {_num(v)}" for k, v in (planned.get(dev) or {}).items()) or "-")
+        t.add_column("planned (dry run)")
+    for dev in sorted(set(delivered or {}) | set(planned or {})):
+        row = [dev]
+        for figures in (delivered, planned):
+            if figures is not None:
+                row.append(", ".join(f"{k} {_num(v)}" for k, v in (figures.get(dev) or {}).items()) or "-")
         t.add_row(*row)
     return t
 
@@ -162,7 +165,7 @@ def dry_run(check: dict[str, Any] | None, error: str = "") -> Any:
         for step, per in points.items():
             pt.add_row(step, *[str(per.get(z, "")) for z in zones])
         parts.append(pt)
-    parts.append(totals({}, planned_totals(check), title="planned totals per device"))
+    parts.append(totals(None, planned_totals(check), title="planned totals per device"))
     course = check.get("course")
     if isinstance(course, dict) and course:
         parts.append(Text("course: " + ", ".join(f"{k} {v}" for k, v in course.items()), style="cyan"))

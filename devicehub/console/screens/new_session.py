@@ -35,7 +35,8 @@ class NewSessionScreen(HubScreen):
         Binding("escape", "room", "Back to the room"),
     ]
     DEFAULT_CSS = """
-    #programs { width: 44; height: 100%; }
+    #picker { height: auto; }
+    #programs { width: 44; height: auto; max-height: 40; }
     #form { width: 1fr; height: auto; }
     #findings { height: auto; max-height: 12; }
     Input { width: 1fr; }
@@ -52,21 +53,21 @@ class NewSessionScreen(HubScreen):
         self._asked = 0
 
     def body(self) -> ComposeResult:
-        with Horizontal():
+        with Horizontal(id="picker"):
             yield OptionList(id="programs")
             with Vertical(id="form"):
                 yield Input(placeholder="patient reference (a clinic reference, no names)", id="patient")
                 yield Input(placeholder="operator (who runs the session)", id="operator")
                 yield Input(placeholder="overrides: STEP.PARAM=VALUE ... (optional)", id="params")
-                yield Static(id="dryrun", classes="panel")
                 yield Static("findings (Enter on a soft one: acknowledged by the operator)", classes="panel")
                 yield DataTable(id="findings", cursor_type="row")
                 yield Static(id="error", classes="error")
                 yield Button("Start: to the checklist (ctrl+s)", id="start", variant="success", disabled=True)
+                yield Static(id="dryrun", classes="panel")
 
     def on_mount(self) -> None:
         table = self.query_one("#findings", DataTable)
-        table.add_columns("severity", "id", "value", "limit", "finding", "acknowledged by")
+        table.add_columns("severity", "id", "value", "limit", "acknowledged by", "finding")
         self.query_one("#operator", Input).value = self.hub.by
         super().on_mount()
         self.hub.spawn(self._load_programs())
@@ -172,9 +173,8 @@ class NewSessionScreen(HubScreen):
             style = render.finding_style(sev, bool(acked))
             table.add_row(Text(sev.upper(), style=style), Text(f["id"], style=style),
                           f"{f.get('value')} {f.get('unit') or ''}", f"{f.get('limit')} {f.get('unit') or ''}",
-                          Text(str(f.get("message", "")), style=style),
                           Text(acked or ("to acknowledge" if sev == "soft" else "start impossible"), style=style),
-                          key=f["id"])
+                          Text(str(f.get("message", "")), style=style), key=f["id"])
         self.query_one("#start", Button).disabled = not self.startable()
 
     # ------------------------------------------------------------------ actions
