@@ -44,6 +44,8 @@ class RoomState:
     await_reason: str = ""
     #: bumped on every change the screens show
     version: int = 0
+    #: device telemetry messages received (how busy the stream is)
+    telemetry: int = 0
 
     # ------------------------------------------------------------------ derived
     @property
@@ -107,6 +109,7 @@ class RoomState:
             self.devices[data.get("id", "?")] = data
         elif kind == "device.telemetry":
             self.readings[data.get("device", "?")] = data
+            self.telemetry += 1
         elif kind == "alarms":
             alarms = data.get("alarms", [])
             self.alarms = list(alarms) if isinstance(alarms, list) else []
@@ -153,6 +156,13 @@ class RoomState:
         if self.session is not None:
             for k in ("patient_ref", "operator", "program"):
                 self.session.setdefault(k, summary.get(k))
+            if summary.get("state") in ENDED:
+                # an end the stream did not carry (it ended while the hub was away, say):
+                # the record's word is final, an ended session never changes again
+                for k in ("state", "reason", "totals", "started_at", "ended_at"):
+                    if summary.get(k) is not None:
+                        self.session[k] = summary[k]
+                self.session.pop("prompt", None)
         # points a console attached late did not see: the record counts them per step, in order
         for step in summary.get("steps") or []:
             done = int(step.get("points_done") or 0)

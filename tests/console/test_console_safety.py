@@ -1,0 +1,139 @@
+"""At the chair: Ctrl+C aborts at once, a key is acted on at once while telemetry streams,
+a remote start waits for the chair, and a lost daemon is said plainly."""
+
+from __future__ import annotations
+
+from textual.screen import ModalScreen
+
+from devicehub.console.screens.dialogs import ConfirmDialog
+from devicehub.console.screens.ended import EndedScreen
+from devicehub.console.screens.running import RunningScreen
+from tests.console.conftest import SIZE, app_for, screen_text, until
+from tests.hub.conftest import (
+    Clinic,
+    Setup,
+    auto_trigger,
+    console,
+    outputs_on,
+    run_to_awaiting,
+    wait_all_off,
+)
+
+#: a demo whose electroporation lasts: 40 pulses of 50 ms at each of 8 points
+LONG_EP = {"light": {"duration_s": 1}, "field": {"duration_s": 1}, "ep": {"pulses_per_point": 40}}
+
+
+async def start_at_the_chair(setup: Setup, params: dict) -> str:
+    reply = await console(setup.room, "start", program="demo", patient_ref="P-0003", operator="dr-c",
+                          params=params, preflight_done_by="nurse")
+    assert reply["ok"], reply
+    return reply["data"]["session"]
+
+
+async def until_output(pilot, room, device: str) -> None:
+    """Let the app run until the simulator says the device's output is on."""
+    while not (await outputs_on(room))[device]:
+        await pilot.pause(0.02)
+
+
+async def test_ctrl_c_during_electroporation_turns_every_output_off(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    await hub.astart()
+    await auto_trigger(room, 10)
+    app = app_for(setup)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.connected, "the room")
+        sid = await start_at_the_chair(setup, LONG_EP)
+        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and app.state.prompt, "the confirm step")
+        await pilot.press("c")  # one key confirms the step
+        await until(pilot, lambda: (app.state.session or {}).get("step") == "ep", "electroporation")
+        await until_output(pilot, room, "epg-1")
+        await pilot.press("ctrl+c")
+        assert not isinstance(app.screen, ModalScreen)  # no dialog
+        states = await wait_all_off(room)
+        assert not any(s["output_on"] for s in states.values())
+        await until(pilot, lambda: app.state.state == "aborted", "the session aborted")
+        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.verified, "the ended screen")
+        assert "ABORTED" in screen_text(app)
+        assert (app.state.session or {}).get("session") == sid
+
+
+async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    await hub.astart()
+    await auto_trigger(room, 4)
+    app = app_for(setup)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.connected, "the room")
+        await start_at_the_chair(setup, LONG_EP)
+        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and app.state.state == "running", "running")
+        seen = app.state.telemetry
+        await until(pilot, lambda: app.state.telemetry >= seen + 20, "telemetry streaming")
+        at_press = app.state.telemetry
+        await pilot.press("p")
+        await until(pilot, lambda: app.state.state == "paused", "paused")
+        # the app's own handling: from the key event's creation to the pause request written
+        handled = app.responsiveness("p", "pause")
+        assert handled is not None and handled < 0.100, f"the key took {handled} s to reach the hub"
+        await until(pilot, lambda: app.state.telemetry >= at_press + 5, "telemetry still arriving")
+        await wait_all_off(room)
+        await until(pilot, lambda: "PAUSED" in screen_text(app), "the pause on screen")
+        shots(app, "paused")
+
+        # resume asks first; n leaves it paused, y resumes
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the resume question")
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, RunningScreen), "back, still paused")
+        assert app.state.state == "paused"
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the resume question")
+        shots(app, "resume-confirm")
+        await pilot.press("y")
+        await until(pilot, lambda: app.state.state == "running", "running again")
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: app.state.state == "aborted", "aborted")
+    await wait_all_off(room)
+
+
+async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        await auto_trigger(room, 10)
+        app = app_for(setup)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.connected, "the room")
+            sid = await run_to_awaiting(clinic)
+            await until(pilot, lambda: isinstance(app.screen, RunningScreen)
+                        and "WAITING FOR THE CHAIR: start requested by dr-a (origin mqtt)" in screen_text(app),
+                        "the remote start waiting for the chair")
+            assert not any((await outputs_on(room)).values())
+            shots(app, "remote-start")
+            await pilot.press("c")
+            confirmed = await clinic.wait_event(sid, "confirmed")
+            assert confirmed["data"]["by"] == "tech-a"
+            await until(pilot, lambda: app.state.state == "running", "running")
+            await pilot.press("ctrl+c")
+            await clinic.wait_event(sid, "aborted")
+    await wait_all_off(room)
+
+
+async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    await hub.astart()
+    app = app_for(setup)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.connected, "the room")
+        sid = await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: it waits in the injection
+        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and "RUNNING" in screen_text(app), "running")
+        hub.kill()
+        await until(pilot, lambda: "LOST THE ROOM" in screen_text(app), "the lost room said")
+        text = screen_text(app)
+        assert "RUNNING" not in text and "UNKNOWN" in text, text  # never pretends the session runs
+        shots(app, "lost")
+        await hub.astart()  # back: the console reconnects by itself
+        await until(pilot, lambda: app.state.connected and app.state.state == "failed", "reconnected")
+        await until(pilot, lambda: isinstance(app.screen, EndedScreen), "the session's end")
+        assert app.state.session_id == sid and (app.state.session or {}).get("reason") == "hub_restart"
+        await until(pilot, lambda: "ROOM CONNECTED" in screen_text(app), "the room connected again, said")
