@@ -48,6 +48,7 @@ async def test_ctrl_c_during_electroporation_turns_every_output_off(setup: Setup
         await pilot.press("c")  # one key confirms the step
         await until(pilot, lambda: (app.state.session or {}).get("step") == "ep", "electroporation")
         await until_output(pilot, room, "epg-1")
+        shots(app, "running")
         await pilot.press("ctrl+c")
         assert not isinstance(app.screen, ModalScreen)  # no dialog
         states = await wait_all_off(room)

@@ -62,9 +62,8 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await until(pilot, lambda: "CONFIRM STEP apply-serum" in screen_text(app), "the prompt on screen")
         shots(app, "running-prompt")
         await pilot.press("c")
-        await until(pilot, lambda: app.state.state == "running" and app.state.session.get("step") == "ep",
-                    "electroporation")
-        shots(app, "running")
+        await until(pilot, lambda: any("prompt_acknowledged" in line and "by=tech-a" in line
+                                       for line in app.state.events), "the step confirmed by tech-a")
         await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.verified, "the ended screen",
                     timeout=120)
         await until(pilot, lambda: app.screen.report, "the report's path")
