@@ -39,7 +39,7 @@ class ConsoleApp(App[int]):
     """
     BINDINGS = [
         Binding("ctrl+c", "abort", "ABORT", priority=True),
-        Binding("ctrl+q", "quit", "Quit console", priority=True),
+        Binding("ctrl+q", "quit", "Quit console", priority=True, show=False),
     ]
 
     def __init__(self, socket: str | os.PathLike[str], by: str) -> None:

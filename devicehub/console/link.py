@@ -3,7 +3,7 @@
 Four connections, so that nothing urgent ever waits behind something slow:
 ``watch`` (the stream of hub messages), ``requests`` (the verbs, one at a time),
 ``abort`` (kept open and free for the one request that must never wait) and ``ping``
-(a ``status`` every half second: a daemon that stops answering is noticed within a
+(a ``status`` every quarter second: a daemon that stops answering is noticed within a
 second even when its socket stays open).
 
 The link knows nothing of Textual: it calls ``on_message(kind, data)`` for every hub
@@ -26,8 +26,8 @@ from devicehub.local_console import ConsoleClient
 log = logging.getLogger(__name__)
 
 #: how often the daemon is asked for its status, and how long an answer may take
-PING_EVERY_S = 0.5
-PING_TIMEOUT_S = 0.8
+PING_EVERY_S = 0.25
+PING_TIMEOUT_S = 0.7
 RECONNECT_EVERY_S = 0.3
 
 

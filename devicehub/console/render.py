@@ -79,7 +79,7 @@ def grid(state: RoomState) -> Any:
     zones, steps = state.zones(), state.grid_steps()
     if not zones or not steps:
         return Text("")
-    t = Table(title="scalp grid   ● done  ◉ current  · pending  × skipped", title_justify="left")
+    t = Table()
     t.add_column("step")
     for z in zones:
         t.add_column(str(z.get("label") or z["id"]))
@@ -98,7 +98,14 @@ def grid(state: RoomState) -> Any:
                 lines.append(cells)
             row.append(Text("\n").join(lines))
         t.add_row(*row)
-    return t
+    legend = Text("scalp grid  ")
+    for name, (mark, style) in MARKS.items():
+        legend.append(f"{mark} {name}  ", style=style)
+    return Group(legend, t)
+
+
+def event_log(state: RoomState, n: int = 12) -> Group:
+    return Group(Text("event log", style="bold"), *[Text(line) for line in list(state.events)[-n:]])
 
 
 def totals(delivered: dict[str, dict[str, Any]] | None, planned: dict[str, dict[str, Any]] | None = None,
@@ -157,7 +164,7 @@ def dry_run(check: dict[str, Any] | None, error: str = "") -> Any:
     parts.append(head)
     points = points_of(check)
     if points:
-        pt = Table(title="points per step and zone", title_justify="left")
+        pt = Table(title="points", title_justify="left")
         pt.add_column("step")
         zones = sorted({z for per in points.values() for z in per})
         for z in zones:

@@ -7,6 +7,7 @@ daemon is lost the session is shown as unknown, never as running.
 from __future__ import annotations
 
 from collections import deque
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +142,9 @@ class RoomState:
         if ev in ("point_done", "point_skipped"):
             self.points[(data.get("step", ""), data.get("point", ""))] = "done" if ev == "point_done" else "skipped"
         elif ev == "preflight_item":
-            self.preflight[str(data.get("item"))] = Tick(bool(data.get("done")), str(data.get("by", "?")),
-                                                         str(data.get("ts", "")))
+            # the stream's events carry no time of their own: the console's, as it heard it
+            ts = str(data.get("ts") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            self.preflight[str(data.get("item"))] = Tick(bool(data.get("done")), str(data.get("by", "?")), ts)
         elif ev == "state" and data.get("state") == "awaiting_confirmation":
             self.await_reason = data.get("reason") or "start"
         line = SessionView._describe(data)

@@ -36,7 +36,9 @@ class EndedScreen(HubScreen):
         yield Static(id="result", classes="panel")
         yield Static(id="totals", classes="panel")
         yield Static(id="record", classes="panel")
+        yield Static(id="alarms", classes="panel")
         yield Static(id="grid", classes="panel")
+        yield Static(id="log", classes="panel")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -77,7 +79,9 @@ class EndedScreen(HubScreen):
         lines += [Text(f"adverse event recorded: {r}", style="yellow") for r in self.recorded]
         lines.append(Text("e: record an adverse event   n: new session   Esc: room", style="bold"))
         self.set("record", Group(*lines))
+        self.set("alarms", render.alarms(st))
         self.set("grid", render.grid(st))
+        self.set("log", render.event_log(st, 8))
 
     def action_adverse(self) -> None:
         sid = self.hub.state.session_id

@@ -56,6 +56,7 @@ class NewSessionScreen(HubScreen):
         with Horizontal(id="picker"):
             yield OptionList(id="programs")
             with Vertical(id="form"):
+                yield Static("program: (pick one on the left, arrows and Enter)", id="picked", classes="panel")
                 yield Input(placeholder="patient reference (a clinic reference, no names)", id="patient")
                 yield Input(placeholder="operator (who runs the session)", id="operator")
                 yield Input(placeholder="overrides: STEP.PARAM=VALUE ... (optional)", id="params")
@@ -93,7 +94,11 @@ class NewSessionScreen(HubScreen):
         if event.option.id != self.program:
             self.program = event.option.id
             self.acks.clear()
+            title = next((p.get("title") for p in self.programs if p["program"] == self.program), "")
+            self.set("picked", Text.assemble("program: ", (f"{title} ({self.program})", "bold")))
             self.dry_run()
+        if isinstance(event, OptionList.OptionSelected):
+            self.query_one("#patient", Input).focus()
 
     @on(Input.Changed)
     def _typed(self, event: Input.Changed) -> None:
@@ -199,6 +204,6 @@ class NewSessionScreen(HubScreen):
         reply = await self.hub.request("start", **fields)
         if not reply.get("ok"):
             err = reply.get("error") or {}
-            self.set("error", f"start refused ({err.get('code')}) [{err.get('field', '')}]: {err.get('message')}")
+            self.set("error", f"start refused ({err.get('code')})" + (f" [{err['field']}]" if err.get("field") else "") + f": {err.get('message')}")
             return
         self.set("error", "")  # the daemon's session stream takes the console to the checklist

@@ -24,6 +24,7 @@ class PreflightScreen(HubScreen):
 
     def body(self) -> ComposeResult:
         yield Static(id="head", classes="panel")
+        yield Static("ticked by (who checks each item):")
         yield Input(placeholder="ticked by (who checks the item)", id="by")
         yield Static("checklist (Enter on an item: done / not done, by the name above)", classes="panel")
         yield DataTable(id="items", cursor_type="row")

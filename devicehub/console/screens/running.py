@@ -3,7 +3,6 @@ the devices, the alarms, the event log; the chair's confirmations with one key."
 
 from __future__ import annotations
 
-from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -64,7 +63,7 @@ class RunningScreen(HubScreen):
         self.set("totals", render.totals((st.session or {}).get("totals") or {}, st.planned))
         self.set("devices", render.devices(st))
         self.set("alarms", render.alarms(st))
-        self.set("log", Group(Text("event log", style="bold"), *[Text(line) for line in list(st.events)[-12:]]))
+        self.set("log", render.event_log(st))
 
     def action_confirm(self) -> None:
         st = self.hub.state
