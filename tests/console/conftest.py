@@ -27,6 +27,11 @@ def app_for(s: Setup, by: str = "tech-a") -> ConsoleApp:
     return ConsoleApp(s.room.directory / "devicehub.sock", by)
 
 
+def on_screen(app: ConsoleApp, cls: type) -> bool:
+    """The app shows a screen of ``cls``, mounted and drawn."""
+    return isinstance(app.screen, cls) and bool(getattr(app.screen, "mounted_view", True))
+
+
 def screen_text(app: ConsoleApp) -> str:
     """What the screen shows, as text (from Textual's own SVG screenshot)."""
     svg = app.export_screenshot()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from devicehub.console.screens.new_session import NewSessionScreen
 from devicehub.console.screens.preflight import PreflightScreen
-from tests.console.conftest import SIZE, app_for, recorded_events, screen_text, type_into, until
+from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until
 from tests.console.test_console_session import SHORT, pick_program
 from tests.hub.conftest import Setup, wait_all_off
 
@@ -51,7 +51,7 @@ async def test_a_soft_limit_is_acknowledged_by_name_and_recorded(setup: Setup, s
         assert not screen.query_one("#start").disabled
         shots(app, "new-session-soft")
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, PreflightScreen), "the checklist")
+        await until(pilot, lambda: on_screen(app, PreflightScreen), "the checklist")
         sid = app.state.session_id
         await pilot.press("ctrl+c")  # abort from the checklist: no dialog
         await until(pilot, lambda: app.state.state == "aborted", "aborted")

@@ -8,7 +8,7 @@ from textual.screen import ModalScreen
 from devicehub.console.screens.dialogs import ConfirmDialog
 from devicehub.console.screens.ended import EndedScreen
 from devicehub.console.screens.running import RunningScreen
-from tests.console.conftest import SIZE, app_for, screen_text, until
+from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until
 from tests.hub.conftest import (
     Clinic,
     Setup,
@@ -44,17 +44,17 @@ async def test_ctrl_c_during_electroporation_turns_every_output_off(setup: Setup
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected, "the room")
         sid = await start_at_the_chair(setup, LONG_EP)
-        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and app.state.prompt, "the confirm step")
+        await until(pilot, lambda: on_screen(app, RunningScreen) and app.state.prompt, "the confirm step")
         await pilot.press("c")  # one key confirms the step
         await until(pilot, lambda: (app.state.session or {}).get("step") == "ep", "electroporation")
         await until_output(pilot, room, "epg-1")
         shots(app, "running")
         await pilot.press("ctrl+c")
-        assert not isinstance(app.screen, ModalScreen)  # no dialog
+        assert not on_screen(app, ModalScreen)  # no dialog
         states = await wait_all_off(room)
         assert not any(s["output_on"] for s in states.values())
         await until(pilot, lambda: app.state.state == "aborted", "the session aborted")
-        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.verified, "the ended screen")
+        await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.verified, "the ended screen")
         assert "ABORTED" in screen_text(app)
         assert (app.state.session or {}).get("session") == sid
 
@@ -67,7 +67,7 @@ async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Se
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected, "the room")
         await start_at_the_chair(setup, LONG_EP)
-        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and app.state.state == "running", "running")
+        await until(pilot, lambda: on_screen(app, RunningScreen) and app.state.state == "running", "running")
         seen = app.state.telemetry
         await until(pilot, lambda: app.state.telemetry >= seen + 20, "telemetry streaming")
         at_press = app.state.telemetry
@@ -85,7 +85,7 @@ async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Se
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the resume question")
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, RunningScreen), "back, still paused")
+        await until(pilot, lambda: on_screen(app, RunningScreen), "back, still paused")
         assert app.state.state == "paused"
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the resume question")
@@ -106,7 +106,7 @@ async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.state.connected, "the room")
             sid = await run_to_awaiting(clinic)
-            await until(pilot, lambda: isinstance(app.screen, RunningScreen)
+            await until(pilot, lambda: on_screen(app, RunningScreen)
                         and "WAITING FOR THE CHAIR: start requested by dr-a (origin mqtt)" in screen_text(app),
                         "the remote start waiting for the chair")
             assert not any((await outputs_on(room)).values())
@@ -127,7 +127,7 @@ async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup,
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected, "the room")
         sid = await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: it waits in the injection
-        await until(pilot, lambda: isinstance(app.screen, RunningScreen) and "RUNNING" in screen_text(app), "running")
+        await until(pilot, lambda: on_screen(app, RunningScreen) and "RUNNING" in screen_text(app), "running")
         hub.kill()
         await until(pilot, lambda: "LOST THE ROOM" in screen_text(app), "the lost room said")
         text = screen_text(app)
@@ -135,6 +135,6 @@ async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup,
         shots(app, "lost")
         await hub.astart()  # back: the console reconnects by itself
         await until(pilot, lambda: app.state.connected and app.state.state == "failed", "reconnected")
-        await until(pilot, lambda: isinstance(app.screen, EndedScreen), "the session's end")
+        await until(pilot, lambda: on_screen(app, EndedScreen), "the session's end")
         assert app.state.session_id == sid and (app.state.session or {}).get("reason") == "hub_restart"
         await until(pilot, lambda: "ROOM CONNECTED" in screen_text(app), "the room connected again, said")

@@ -8,7 +8,7 @@ from devicehub.console.screens.new_session import NewSessionScreen
 from devicehub.console.screens.preflight import PreflightScreen
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
-from tests.console.conftest import SIZE, app_for, recorded_events, screen_text, type_into, until
+from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until
 from tests.hub.conftest import Setup, auto_trigger
 
 SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
@@ -16,7 +16,7 @@ SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
 
 async def pick_program(pilot, program: str) -> None:
     app = pilot.app
-    await until(pilot, lambda: isinstance(app.screen, NewSessionScreen) and app.screen.programs, "the programs")
+    await until(pilot, lambda: on_screen(app, NewSessionScreen) and app.screen.programs, "the programs")
     ol = app.screen.query_one("#programs")
     ol.focus()
     ids = [p["program"] for p in app.screen.programs]
@@ -35,7 +35,7 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
     app = app_for(setup)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected and app.state.devices, "the room")
-        assert isinstance(app.screen, RoomScreen)
+        assert on_screen(app, RoomScreen)
         shots(app, "room")
         await pilot.press("n")
         await pick_program(pilot, "demo")
@@ -45,7 +45,7 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
                     and app.screen.check["params"], "a startable dry run")
         shots(app, "new-session")
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, PreflightScreen), "the checklist")
+        await until(pilot, lambda: on_screen(app, PreflightScreen), "the checklist")
         screen = app.screen
         screen.query_one("#items").focus()
         await pilot.press("enter")
@@ -57,14 +57,14 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await until(pilot, lambda: not screen.query_one("#start").disabled, "START enabled")
         shots(app, "preflight")
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, RunningScreen), "the running screen")
+        await until(pilot, lambda: on_screen(app, RunningScreen), "the running screen")
         await until(pilot, lambda: app.state.prompt, "the confirm step")
         await until(pilot, lambda: "CONFIRM STEP apply-serum" in screen_text(app), "the prompt on screen")
         shots(app, "running-prompt")
         await pilot.press("c")
         await until(pilot, lambda: any("prompt_acknowledged" in line and "by=tech-a" in line
                                        for line in app.state.events), "the step confirmed by tech-a")
-        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.verified, "the ended screen",
+        await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.verified, "the ended screen",
                     timeout=120)
         await until(pilot, lambda: app.screen.report, "the report's path")
         text = screen_text(app)
@@ -83,7 +83,7 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
             await pilot.press("down")
         shots(app, "adverse-event")
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, EndedScreen) and app.screen.recorded, "recorded")
+        await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.recorded, "recorded")
         sid = app.state.session_id
     events = recorded_events(room, sid)
     adverse = [e for e in events if e["event"] == "adverse_event"]
