@@ -7,9 +7,8 @@ reply per request: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {..
 Requests: ``{"op": <verb>, ...members}``, every verb of the room's command table that
 the console may use (``devicehub.control``: programs, program, status, session, check,
 start, preflight, confirm, pause, resume, abort, prompt_ack, alarm_ack, report, verify,
-adverse_event, ...), validated
-by the same models as over MQTT. ``abort`` brings the room to its safe state before
-anything else, whatever else is wrong with the line. ``watch``: after its reply the
+adverse_event, ...), validated by the same models as over MQTT. ``abort`` brings the room
+to its safe state before anything else, whatever else is wrong with the line. ``watch``: after its reply the
 connection streams every hub message as ``{"kind": ..., "data": ...}`` lines (the
 console's live view).
 """

@@ -71,8 +71,12 @@ class RoomState:
             return ""
         started = (self.session or {}).get("started_at") or self.meta.get("started_at")
         why = self.await_reason or ("resume" if started else "start")
-        who = self.meta.get("operator") or (self.session or {}).get("operator") or "?"
-        return f"{why} requested by {who} (origin {self.meta.get('origin') or '?'})"
+        s = self.session or {}
+        if why == "resume":  # only a resume from afar waits for the chair; it names nobody
+            return "resume requested from afar (MQTT); every output stays off until confirmed here"
+        who = self.meta.get("operator") or s.get("operator") or "?"
+        return (f"start requested by {who} (origin {self.meta.get('origin') or '?'}) for patient "
+                f"{s.get('patient_ref') or self.meta.get('patient_ref') or '?'}, program {s.get('program') or '?'}")
 
     @property
     def prompt(self) -> dict[str, Any] | None:

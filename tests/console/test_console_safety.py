@@ -100,8 +100,7 @@ async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Se
 async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -> None:
     room, hub = setup.room, setup.hub
     async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
-        await auto_trigger(room, 10)
+        await hub.astart()  # no trigger pulled: the session stays in its injection
         app = app_for(setup)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.state.connected, "the room")
@@ -115,6 +114,20 @@ async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -
             confirmed = await clinic.wait_event(sid, "confirmed")
             assert confirmed["data"]["by"] == "tech-a"
             await until(pilot, lambda: app.state.state == "running", "running")
+
+            # paused and resumed from afar: the resume waits for the chair too
+            assert (await clinic.request("pause", {"session": sid}))["ok"]
+            await until(pilot, lambda: app.state.state == "paused", "paused from afar")
+            resumed = await clinic.request("resume", {"session": sid})
+            assert resumed["data"]["state"] == "awaiting_confirmation", resumed
+            await until(pilot, lambda: "WAITING FOR THE CHAIR: resume requested from afar" in screen_text(app),
+                        "the remote resume waiting for the chair")
+            assert not any((await outputs_on(room)).values())
+            start = len(clinic.messages)
+            await pilot.press("c")
+            confirmed = await clinic.wait_event(sid, "confirmed", start=start)
+            assert confirmed["data"]["by"] == "tech-a"
+            await until(pilot, lambda: app.state.state == "running", "running again")
             await pilot.press("ctrl+c")
             await clinic.wait_event(sid, "aborted")
     await wait_all_off(room)

@@ -17,6 +17,7 @@ class RoomScreen(HubScreen):
         Binding("n", "new", "New session"),
         Binding("s", "session", "Session"),
         Binding("a", "ack_alarms", "Acknowledge alarms"),
+        Binding("f", "clear_faults", "Clear device faults"),
         Binding("q", "app.quit", "Quit console"),
     ]
 
@@ -54,3 +55,11 @@ class RoomScreen(HubScreen):
 
     def action_ack_alarms(self) -> None:
         self.hub.act("alarm_ack")
+
+    def action_clear_faults(self) -> None:
+        """Ask the daemon to clear each device's fault (it decides whether the cause is gone)."""
+        faulted = [d for d, info in self.hub.state.devices.items() if info.get("fault")]
+        if not faulted:
+            self.notify("no device is in fault")
+        for dev in faulted:
+            self.hub.act("clear_fault", device=dev, by=self.hub.by)
