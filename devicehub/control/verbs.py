@@ -120,5 +120,11 @@ async def report(room: Any, m: Any, caller: Caller) -> Any:
     return await room.report(m.session)
 
 
+@verb("recover", console=f.RecoverFields)
+async def recover(room: Any, m: Any, caller: Caller) -> Any:
+    """Clear the device fault that paused the session (console only: the cause is at the chair)."""
+    return await room.recover(session=m.session, by=m.by)
+
+
 # verbs whose logic lives in a module of their own register themselves on import
 from devicehub.control import adverse, record_check  # noqa: E402,F401
