@@ -53,6 +53,8 @@ class ConsoleApp(App[int]):
         self._shown = -1
         self._followed: tuple[str | None, str] = (None, "")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: the daemon's refusals told on screen, newest last
+        self.refusals: list[str] = []
 
     # ------------------------------------------------------------------ lifetime
     def on_mount(self) -> None:
@@ -140,7 +142,9 @@ class ConsoleApp(App[int]):
     def tell_error(self, op: str, reply: dict[str, Any]) -> None:
         err = reply.get("error") or {}
         where = f" [{err['field']}]" if err.get("field") else ""
-        self.notify(f"{op} refused ({err.get('code')}){where}: {err.get('message')}", severity="error", timeout=8)
+        text = f"{op} refused ({err.get('code')}){where}: {err.get('message')}"
+        self.refusals = [*self.refusals[-19:], text]
+        self.notify(text, severity="error", timeout=8)
 
     def action_abort(self) -> None:
         """Ctrl+C: abort at once, no question asked."""

@@ -19,6 +19,7 @@ class RunningScreen(HubScreen):
         Binding("c", "confirm", "Confirm"),
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
+        Binding("f", "recover", "Recover fault"),
         Binding("a", "ack_alarms", "Ack alarms"),
         Binding("escape", "room", "Room"),
     ]
@@ -51,6 +52,12 @@ class RunningScreen(HubScreen):
         elif st.prompt:
             ask.add_class("prompt")
             ask.update(Text(f"CONFIRM STEP {st.prompt.get('step')}: {st.prompt.get('text')}\nc: confirm",
+                            style="bold yellow"))
+        elif st.state == "paused" and (st.session or {}).get("recovery"):
+            rec = st.session["recovery"]
+            ask.add_class("prompt")
+            ask.update(Text(f"PAUSED BY A FAULT on {rec.get('device')}: {rec.get('text')} ({rec.get('code')})\n"
+                            f"check: {rec.get('hint')}\nf: recover (the device clears its fault), then r: resume",
                             style="bold yellow"))
         elif st.state == "paused":
             ask.add_class("prompt")
@@ -91,6 +98,13 @@ class RunningScreen(HubScreen):
 
         self.app.push_screen(ConfirmDialog(f"Resume session {sid}? The devices are energised again "
                                            f"(confirmed by {self.hub.by})."), answered)
+
+    def action_recover(self) -> None:
+        st = self.hub.state
+        if not (st.state == "paused" and (st.session or {}).get("recovery")):
+            self.notify("no fault to recover: the session is not paused by one")
+            return
+        self.hub.act("recover", session=st.session_id, by=self.hub.by)
 
     def action_ack_alarms(self) -> None:
         self.hub.act("alarm_ack")

@@ -1,0 +1,41 @@
+"""A recoverable fault pauses the session: the console says what to check, recovers with
+one key once the cause is gone, and resumes after a confirmation."""
+
+from __future__ import annotations
+
+from devicehub.console.screens.dialogs import ConfirmDialog
+from devicehub.console.screens.running import RunningScreen
+from simulators.control import ControlClient
+from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until
+from tests.console.test_console_safety import LONG_EP, start_at_the_chair, until_output
+from tests.hub.conftest import Setup, outputs_on, wait_all_off
+
+
+async def test_a_fault_paused_session_is_recovered_and_resumed_at_the_console(setup: Setup, shots) -> None:
+    room, hub = setup.room, setup.hub
+    await hub.astart()
+    app = app_for(setup)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.connected, "the room")
+        await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: the injector stays armed
+        await until(pilot, lambda: on_screen(app, RunningScreen), "running")
+        await until_output(pilot, room, "inj-1")
+        async with ControlClient(room.sims["inj-1"].control) as inj:
+            await inj.call("inject", fault="cartridge_missing", count=-1)
+            await until(pilot, lambda: "PAUSED BY A FAULT on inj-1" in screen_text(app), "the fault's pause")
+            assert not any((await outputs_on(room)).values())
+            shots(app, "fault")
+            await pilot.press("f")  # the cause is still there: refused, still paused
+            await until(pilot, lambda: any(r.startswith("recover refused") for r in app.refusals), "the refusal")
+            assert app.state.state == "paused" and app.state.session.get("recovery")
+            await inj.call("clear", fault="cartridge_missing")  # a cartridge put back
+        await pilot.press("f")
+        await until(pilot, lambda: app.state.state == "paused" and not app.state.session.get("recovery"),
+                    "recovered")
+        await pilot.press("r")
+        await until(pilot, lambda: on_screen(app, ConfirmDialog), "the resume question")
+        await pilot.press("y")
+        await until(pilot, lambda: app.state.state == "running", "running again")
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: app.state.state == "aborted", "aborted")
+    await wait_all_off(room)
