@@ -47,6 +47,7 @@ class RoomState:
     version: int = 0
     #: device telemetry messages received (how busy the stream is)
     telemetry: int = 0
+    _last_status: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -85,6 +86,7 @@ class RoomState:
     # ------------------------------------------------------------------ input
     def lost(self, reason: str) -> None:
         self.connected, self.lost_reason = False, reason
+        self._last_status = {}
         self.version += 1
 
     def found(self) -> None:
@@ -95,6 +97,9 @@ class RoomState:
         """Fold one hub message in; True when a new session id appeared."""
         new = False
         if kind == "status":
+            if data == self._last_status:
+                return False  # the quarter-second ping: nothing new to draw
+            self._last_status = data
             self.hub = data.get("hub") or self.hub
             for d in data.get("devices") or []:
                 if isinstance(d, dict) and "id" in d:

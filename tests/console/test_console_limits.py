@@ -37,17 +37,21 @@ async def test_a_soft_limit_is_acknowledged_by_name_and_recorded(setup: Setup, s
         await pilot.press("enter")
         assert not screen.acks
 
-        # a soft limit: acknowledged by the operator, one by one
-        await type_into(pilot, "#params", SHORT + " inject.dose_ul=60")
-        await until(pilot, lambda: findings(app) == {"inject.dose_ul": "soft"}, "only the soft finding")
-        await until(pilot, lambda: "to acknowledge" in screen_text(app), "the soft finding on screen")
+        # two soft limits: each acknowledged by the operator, one by one
+        await type_into(pilot, "#params", SHORT + " inject.dose_ul=60 ep.amplitude_v=60")
+        soft = {"inject.dose_ul": "soft", "ep.amplitude_v": "soft"}
+        await until(pilot, lambda: findings(app) == soft, "only the two soft findings")
+        await until(pilot, lambda: "to acknowledge" in screen_text(app), "the soft findings on screen")
         assert not screen.check["startable"] and screen.query_one("#start").disabled
         await pilot.press("ctrl+s")  # refused: nothing starts
         assert app.state.session_id is None
         screen.query_one("#findings").focus()
         await pilot.press("enter")
-        await until(pilot, lambda: screen.check and screen.check["startable"], "startable once acknowledged")
-        assert screen.acks == {"inject.dose_ul": "dr-b"}
+        await until(pilot, lambda: len(screen.acks) == 1 and screen.check["acknowledged"], "one acknowledged")
+        assert not screen.check["startable"] and screen.query_one("#start").disabled
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: screen.check and screen.check["startable"], "startable once both acknowledged")
+        assert screen.acks == {"inject.dose_ul": "dr-b", "ep.amplitude_v": "dr-b"}
         assert not screen.query_one("#start").disabled
         shots(app, "new-session-soft")
         await pilot.press("ctrl+s")
@@ -57,6 +61,6 @@ async def test_a_soft_limit_is_acknowledged_by_name_and_recorded(setup: Setup, s
         await until(pilot, lambda: app.state.state == "aborted", "aborted")
     await wait_all_off(room)
     created = next(e for e in recorded_events(room, sid) if e["event"] == "created")
-    assert created["data"]["acknowledged"] == ["inject.dose_ul"]
-    assert created["data"]["acknowledged_by"] == {"inject.dose_ul": "dr-b"}
+    assert sorted(created["data"]["acknowledged"]) == ["ep.amplitude_v", "inject.dose_ul"]
+    assert created["data"]["acknowledged_by"] == {"ep.amplitude_v": "dr-b", "inject.dose_ul": "dr-b"}
     assert created["data"]["params"]["inject"]["dose_ul"] == 60

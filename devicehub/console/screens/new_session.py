@@ -171,6 +171,7 @@ class NewSessionScreen(HubScreen):
     def update_view(self) -> None:
         self.set("dryrun", render.dry_run(self.check, self.check_error))
         table = self.query_one("#findings", DataTable)
+        row = table.cursor_row
         table.clear()
         for f in (self.check or {}).get("findings", []):
             sev = str(f.get("severity"))
@@ -180,6 +181,8 @@ class NewSessionScreen(HubScreen):
                           f"{f.get('value')} {f.get('unit') or ''}", f"{f.get('limit')} {f.get('unit') or ''}",
                           Text(acked or ("to acknowledge" if sev == "soft" else "start impossible"), style=style),
                           Text(str(f.get("message", "")), style=style), key=f["id"])
+        if row is not None and table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
         self.query_one("#start", Button).disabled = not self.startable()
 
     # ------------------------------------------------------------------ actions
