@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from textual import events
@@ -48,8 +49,10 @@ class ConsoleApp(App[int]):
         self.by = by
         self.state = RoomState()
         self.link = HubLink(self.socket, self._hub_message, self._hub_link)
-        #: time (``time.monotonic``) the last key event was created, for the responsiveness figure
+        #: key -> ``time.monotonic()`` when the app took up its last press, and when that
+        #: press's event was created (the responsiveness figures)
         self.key_at: dict[str, float] = {}
+        self.key_created: dict[str, float] = {}
         self._shown = -1
         self._followed: tuple[str | None, str] = (None, "")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -69,7 +72,10 @@ class ConsoleApp(App[int]):
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
-            self.key_at[event.key] = event.time
+            # when the app takes the key up (its creation is event.time: the difference is
+            # the queue's wait, the machine's more than the app's)
+            self.key_at[event.key] = time.monotonic()
+            self.key_created[event.key] = event.time
         await super().on_event(event)
 
     # ------------------------------------------------------------------ from the daemon
@@ -210,10 +216,16 @@ class ConsoleApp(App[int]):
         self._shown = -1
 
     def responsiveness(self, key: str, op: str) -> float | None:
-        """Seconds between the key's event and its request leaving for the daemon."""
+        """Seconds the app took from taking up the key to its request leaving for the daemon."""
         if key not in self.key_at or op not in self.link.sent_at:
             return None
         return self.link.sent_at[op] - self.key_at[key]
+
+    def key_wait(self, key: str) -> float | None:
+        """Seconds the key's event waited before the app took it up."""
+        if key not in self.key_at or key not in self.key_created:
+            return None
+        return self.key_at[key] - self.key_created[key]
 
 
 def run(socket: str, by: str) -> int:

@@ -82,7 +82,7 @@ def grid(state: RoomState) -> Any:
     t = Table()
     t.add_column("step")
     for z in zones:
-        t.add_column(str(z.get("label") or z["id"]))
+        t.add_column(str(z["id"]))  # the label can be a sentence; the id is what the points are named by
     for st in steps:
         row: list[Any] = [Text(st["id"], style="bold" if (state.session or {}).get("step") == st["id"] else "")]
         for z in zones:
