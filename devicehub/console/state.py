@@ -200,7 +200,8 @@ class RoomState:
 
     def point_status(self, step_id: str, point: str) -> str:
         status = self.points.get((step_id, point), "pending")
-        if status != "pending" or (self.session or {}).get("step") != step_id or self.state not in ("running", "paused"):
+        live_step = (self.session or {}).get("step") == step_id and self.state in ("running", "paused")
+        if status != "pending" or not live_step:
             return status
         first = next((p for p in self.point_ids(step_id) if (step_id, p) not in self.points), None)
         return "current" if first == point else "pending"

@@ -207,6 +207,7 @@ class NewSessionScreen(HubScreen):
         reply = await self.hub.request("start", **fields)
         if not reply.get("ok"):
             err = reply.get("error") or {}
-            self.set("error", f"start refused ({err.get('code')})" + (f" [{err['field']}]" if err.get("field") else "") + f": {err.get('message')}")
+            where = f" [{err['field']}]" if err.get("field") else ""
+            self.set("error", f"start refused ({err.get('code')}){where}: {err.get('message')}")
             return
         self.set("error", "")  # the daemon's session stream takes the console to the checklist
