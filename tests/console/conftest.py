@@ -49,6 +49,7 @@ async def until(pilot: Any, pred: Callable[[], Any], what: str, timeout: float =
             st = pilot.app.state
             raise AssertionError(f"timed out waiting for {what}; connected {st.connected} ({st.lost_reason}), "
                                  f"session {st.session_id} {st.state}, screen {type(pilot.app.screen).__name__}; "
+                                 f"refusals {pilot.app.refusals[-3:]}; "
                                  f"the screen shows:\n{screen_text(pilot.app)[-3000:]}")
         await pilot.pause(0.05)
 
