@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PING_EVERY_S = 0.25
 PING_TIMEOUT_S = 0.7
 RECONNECT_EVERY_S = 0.3
+CONNECT_TIMEOUT_S = 2.0
 
 
 class HubUnavailable(Exception):
@@ -68,6 +69,8 @@ class HubLink:
                 await self._session()
             except asyncio.CancelledError:
                 raise
+            except asyncio.TimeoutError:
+                self._set(False, f"the hub at {self.path} accepts but does not answer")
             except (OSError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
                 self._set(False, _why(exc, self.path))
             except Exception as exc:  # noqa: BLE001 - the console keeps trying
@@ -79,11 +82,12 @@ class HubLink:
     async def _session(self) -> None:
         """One connected period: open every connection, stream until something is lost."""
         self._lost.clear()
-        watch = await self._open()
-        self._requests = await self._open()
-        self._abort = await self._open()
-        ping = await self._open()
-        reply = await watch.request("watch")
+        # a daemon that accepts but does not answer (stopped, overloaded) is retried, not waited on
+        watch = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+        self._requests = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+        self._abort = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+        ping = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+        reply = await asyncio.wait_for(watch.request("watch"), CONNECT_TIMEOUT_S)
         if not reply.get("ok"):
             raise ConnectionError(f"the hub refused to stream: {reply.get('error')}")
         self._set(True, "")
