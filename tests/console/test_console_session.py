@@ -81,14 +81,18 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await until(pilot, lambda: app.screen.query_one("#severity").highlighted is not None, "severity chosen")
         while app.screen.query_one("#severity").highlighted != 1:
             await pilot.press("down")
+        await type_into(pilot, "#score", "11")
+        await pilot.press("ctrl+s")  # refused by the form: 0-10
+        assert on_screen(app, AdverseEventDialog)
+        await type_into(pilot, "#score", "3")
         shots(app, "adverse-event")
         await pilot.press("ctrl+s")
         await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.recorded, "recorded")
         sid = app.state.session_id
     events = recorded_events(room, sid)
     adverse = [e for e in events if e["event"] == "adverse_event"]
-    assert [(a["data"]["kind"], a["data"]["severity"], a["data"]["by"]) for a in adverse] == [
-        ("erythema", "moderate", "tech-a")]
+    assert [(a["data"]["kind"], a["data"]["severity"], a["data"]["by"], a["data"]["score"]) for a in adverse] == [
+        ("erythema", "moderate", "tech-a", 3)]
     assert [e["data"]["by"] for e in events if e["event"] == "confirmed"] == ["tech-a"]
     completed = next(e["index"] for e in events if e["event"] == "completed")
     assert adverse[0]["index"] > completed  # recorded after the end, in the same chain

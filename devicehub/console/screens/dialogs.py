@@ -48,7 +48,7 @@ SEVERITIES = ("mild", "moderate", "severe")
 
 
 class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
-    """What happened to the patient: kind, severity, who records it, a note."""
+    """What happened to the patient: kind, severity, who records it; a score, the onset, a note."""
 
     DEFAULT_CSS = "AdverseEventDialog { align: center middle; }\n" + DIALOG_CSS
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Record", priority=True)]
@@ -64,6 +64,8 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
             yield Label("severity (arrows):")
             yield OptionList(*SEVERITIES, id="severity")
             yield Input(value=self.by, placeholder="recorded by", id="by")
+            yield Input(placeholder="score 0-10, the patient's own (optional)", id="score")
+            yield Input(placeholder="onset, e.g. 'during ep' or 14:05 (optional)", id="onset")
             yield Input(placeholder="note (optional)", id="note")
             with Horizontal():
                 yield Button("Record (ctrl+s)", id="save", variant="warning")
@@ -79,9 +81,16 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
             self.notify("kind, severity and who records it are required", severity="error")
             return
         out: dict[str, Any] = {"kind": kind, "severity": severity, "by": by}
-        note = self.query_one("#note", Input).value.strip()
-        if note:
-            out["note"] = note
+        score = self.query_one("#score", Input).value.strip()
+        if score:
+            if not score.isdigit() or not 0 <= int(score) <= 10:
+                self.notify(f"score: {score!r} is not a whole number from 0 to 10", severity="error")
+                return
+            out["score"] = int(score)
+        for name in ("onset", "note"):
+            value = self.query_one(f"#{name}", Input).value.strip()
+            if value:
+                out[name] = value
         self.dismiss(out)
 
     @on(Button.Pressed, "#cancel")
