@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv mosquitto clean mosquitto-passwords
+.PHONY: demo test bench soak venv mosquitto clean mosquitto-passwords
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: venv mosquitto
 	$(PY) bench/drivers.py
 	@if [ -f bench/safety.py ]; then $(PY) bench/safety.py; fi
 	@if [ -f bench/mqtt.py ]; then $(PY) bench/mqtt.py; fi
+
+# The fault soak (bench/soak.py): SOAK_ARGS="--minutes 60 --seed 7" for a longer one.
+SOAK_ARGS ?= --minutes 10
+soak: venv mosquitto
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Password file for the example secured broker (configs/mosquitto/).
 mosquitto-passwords:

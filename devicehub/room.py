@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
@@ -65,6 +65,8 @@ class Room:
         self.library = ProgramLibrary(config.programs)
         self.options = dataclasses.replace(options or RunnerOptions(),
                                            max_recoveries=getattr(config, "max_recoveries", 3))
+        if self.options.pulse_timing is None:  # EP trains are held to the clinic's pulse-timing limit
+            self.options = dataclasses.replace(self.options, pulse_timing=self.limits.electroporation.pulse_timing_error_us)
         self.boot = boot
         self.since = rfc3339(utcnow())
         self.admission_checks = list(admission_checks or [])

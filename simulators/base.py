@@ -69,23 +69,19 @@ class DeviceSimulator(ABC):
         #: injected fault name -> remaining occurrences (-1: until cleared)
         self.injected: dict[str, int] = {}
         self.t0 = time.monotonic()
+        #: time.monotonic() when output_on last changed (None before the first change)
+        self.output_changed_at: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        #: when ``output_on`` last changed (time.monotonic(), CLOCK_MONOTONIC: the same clock in
-        #: every process), stamped at the change itself, before any reply or event is written
-        self.output_changed_at: float | None = None
-        self._output_was = False
-
-    def note_output(self, on: bool) -> None:
-        """Call at every change that may switch the output: stamps ``output_changed_at``."""
-        if on != self._output_was:
-            self._output_was = on
-            self.output_changed_at = time.monotonic()
 
     # ------------------------------------------------------------------ clock
     @staticmethod
     def now() -> float:
         return time.monotonic()
+
+    def mark_output_change(self) -> None:
+        """Stamp the moment output_on changed; called at the change, before any reply."""
+        self.output_changed_at = time.monotonic()
 
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
@@ -146,8 +142,8 @@ class DeviceSimulator(ABC):
     def op_state(self, req: dict[str, Any]) -> dict[str, Any]:
         state = self.snapshot()
         state.setdefault("device", self.kind)
-        state["output_changed_at"] = self.output_changed_at
         state["injected"] = dict(self.injected)
+        state["output_changed_at"] = self.output_changed_at
         return state
 
     def op_inject(self, req: dict[str, Any]) -> dict[str, Any]:

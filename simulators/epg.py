@@ -1,9 +1,14 @@
 """Simulator of the EPG-1 electroporation pulse generator (shared/icd/epg-1.md).
 
 The host talks ASCII lines; the simulator answers every line with exactly one reply
-line and sends ``!`` event lines of its own. It times the pulse train on its own clock
-(absolute deadlines ``t0 + k * period`` with ``loop.call_at``), so the ``!PULSE``
-offsets it reports are its real start times and a host can measure timing error.
+line and sends ``!`` event lines of its own. Pulse timing is the device's timer,
+modelled (ICD, physics): pulse k starts at
+``t_k = round((k-1) * P * (1 + ppm * 1e-6)) + D_k + J_k`` microseconds after the trigger
+and ``!PULSE`` reports exactly that ``t_k``. The event loop is only asked to reach each
+``t_k`` (``loop.call_at``); when the host machine is loaded it gets there late, which
+delays the ``!PULSE`` line but never changes the offset it reports, nor which pulses
+count: every pulse whose ``t_k`` came before ``OUTP:STOP``, a fault or the watchdog is
+counted, even if the loop only catches up with it at the stop.
 
 Physics: the load is a resistance R (``load_ohm``) with an optional series
 double-layer capacitance C (``load_uf``, 0 = none). One pulse's current waveform is
@@ -35,6 +40,14 @@ in the module docstring so a reader of the code finds them):
   ``garbage`` and ``drop_reply`` are one-offs counted per reply line. A stalled device
   sends nothing at all (neither replies nor events) and does not count the host's
   lines as heartbeats; its watchdog still turns the output off.
+- Timer: the jitter ``J_k`` is a whole number of microseconds drawn uniformly from
+  ``[-J, +J]`` (J rounded down) when the train is triggered; ``t_1`` is clamped at 0.
+  ``timing_drift`` (optional ``us``, default 300; ``count`` trains, -1 until cleared) is
+  taken by the next train triggered and stays with that train until it ends, even if
+  cleared meanwhile; the device does not notice it (no fault). A pulse counts (totals,
+  report, ``!PULSE``) from its start; a train ends (``!DONE``, IDLE) one pulse width after
+  the last pulse's start. Pulses that the loop reaches late at a stop are counted and
+  their ``!PULSE`` lines sent before the stop's reply.
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from simulators.base import Connection, StreamDeviceSimulator
+from simulators.base import Connection, ControlError, StreamDeviceSimulator
 
 IDENTITY = "DeviceHub-Sim,EPG-1,SIM00001,1.0.0"
 
@@ -64,6 +77,9 @@ OVER_TEMPERATURE_C = 60.0
 INJECTED_HOT_C = 85.0
 SHORT_CIRCUIT_OHM = 1.0
 WAVEFORM_SAMPLES = 256
+DEFAULT_DRIFT_US = 300.0
+MAX_DRIFT_US = 100_000.0
+DEFAULT_JITTER_US = 2.0
 
 ERROR_TEXT = {
     0: "No error",
@@ -126,16 +142,35 @@ class PulseShape:
 
 @dataclass
 class Train:
-    """The train in progress: its clock origin, the pulse shape and what was delivered."""
+    """The train in progress: the device timer's schedule and what was delivered."""
 
-    t0_loop: float  # loop.time() of the trigger: the absolute schedule's origin
-    t0_mono: float  # time.monotonic() of the trigger: what !PULSE offsets are measured from
-    period_s: float
+    t0_loop: float  # loop.time() of the trigger: where the loop is asked to reach each t_k
+    t0_mono: float  # time.monotonic() of the trigger (the loop's clock too)
+    offsets_us: list[int]  # t_k of pulse k = index + 1, by the device's timer
     width_s: float
-    count: int
+    period_us: float
+    next_k: int = 1  # the next pulse to start
     key: tuple[float, ...] = ()
     shape: PulseShape | None = None
     handle: Any = None
+    timing_error_us: int = 0  # the largest interval error |t_k - t_(k-1) - P| so far
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets_us)
+
+
+def timer_offsets(count: int, period_ms: float, ppm: float, jitter_us: float, drift_us: float,
+                  rng: np.random.Generator) -> list[int]:
+    """Pulse start offsets by the device's timer (ICD physics), in whole microseconds."""
+    p_us = period_ms * 1e3
+    j = int(math.floor(jitter_us))
+    jitter = rng.integers(-j, j + 1, count) if j > 0 else np.zeros(count, dtype=np.int64)
+    out = []
+    for i in range(count):  # i = k - 1
+        t = round(i * p_us * (1.0 + ppm * 1e-6)) + round(i * drift_us) + int(jitter[i])
+        out.append(max(0, t) if i == 0 else t)
+    return out
 
 
 @dataclass
@@ -185,34 +220,32 @@ def pulse_shape(volts: float, width_ms: float, r_ohm: float, c_uf: float) -> Pul
 class EpgSimulator(StreamDeviceSimulator):
     kind: ClassVar[str] = "epg"
     fault_names: ClassVar[tuple[str, ...]] = (
-        "overcurrent", "open_circuit", "over_temperature", "stall", "garbage", "drop_reply",
+        "overcurrent", "open_circuit", "over_temperature", "stall", "garbage", "drop_reply", "timing_drift",
     )
     inputs: ClassVar[dict[str, tuple[float, float]]] = {
         "load_ohm": (1.0, 1e6),
         "load_uf": (0.0, 10_000.0),
         "temperature_c": (-40.0, 150.0),
+        "timer_ppm": (-10_000.0, 10_000.0),
+        "timer_jitter_us": (0.0, 1_000.0),
     }
     #: conditions that last until cleared (the rest are one-offs counted per reply)
     CONDITIONS: ClassVar[frozenset[str]] = frozenset({"overcurrent", "open_circuit", "over_temperature", "stall"})
 
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @state.setter
-    def state(self, value: State) -> None:
-        self._state = value
-        self.note_output(value in (State.ARMED, State.RUNNING))
-
     def __init__(self, *, seed: int | None = None, **_: Any) -> None:
         super().__init__(seed=seed)
         self.settings = Settings()
-        self.state = State.IDLE
+        self._state = State.IDLE
         self.fault: int | None = None
         self.errors: deque[int] = deque()
         self.load_ohm = 1000.0
         self.load_uf = 0.0
         self.temperature_c = 25.0
+        # the device's timer: a fixed frequency error from the seed, and its jitter
+        self.timer_ppm = float(np.round(self.rng.uniform(-20.0, 20.0), 3))
+        self.timer_jitter_us = DEFAULT_JITTER_US
+        self.drift_us = DEFAULT_DRIFT_US  # of an injected timing_drift
+        self.last_timing_error_us = 0  # of the last train (largest interval error)
         self.report = Report()
         self.train: Train | None = None
         # totals since the simulator started
@@ -234,6 +267,17 @@ class EpgSimulator(StreamDeviceSimulator):
             "SYST:HEART": self._c_heart, "SYST:EVEN:PULS": self._c_events,
             "SYST:FAULT:CLR": self._c_fault_clr,
         }
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        was_on = self._state in (State.ARMED, State.RUNNING)
+        self._state = value
+        if (value in (State.ARMED, State.RUNNING)) != was_on:
+            self.mark_output_change()  # before any reply or event line
 
     # ================================================================== lifetime
     async def stop(self) -> None:
@@ -262,6 +306,19 @@ class EpgSimulator(StreamDeviceSimulator):
         setattr(self, name, value)
         if name == "temperature_c":
             self._check_temperature()
+
+    def op_inject(self, req: dict[str, Any]) -> dict[str, Any]:
+        us = req.get("us")
+        if us is not None:
+            if req.get("fault") != "timing_drift":
+                raise ControlError("'us' applies to the fault timing_drift only")
+            if isinstance(us, bool) or not isinstance(us, (int, float)) or not 0 < us <= MAX_DRIFT_US:
+                raise ControlError(f"'us' must be a number within 0 (excluded)..{MAX_DRIFT_US:g}")
+        reply = super().op_inject(req)  # validates the name and count before anything changes
+        if req.get("fault") == "timing_drift":
+            self.drift_us = float(us) if us is not None else DEFAULT_DRIFT_US
+            reply["us"] = self.drift_us
+        return reply
 
     def on_inject(self, name: str) -> None:
         if name in self.CONDITIONS:
@@ -296,12 +353,15 @@ class EpgSimulator(StreamDeviceSimulator):
             "load_ohm": self.load_ohm,
             "load_uf": self.load_uf,
             "temperature_c": self.temperature_c,
+            "timer_ppm": self.timer_ppm,
+            "timer_jitter_us": self.timer_jitter_us,
             "effective_load_ohm": r if math.isfinite(r) else None,
             "effective_temperature_c": self.effective_temperature_c,
             "settings": self.settings.as_dict(),
             "last_train": {
                 "pulses": self.report.pulses, "charge_uC": self.report.charge_uc,
                 "energy_mJ": self.report.energy_mj, "peak_mA": self.report.peak_ma,
+                "timing_error_us": self.train.timing_error_us if self.train else self.last_timing_error_us,
             },
             "error_queue": len(self.errors),
             "stalled": self.stalled,
@@ -406,13 +466,18 @@ class EpgSimulator(StreamDeviceSimulator):
         else:
             self.errors.append(code)
 
-    def _latch(self, code: int) -> None:
-        """Output off first, then record and announce the fault."""
-        self._stop_train()
+    def _latch(self, code: int, at: float | None = None) -> None:
+        """Output off first, then record and announce the fault.
+
+        ``at``: the fault's moment on time.monotonic() (now when None); pulses of a
+        running train that started before it are counted (see ``_stop_train``).
+        """
+        late = self._stop_train(time.monotonic() if at is None else at)
         self._cancel_watchdog()
         self.state = State.FAULT
         self.fault = code
         self._push_error(code)
+        self._send_late(late)
         self._event(f'!FAULT {code},"{ERROR_TEXT[code]}"')
 
     # ================================================================== arguments
@@ -445,10 +510,11 @@ class EpgSimulator(StreamDeviceSimulator):
 
     def _c_rst(self, conn: Connection, arg: str) -> str:
         self._no_arg(arg)
-        self._stop_train()
+        late = self._stop_train(time.monotonic())
         self._cancel_watchdog()
         self.settings = Settings()
         self.state = State.IDLE
+        self._send_late(late)
         self.fault = None
         if self.loop is not None:  # a cause still present latches again, after the OK
             self.loop.call_soon(self._check_temperature)
@@ -571,21 +637,24 @@ class EpgSimulator(StreamDeviceSimulator):
         if self.state is not State.ARMED or self.loop is None:
             raise CommandError(-222)
         s = self.settings
+        drift = self.drift_us if self.consume_fault("timing_drift") else 0.0  # counted per train
+        offsets = timer_offsets(s.pulses, s.period_ms, self.timer_ppm, self.timer_jitter_us, drift, self.rng)
+        t0_loop, t0_mono = self.loop.time(), time.monotonic()
         self.state = State.RUNNING
         self.report = Report()
-        self.train = Train(
-            t0_loop=self.loop.time(), t0_mono=time.monotonic(),
-            period_s=s.period_ms * 1e-3, width_s=s.width_ms * 1e-3, count=s.pulses,
-        )
-        self.train.handle = self.loop.call_at(self.train.t0_loop, self._pulse_start, self.train, 1)
+        self.last_timing_error_us = 0
+        self.train = Train(t0_loop=t0_loop, t0_mono=t0_mono, offsets_us=offsets,
+                           width_s=s.width_ms * 1e-3, period_us=s.period_ms * 1e3)
+        self.train.handle = self.loop.call_at(t0_loop + offsets[0] * 1e-6, self._run_train, self.train)
         return "OK"
 
     def _c_stop(self, conn: Connection, arg: str) -> str:
         self._no_arg(arg)
         if self.state in (State.ARMED, State.RUNNING):
-            self._stop_train()
+            late = self._stop_train(time.monotonic())
             self._cancel_watchdog()
             self.state = State.IDLE
+            self._send_late(late)
         return "OK"
 
     def _q_stat(self, conn: Connection, arg: str) -> str:
@@ -634,25 +703,51 @@ class EpgSimulator(StreamDeviceSimulator):
             train.shape = pulse_shape(s.amplitude_v, s.width_ms, self.effective_ohm, self.load_uf)
         return train.shape
 
-    def _pulse_start(self, train: Train, k: int) -> None:
+    def _run_train(self, train: Train) -> None:
+        """Start every pulse whose t_k has come on the device's timer, then wait for the next.
+
+        The loop may get here late (a loaded machine): the pulses are still the ones
+        the timer started, with the offsets it gave them.
+        """
         if self.train is not train or self.state is not State.RUNNING:
             return
-        started = time.monotonic()
+        assert self.loop is not None
+        now_us = (time.monotonic() - train.t0_mono) * 1e6 + 0.5  # call_at may wake a hair early
+        while train.next_k <= train.count and train.offsets_us[train.next_k - 1] <= now_us:
+            if not self._start_pulse(train):
+                return
+        if train.next_k > train.count:
+            end = train.t0_loop + train.offsets_us[-1] * 1e-6 + train.width_s
+            train.handle = self.loop.call_at(end, self._end_train, train)
+        else:
+            train.handle = self.loop.call_at(
+                train.t0_loop + train.offsets_us[train.next_k - 1] * 1e-6, self._run_train, train)
+
+    def _start_pulse(self, train: Train) -> bool:
+        """Pulse ``train.next_k`` starts: the load's faults cut it; else it counts. False on a fault."""
         if self.effective_ohm > OPEN_CIRCUIT_OHM:
+            self._detach(train)
             self._latch(-302)
-            return
+            return False
         shape = self._shape(train)
         if shape.peak_ma > self.settings.current_limit_ma:
             self.report.peak_ma = max(self.report.peak_ma, shape.peak_ma)
+            self._detach(train)
             self._latch(-301)
-            return
-        assert self.loop is not None
-        t_us = int(round((started - train.t0_mono) * 1e6))
-        train.handle = self.loop.call_at(self.loop.time() + train.width_s, self._pulse_end, train, k, t_us, shape)
+            return False
+        line = self._count_pulse(train, shape)
+        if line is not None:
+            self._event(line)
+        return True
 
-    def _pulse_end(self, train: Train, k: int, t_us: int, shape: PulseShape) -> None:
-        if self.train is not train or self.state is not State.RUNNING:
-            return
+    def _count_pulse(self, train: Train, shape: PulseShape) -> str | None:
+        """Count pulse ``train.next_k`` (totals, report, timing error); its !PULSE line, if enabled."""
+        k = train.next_k
+        train.next_k += 1
+        t_us = train.offsets_us[k - 1]
+        if k >= 2:
+            err = abs(t_us - train.offsets_us[k - 2] - round(train.period_us))
+            train.timing_error_us = max(train.timing_error_us, err)
         rep = self.report
         rep.pulses += 1
         rep.charge_uc += shape.charge_uc
@@ -662,20 +757,56 @@ class EpgSimulator(StreamDeviceSimulator):
         self.total_charge_uc += shape.charge_uc
         self.total_energy_mj += shape.energy_mj
         if self.settings.pulse_events:
-            self._event(f"!PULSE {k},{t_us},{fmt(shape.peak_ma, 3)}")
-        if k >= train.count:
-            self.train = None
-            self._cancel_watchdog()
-            self.state = State.IDLE
-            self._event(f"!DONE {rep.pulses},{fmt(rep.charge_uc)},{fmt(rep.energy_mj)}")
-            return
-        assert self.loop is not None
-        train.handle = self.loop.call_at(train.t0_loop + k * train.period_s, self._pulse_start, train, k + 1)
+            return f"!PULSE {k},{t_us},{fmt(shape.peak_ma, 3)}"
+        return None
 
-    def _stop_train(self) -> None:
-        train, self.train = self.train, None
-        if train is not None and train.handle is not None:
+    def _end_train(self, train: Train) -> None:
+        """One width after the last pulse's start: the train is done."""
+        if self.train is not train or self.state is not State.RUNNING:
+            return
+        self.train = None
+        self.last_timing_error_us = train.timing_error_us
+        self._cancel_watchdog()
+        self.state = State.IDLE
+        rep = self.report
+        self._event(f"!DONE {rep.pulses},{fmt(rep.charge_uc)},{fmt(rep.energy_mj)}")
+
+    def _detach(self, train: Train) -> None:
+        """The train ends without catching up (a pulse of its own found the fault)."""
+        if self.train is train:
+            self.train = None
+            self.last_timing_error_us = train.timing_error_us
+        if train.handle is not None:
             train.handle.cancel()
+
+    def _stop_train(self, at: float | None = None) -> list[str]:
+        """End the train in progress. With ``at`` (time.monotonic() of the stop, fault or
+        watchdog), the pulses the timer started before then, which the loop had not
+        reached yet, are counted first; their !PULSE lines are returned, for the caller
+        to send once the output is off (``_send_late``)."""
+        train, self.train = self.train, None
+        if train is None:
+            return []
+        if train.handle is not None:
+            train.handle.cancel()
+        late: list[str] = []
+        if at is not None and self.state is State.RUNNING:
+            until_us = (at - train.t0_mono) * 1e6
+            while train.next_k <= train.count and train.offsets_us[train.next_k - 1] < until_us:
+                if self.effective_ohm > OPEN_CIRCUIT_OHM:
+                    break
+                shape = self._shape(train)
+                if shape.peak_ma > self.settings.current_limit_ma:
+                    break
+                line = self._count_pulse(train, shape)
+                if line is not None:
+                    late.append(line)
+        self.last_timing_error_us = train.timing_error_us
+        return late
+
+    def _send_late(self, lines: list[str]) -> None:
+        for line in lines:
+            self._event(line)
 
     # ================================================================== watchdog
     def _start_watchdog(self) -> None:
@@ -693,7 +824,7 @@ class EpgSimulator(StreamDeviceSimulator):
         if self.state not in (State.ARMED, State.RUNNING):
             return
         if time.monotonic() - self._last_line >= WATCHDOG_S:
-            self._latch(-310)
+            self._latch(-310, at=self._last_line + WATCHDOG_S)
         else:
             self._start_watchdog()
 

@@ -96,20 +96,11 @@ class InjSimulator(StreamDeviceSimulator):
     MAX_HOLD_S = 60.0
     MAX_AUTO_HZ = 50.0
 
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @state.setter
-    def state(self, value: State) -> None:
-        self._state = value
-        self.note_output(value in (State.ARMED, State.FIRING))
-
     def __init__(self, *, seed: int | None = None, **_: Any) -> None:
         super().__init__(seed=seed)
         self.serial = f"INJ{(seed or 0) % 100000:05d}"
         # device state
-        self.state = State.IDLE
+        self._state = State.IDLE
         self.fault = 0
         self.volume_set_x10 = 200  # 20.0 uL
         self.depth_set_x10 = 15  # 1.5 mm
@@ -138,6 +129,17 @@ class InjSimulator(StreamDeviceSimulator):
         self._burst_timer: asyncio.TimerHandle | None = None
         self.auto_trigger_hz = 0.0
         self._auto_task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        was_on = self._armed()
+        self._state = value
+        if self._armed() != was_on:  # output_on changed: stamp it before any reply or event
+            self.mark_output_change()
 
     # ================================================================== lifetime
     async def start(self) -> None:

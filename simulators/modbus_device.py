@@ -97,15 +97,6 @@ class ModbusDeviceSimulator(DeviceSimulator):
     #: number of coils (OUTPUT, FAULT_RESET)
     coil_count: ClassVar[int] = 2
 
-    @property
-    def output_on(self) -> bool:
-        return self._output_on
-
-    @output_on.setter
-    def output_on(self, value: bool) -> None:
-        self._output_on = value
-        self.note_output(bool(value))
-
     def __init__(self, *, unit: int = 1, seed: int | None = None) -> None:
         super().__init__(seed=seed)
         self.unit = unit
@@ -113,12 +104,22 @@ class ModbusDeviceSimulator(DeviceSimulator):
         for f in self.fields:
             self._store(f, f.default)
         self._field_by_name = {f.name: f for f in self.fields}
-        self.output_on = False
+        self._output_on = False
         self.state = IDLE
         self.fault = 0
         self._t = self.now()
         self._last_write = self._t
         self.requests = 0  # requests processed (diagnostics)
+
+    @property
+    def output_on(self) -> bool:
+        return self._output_on
+
+    @output_on.setter
+    def output_on(self, on: bool) -> None:
+        if on != self._output_on:
+            self._output_on = on
+            self.mark_output_change()
 
     # ------------------------------------------------------------------ registers
     def value(self, name: str) -> int:

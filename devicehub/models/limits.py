@@ -145,11 +145,14 @@ class InjectionLimits(_Section):
 
 class ElectroporationLimits(_Section):
     UNITS: ClassVar[dict[str, str]] = {"amplitude_v": "V", "width_ms": "ms", "pulses_per_point": "pulses",
-                                       "energy_per_pulse_mj": "mJ"}
+                                       "energy_per_pulse_mj": "mJ", "pulse_timing_error_us": "us"}
     amplitude_v: Limit
     width_ms: Limit
     pulses_per_point: Limit
     energy_per_pulse_mj: EnergyLimit
+    pulse_timing_error_us: Limit = Field(
+        description="a train's largest pulse interval error by the device's offsets, held on each pulse while it "
+                    "runs: soft raises a medium alarm once per train, hard stops the train and fails the point")
 
 
 class LedLimits(_Section):

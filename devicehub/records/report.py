@@ -131,6 +131,12 @@ def render_report(store: RecordStore, session_id: str) -> str:
     else:
         out += ["No deliveries recorded.", ""]
 
+    timing = [[d["step_id"], d["zone"], d["point"], d["delivered"].get("timing_error_us"), d["status"]]
+              for d in deliveries if isinstance(d["delivered"], dict) and "timing_error_us" in d["delivered"]]
+    if timing:  # EP: each train's largest pulse interval error, by the device's own offsets
+        out += ["## Pulse timing (electroporation)", ""]
+        out += _table(["step", "zone", "point", "timing error us", "status"], timing) + [""]
+
     out += ["## Totals per device", ""]
     totals = [[device, name, value] for device, values in (summary["totals"] or {}).items()
               for name, value in (values.items() if isinstance(values, dict) else [("", values)])]

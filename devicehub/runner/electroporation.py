@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from devicehub.runner.pulse_timing import TrainTiming, check_pulse
 from devicehub.runner.session import StepFailure, next_event
 from drivers.epg import EpgTrain
 
@@ -65,6 +66,7 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
     offsets: list[int] = []
+    timing = TrainTiming(step.period_ms, runner.options.pulse_timing)
     # "triggered": from the moment OUTP:TRIG may have reached the device; before it, the
     # device's train report is the previous point's and must not be counted again
     accounted = {"done": False, "triggered": False}
@@ -92,7 +94,7 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
             except Exception:  # noqa: BLE001 - the room is already safe; recorded below
                 pass
         await runner.store.delivery_result(pp.delivery_id, status=status, delivered={
-            "pulses": n, "charge_uc": round(charge, 3), "energy_mj": round(energy, 3)})
+            "pulses": n, "charge_uc": round(charge, 3), "energy_mj": round(energy, 3), **timing.delivered()})
         pp.delivery_id = None
 
     await runner.begin_point(dev_id, step, pp, settle, planned={
@@ -111,13 +113,13 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
             ev = await next_event(q, deadline, late)
             if ev.kind == "pulse":
                 offsets.append(int(ev.data.get("t_us", 0)))
+                await check_pulse(runner, timing, dev_id, step, pp, ev)
             elif ev.kind == "train_done":
                 done = ev
     report = await epg.train_report()
     accounted["done"] = True
     runner.set_active(dev_id, None)
-    period_us = step.period_ms * 1000.0
-    timing_error = max((abs(t - i * period_us) for i, t in enumerate(offsets)), default=0.0)
+    timing_error = timing.error_us  # the largest interval error (EPG-1 ICD)
     runner.account(dev_id, pp, pulses=report.pulses, charge_uc=report.charge_uc, energy_mj=report.energy_mj)
     if report.pulses != pulses:
         raise StepFailure("train_mismatch", f"{dev_id}: train report {report.pulses} pulses, {pulses} configured",

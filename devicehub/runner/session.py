@@ -39,12 +39,13 @@ class StepFailure(Exception):
     """A step cannot go on; the session fails with ``reason``."""
 
     def __init__(self, reason: str, text: str = "", *, alarm: str | None = None, device: str | None = None,
-                 code: Any = None) -> None:
+                 code: Any = None, t_trigger: float | None = None) -> None:
         super().__init__(text or reason)
         self.reason = reason
         self.text = text or reason
         self.alarm = alarm  # an alarm code to raise (high), if any
         self.device, self.code = device, code  # the device fault behind it, if one (recoverable?)
+        self.t_trigger = t_trigger  # when its cause arrived (time.monotonic()), if known
 
 
 async def next_event(q: asyncio.Queue[DeviceEvent], deadline: float, failure: StepFailure) -> DeviceEvent:
@@ -75,6 +76,8 @@ class RunnerOptions:
     exposure_margin_s: float = 5.0
     #: exposure_progress events at most this often
     progress_interval_s: float = 1.0
+    #: EP: the pulse-timing limit (limits.electroporation.pulse_timing_error_us; the room sets it)
+    pulse_timing: Any = None
     #: confirm steps are acknowledged automatically (demo, tests, --yes)
     auto_acknowledge_prompts: bool = False
     #: a device that has not confirmed its safe state by then is reported unconfirmed
@@ -556,9 +559,10 @@ class SessionRunner:
                                      code=exc.alarm or exc.reason, text=exc.text)
             recovery = self._recovery_for(exc.device, exc.code) if exc.device is not None else None
             if recovery is not None:
-                await self._pause_for_fault(recovery, trigger=f"fault:{exc.device}", t_trigger=None, alarm=alarm)
+                await self._pause_for_fault(recovery, trigger=f"fault:{exc.device}", t_trigger=exc.t_trigger,
+                                            alarm=alarm)
                 return
-            await self._stop("failed", trigger=exc.reason, reason=exc.reason, alarm=alarm)
+            await self._stop("failed", trigger=exc.reason, reason=exc.reason, alarm=alarm, t_trigger=exc.t_trigger)
         except CapExceeded as exc:
             alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
             await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached", alarm=alarm)

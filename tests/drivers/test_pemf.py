@@ -148,8 +148,9 @@ async def test_watchdog_and_safe_state_against_a_stall() -> None:
         await d.configure(LONG_WD200)
         await d.start()
         await ctl.inject("stall", count=-1)
+        t0 = time.monotonic()
         r = await d.safe_state()
-        assert not r.confirmed and r.ms < 1000
+        assert not r.confirmed and 0 < r.ms <= (time.monotonic() - t0) * 1000
         st = await wait_state(ctl, lambda s: not s["output_on"], timeout=2.0)
         assert (st["state"], st["fault"]) == ("fault", 5)
         await ctl.clear("stall")

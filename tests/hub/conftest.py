@@ -293,6 +293,22 @@ class Clinic:
         return reply
 
 
+async def timed_request(clinic: Clinic, verb: str, body: dict[str, Any] | bytes | None = None
+                        ) -> tuple[dict[str, Any], float, float]:
+    """A request and the ``time.monotonic()`` just before it was sent and just after its reply."""
+    t0 = time.monotonic()
+    reply = await clinic.request(verb, body)
+    return reply, t0, time.monotonic()
+
+
+def assert_safe_state_ms(ms: Any, t0: float, t1: float) -> None:
+    """A reported safe-state time is a real duration inside the request that caused it:
+    more than nothing, and no more than the request's whole round trip (not a fixed
+    bound, which a loaded machine could miss)."""
+    assert isinstance(ms, (int, float)) and not isinstance(ms, bool), ms
+    assert 0 < ms <= (t1 - t0) * 1000.0, (ms, (t1 - t0) * 1000.0)
+
+
 # ====================================================================== the room
 async def sim_states(room: SimulatedRoom) -> dict[str, dict[str, Any]]:
     out = {}

@@ -73,6 +73,7 @@ async def test_telemetry_keeps_to_its_rate_while_a_session_runs(hub: Hub) -> Non
         remove()
     running_hz = hub.config.telemetry.running_hz
     for dev, times in seen.items():
-        gaps = [b - a for a, b in zip(times, times[1:])]
         assert len(times) >= 3, (dev, times)
-        assert min(gaps) >= 0.9 / running_hz - 0.01, (dev, gaps)
+        # no extra readings: a count over the whole span (one late reading shortens the gap
+        # after it, so single gaps are no measure on a loaded machine)
+        assert len(times) - 1 <= (times[-1] - times[0]) * running_hz + 1, (dev, times)

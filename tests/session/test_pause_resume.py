@@ -35,9 +35,13 @@ async def test_abort_mid_train_switches_everything_off(hub: Hub) -> None:
     await hub.next_event("train_done")
     await hub.wait_sim("epg-1", lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= 3,
                        what="a train in progress")
+    t0 = time.monotonic()
     reply = await hub.room.abort(session=sid, reason="operator")
+    t1 = time.monotonic()
     assert reply["session"] == sid and reply["state"] == "aborted"
-    assert 0 < reply["safe_state_ms"] < 1000
+    assert 0 < reply["safe_state_ms"] <= (t1 - t0) * 1000
+    # the train stopped inside the abort, by the device's own clock
+    assert t0 <= (await hub.sim_state("epg-1"))["output_changed_at"] <= t1
 
     # confirmed by read-back before the reply: no watchdog needed, no waiting
     states = await hub.sim_states()
@@ -146,7 +150,8 @@ async def test_pause_at_the_instant_a_pulse_arrives_stops_the_step(hub: Hub) -> 
         t0 = time.monotonic()
         await hub.room.pause(session=sid)
         took = time.monotonic() - t0
-    assert took < 1.0
+    # the bug showed as the stop giving up on the step after its 2 s: the real bound, not a speed
+    assert took < 2.0
     await hub.room.resume(session=sid, origin="console", by="tech")
     assert await hub.finish(runner, 20) == "completed", runner.reason
     assert (await hub.sim_state("epg-1"))["pulses"] == 4 * 50

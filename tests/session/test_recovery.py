@@ -18,6 +18,7 @@ import pytest
 from devicehub.room_api import CommandError
 
 from .conftest import DEVICES, Hub, open_hub, write_limits
+from .test_faults import DELIVERING, _mid_step
 
 #: what each simulator counts, in the record's quantities (record key, simulator key)
 COUNTERS = {
@@ -46,22 +47,6 @@ RECOVERABLE = [
     ("led-1", "skin_overheat", 2, []),
     ("pemf-1", "overheat", 1, []),
 ]
-
-DELIVERING = {
-    "epg-1": lambda s: s["state"] == "running",
-    "inj-1": lambda s: s["output_on"] and s["state"] in ("armed", "firing"),
-    "led-1": lambda s: s["output_on"],
-    "pemf-1": lambda s: s["output_on"],
-}
-
-
-async def _mid_step(hub: Hub, dev: str) -> None:
-    if dev == "inj-1":
-        await hub.next_event("point_done", where=lambda e: e.get("step") == "inject")
-    elif dev == "epg-1":
-        await hub.next_event("train_done")
-    await hub.wait_sim(dev, DELIVERING[dev], what=f"{dev} delivering")
-
 
 async def _delivered(hub: Hub) -> dict[str, dict[str, float]]:
     states = await hub.sim_states()

@@ -1,0 +1,177 @@
+"""A fault soak: real sessions under every fault at once, judged by the devices' own counts.
+
+Simulators, a private Mosquitto and ``devicehub serve`` run as separate processes, with a
+small TCP proxy in front of each device port. Clinic software (MQTT: a requester and a
+persistent follower of ``<root>/#``) and a technician (the console socket) run sessions
+of the shipped programs with short parameters, started from afar and at the chair. At
+random moments the soak injects every fault of every device (shared/simulator-control.md),
+cuts a device's TCP connection, pauses and resumes, aborts from both sides, restarts the
+broker and SIGKILLs and restarts the hub. After every session it checks the invariants
+(``bench/soaklib/checks.py``) and counts each violation.
+
+    .venv/bin/python bench/soak.py --minutes 3 --seed 7     # make soak: --minutes 10
+    .venv/bin/python bench/soak.py --sessions 40 --seed 7   # the same 40 sessions again
+
+Each session's plan (program, origin, disturbances and their moments) comes from the seed
+and the session's number alone, so a failing seed replays the same sessions; the
+machine's timing still varies from run to run. Prints a table and writes
+``bench/results/soak.json`` (``--out`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, machine_info, summary  # noqa: E402
+from bench.soaklib import checks  # noqa: E402
+from bench.soaklib.clients import Clinic, Follower, Technician, World  # noqa: E402
+from bench.soaklib.plan import draw  # noqa: E402
+from bench.soaklib.procs import Broker, Hub, Simulators, TcpProxy, proxied, upstream_of, write_hub_config  # noqa: E402
+from bench.soaklib.session import Room, prepare_room, run_session  # noqa: E402
+
+INVARIANTS = ("1_safe_state", "2_delivered", "3_record", "4_seq", "5_resources")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (0: no count limit)")
+    p.add_argument("--minutes", type=float, default=3.0, help="stop starting sessions after this long")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (default: drawn and printed)")
+    p.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the run's directory (logs, record) and print it")
+    return p
+
+
+async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    seed = args.seed
+    sims = Simulators(directory, seed).start()
+    proxies = {d: await TcpProxy(*upstream_of(ep)).start() for d, ep in sims.endpoints.items()}
+    broker = Broker(directory)
+    broker.start()
+    site = f"soak{seed}"
+    cfg = write_hub_config(directory, {d: proxied(sims.endpoints[d], p.port) for d, p in proxies.items()},
+                           broker.port, site)
+    root = f"devicehub/v1/{site}/room-1"
+    follower, clinic = Follower(broker.port, root), Clinic(broker.port, root)
+    hub = Hub(cfg, directory / "hub.log")
+    violations: dict[str, list[str]] = {k: [] for k in INVARIANTS}
+    outcomes: list[dict[str, Any]] = []
+    safe_ms: list[float] = []
+    samples: list[dict[str, Any]] = []
+    faults: Counter[str] = Counter()
+    try:
+        await follower.start()
+        await clinic.start()
+        await asyncio.to_thread(hub.start)
+        room = Room(directory, directory / "devicehub.sqlite", World(sims.controls, sims.endpoints), proxies,
+                    broker, hub, clinic, follower, Technician(directory / "devicehub.sock"))
+        await prepare_room(room)
+        t_end = time.monotonic() + args.minutes * 60.0
+        i = 0
+        while (not args.sessions or i < args.sessions) and time.monotonic() < t_end:
+            plan = draw(seed, i)
+            out = await run_session(room, plan)
+            faults.update(out.faults)
+            v1, times = checks.invariant_1(out)
+            safe_ms += times
+            v2 = checks.invariant_2(out, room)
+            v3 = checks.invariant_3(out, room)
+            for key, found in (("1_safe_state", v1), ("2_delivered", v2), ("3_record", v3)):
+                violations[key] += [f"#{i} {out.session}: {v}" for v in found]
+            samples.append(hub.resources())
+            outcomes.append({"index": i, "program": out.program, "origin": out.origin, "session": out.session,
+                             "state": out.state, "reason": out.reason, "refused": out.refused, "faults": out.faults,
+                             "notes": out.notes, "violations": {"1": v1, "2": v2, "3": v3}})
+            end = out.reason if out.session else f"refused: {out.refused}"
+            print(f"#{i:<4} {out.program:<18} {out.origin:<7} {out.state:<10} {str(end or ''):<28} "
+                  f"{','.join(out.faults) or '-':<40} v1={len(v1)} v2={len(v2)} v3={len(v3)}", flush=True)
+            for v in v1 + v2 + v3:
+                print(f"        {v}", flush=True)
+            await prepare_room(room)
+            i += 1
+        await asyncio.sleep(3.0)  # the outbox drains: replays reach the follower
+        seq = follower.seq_report()
+        follower.dump(directory / "follower.jsonl")
+        if seq["gaps"] or seq["duplicates"]:
+            violations["4_seq"].append(f"{seq['gaps']} missing seq, {seq['duplicates']} duplicates: {seq['gap_at']}")
+        v5, res = checks.resources(samples)
+        violations["5_resources"] += v5
+    finally:
+        await clinic.stop()
+        await follower.stop()
+        await asyncio.to_thread(hub.terminate)
+        broker.stop()
+        for p in proxies.values():
+            await p.stop()
+        sims.stop()
+    states = Counter(o["state"] if o["session"] else f"refused:{o['refused']}" for o in outcomes)
+    return {
+        "seed": seed, "minutes": args.minutes, "sessions": len(outcomes),
+        "end_states": dict(states), "faults": dict(sorted(faults.items())),
+        "safe_state_ms": summary(safe_ms), "violations": {k: len(v) for k, v in violations.items()},
+        "violation_details": {k: v[:50] for k, v in violations.items()},
+        "seq": seq, "resources": res, "hub_kills": hub.kills, "broker_restarts": broker.restarts,
+        "cuts": {d: p.cuts for d, p in proxies.items()}, "marks": room.marks, "outcomes": outcomes,
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\nsoak seed {r['seed']}: {r['sessions']} sessions in {r['minutes']:g} min")
+    print("\nsessions by end state")
+    for k, v in sorted(r["end_states"].items()):
+        print(f"  {k:<36} {v:>5}")
+    print("\nfaults by kind")
+    for k, v in r["faults"].items():
+        print(f"  {k:<36} {v:>5}")
+    s = r["safe_state_ms"]
+    if s.get("n"):
+        print(f"\nsafe state ms (by the simulators' output_changed_at): n {s['n']}  p50 {s['p50']}  "
+              f"p99 {s['p99']}  max {s['max']}")
+    print("\nviolations per invariant (must all be 0)")
+    for k, v in r["violations"].items():
+        print(f"  {k:<36} {v:>5}")
+        for line in r["violation_details"][k][:5]:
+            print(f"      {line}")
+    print(f"\nhub kills {r['hub_kills']}, broker restarts {r['broker_restarts']}, cuts {r['cuts']}, "
+          f"seq {r['seq']['messages']} messages over {r['seq']['boots']} boots; resources {r['resources']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 1_000_000)
+    print(f"soak seed {args.seed} (replay: bench/soak.py --seed {args.seed} "
+          f"{'--sessions ' + str(args.sessions) if args.sessions else '--minutes ' + format(args.minutes, 'g')})",
+          flush=True)
+    directory = Path(tempfile.mkdtemp(prefix="devicehub-soak-"))
+    try:
+        result = asyncio.run(soak(args, directory))
+    finally:
+        if args.keep:
+            print(f"run directory kept: {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    result = {"machine": machine_info(), **result}
+    print_table(result)
+    if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

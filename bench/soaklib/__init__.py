@@ -1,0 +1,1 @@
+"""The soak's parts (bench/soak.py): processes, clients, plans, sessions, invariants."""

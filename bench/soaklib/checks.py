@@ -1,0 +1,141 @@
+"""The soak's invariants, judged by what the simulators say (their control ``state``) and
+by the record, never by what the hub says it did.
+
+1. every stop ends with every output off, within 50 ms of the trigger by the simulators'
+   ``output_changed_at`` (a device the hub could not reach, stalled or cut, is switched
+   off by its own watchdog: it must be off, not within 50 ms);
+2. per point, delivered never exceeds planned beyond the device's tolerance, and the
+   simulators' delivered totals (after minus before) equal the record's totals;
+3. the record verifies and ends in a final state; a hub restart marks the interrupted
+   session ``failed`` with ``hub_restart``;
+4. (run-wide, in ``Follower.seq_report``) no seq gap per boot, no duplicate after msg_id;
+5. (run-wide) the hub's RSS and open file descriptors do not grow.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from bench.soaklib.session import FINAL, Outcome, Room
+
+SAFE_STATE_S = 0.050
+DOSE_TOLERANCE = 0.05  # RunnerOptions.dose_tolerance: the gun's cap allows dose x (1 + tolerance)
+
+#: device -> [(record total name, simulator total name, factor sim -> record, tolerance)]
+TOTALS = {
+    "epg-1": [("pulses", "pulses", 1.0, 0.0), ("charge_uc", "charge_uC", 1.0, 0.01)],
+    "inj-1": [("shots", "shots", 1.0, 0.0), ("volume_ul", "volume_ul", 1.0, 0.05)],
+    "led-1": [("exposure_s", "elapsed_s", 1.0, 0.15), ("fluence_j_cm2", "fluence_mj_cm2", 0.001, 0.002)],
+    "pemf-1": [("field_time_s", "elapsed_s", 1.0, 0.15), ("field_pulses", "pulses", 1.0, 1.0)],
+}
+
+
+def _changed_after(states: dict[str, dict[str, Any]], t: float, skip: set[str]) -> dict[str, float]:
+    return {d: s["output_changed_at"] for d, s in states.items()
+            if d not in skip and s.get("output_changed_at") is not None and s["output_changed_at"] >= t}
+
+
+def invariant_1(out: Outcome) -> tuple[list[str], list[float]]:
+    """Violations, and the safe-state times measured (ms)."""
+    bad: list[str] = []
+    times: list[float] = []
+    skip = set(out.unreachable)
+    for d, s in out.after.items():
+        if s.get("output_on"):
+            bad.append(f"{d} output still on after the session")
+    for stop in out.stops:
+        if not stop.states:
+            continue
+        on = [d for d, s in stop.states.items() if s.get("output_on") and d not in skip]
+        if on:
+            bad.append(f"{stop.kind}: {', '.join(on)} still on when the stop returned")
+        changed = _changed_after(stop.states, stop.t_trigger, skip)
+        if changed:
+            ms = (max(changed.values()) - stop.t_trigger) * 1000.0
+            times.append(ms)
+            if ms > SAFE_STATE_S * 1000.0:
+                bad.append(f"{stop.kind}: last output off {ms:.1f} ms after the trigger")
+    # a session a fault ended: from the faulting device's own off (its clock), else from the
+    # first device off after the injection (the hub's detection is inside the hub)
+    faults = [s for s in out.stops if s.kind.startswith(("fault:", "cut:")) and not s.states]
+    soak_stopped = any(s.states and s.kind.startswith("abort") for s in out.stops)
+    if out.state == "failed" and faults and not soak_stopped and not out.hub_killed:
+        last = faults[-1]
+        changed = _changed_after(out.after, last.t_trigger, skip)
+        dev = last.kind.split(":")[1]
+        if changed:
+            start = changed.get(dev, min(changed.values()))
+            ms = (max(changed.values()) - start) * 1000.0
+            times.append(ms)
+            if ms > SAFE_STATE_S * 1000.0:
+                bad.append(f"{last.kind}: last output off {ms:.1f} ms after the first")
+    return bad, times
+
+
+def invariant_2(out: Outcome, room: Room) -> list[str]:
+    bad: list[str] = []
+    if out.session is None:
+        return bad
+    rows = room.read("deliveries", out.session)
+    per_point: dict[tuple[Any, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    planned: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["step_id"], r["zone"], r["point"], r["device"])
+        planned.setdefault(key, r["planned"] or {})  # the first intent plans the whole point
+        for k, v in (r["delivered"] or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                per_point[key][k] += v
+    for key, got in per_point.items():
+        plan = planned.get(key, {})
+        if "pulses" in plan and got.get("pulses", 0) > plan["pulses"]:
+            bad.append(f"{key}: {got['pulses']:g} pulses delivered, {plan['pulses']} planned")
+        if "volume_ul" in plan and got.get("volume_ul", 0) > plan["volume_ul"] * (1 + DOSE_TOLERANCE) + 1e-6:
+            bad.append(f"{key}: {got['volume_ul']:g} uL delivered, {plan['volume_ul']} planned")
+    summary = room.read("session", out.session) or {}
+    totals = summary.get("totals") or {}
+    for dev, pairs in TOTALS.items():
+        rec = totals.get(dev) or {}
+        for rec_name, sim_name, factor, tol in pairs:
+            sim = (float(out.after[dev].get(sim_name) or 0) - float(out.before[dev].get(sim_name) or 0)) * factor
+            got = float(rec.get(rec_name) or 0)
+            if abs(sim - got) > tol + 1e-4 * abs(sim):
+                bad.append(f"{dev} {rec_name}: record {got:g}, device {sim:g}")
+    return bad
+
+
+def invariant_3(out: Outcome, room: Room) -> list[str]:
+    if out.session is None:
+        return []
+    bad: list[str] = []
+    check = room.read("verify", out.session)
+    if not check.ok:
+        bad.append(f"record does not verify: {check.message}")
+    if out.state not in FINAL:
+        bad.append(f"ended in {out.state}, not a final state")
+    if out.hub_killed and out.state != "completed" and (out.state, out.reason) != ("failed", "hub_restart"):
+        bad.append(f"hub restart: ended {out.state} ({out.reason}), not failed (hub_restart)")
+    return bad
+
+
+def resources(samples: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """Invariant 5, on the hub process that lives at the end (sampled after each session):
+    its RSS within 10 MB of its RSS after its tenth session, and its open descriptors not
+    above the most it had open during its first ten (a console connection or a reconnect
+    in progress holds one for a moment: a single sample is no baseline)."""
+    if not samples:
+        return [], {"judged": False}
+    last_pid = samples[-1].get("pid")
+    mine = [s for s in samples if s.get("pid") == last_pid]
+    if len(mine) < 11:
+        return [], {"judged": False, "sessions_of_last_hub": len(mine)}
+    base, end = mine[9], mine[-1]
+    fds_base = max(s["fds"] for s in mine[:10])
+    info = {"judged": True, "pid": last_pid, "rss_kb_after_10": base["rss_kb"], "rss_kb_end": end["rss_kb"],
+            "fds_max_first_10": fds_base, "fds_end": end["fds"], "sessions_of_last_hub": len(mine)}
+    bad = []
+    if end["rss_kb"] - base["rss_kb"] > 10 * 1024:
+        bad.append(f"RSS grew {(end['rss_kb'] - base['rss_kb']) / 1024:.1f} MB")
+    if end["fds"] > fds_base:
+        bad.append(f"open fds grew from at most {fds_base} to {end['fds']}")
+    return bad, info

@@ -1,0 +1,258 @@
+"""The soak's separate processes and the wire between them.
+
+- ``Simulators``: ``python -m simulators room --config ...`` (all four devices, seeded).
+- ``TcpProxy``: a small proxy in front of each device port, so the soak can cut a
+  device's TCP connection (the hub sees the link drop and reconnects through it).
+- ``Broker``: a private Mosquitto with persistence, stopped and started on the same port.
+- ``Hub``: ``devicehub serve`` as a process; SIGKILLed and started again on the same config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devicehub.local_broker import LocalBroker, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICES = (("epg-1", "epg"), ("inj-1", "inj"), ("led-1", "led"), ("pemf-1", "pemf"))
+
+
+class Simulators:
+    """The four simulators in one child process; ``endpoints`` and ``controls`` by device id."""
+
+    def __init__(self, directory: Path, seed: int) -> None:
+        self.directory = directory
+        self.seed = seed
+        self.proc: subprocess.Popen[str] | None = None
+        self.endpoints: dict[str, str] = {}
+        self.controls: dict[str, str] = {}
+
+    def start(self) -> "Simulators":
+        cfg = self.directory / "sim-room.yaml"
+        cfg.write_text(yaml.safe_dump({"devices": [
+            {"id": d, "type": k, "seed": (self.seed * 31 + i) & 0xFFFFFFFF} for i, (d, k) in enumerate(DEVICES)]}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "simulators", "room", "--config", str(cfg)],
+                                     stdout=subprocess.PIPE, stderr=open(self.directory / "sims.log", "a"),  # noqa: SIM115
+                                     text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        for _ in DEVICES:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the simulators exited before announcing themselves")
+            ann = json.loads(line)
+            self.endpoints[ann["id"]] = ann["endpoint"]
+            self.controls[ann["id"]] = ann["control"]
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class TcpProxy:
+    """Bytes both ways between the hub and one device port; ``cut()`` drops every connection."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.cuts = 0
+
+    async def start(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        for w in (writer, up_writer):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                import socket
+
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self._pairs.discard(pair)
+            writer.close()
+            up_writer.close()
+
+    def cut(self, *, count: bool = True) -> int:
+        """Drop every connection through the proxy now (as a pulled cable); the port stays open."""
+        n = 0
+        for a, b in list(self._pairs):
+            for w in (a, b):
+                sock = w.get_extra_info("socket")
+                with contextlib.suppress(OSError):
+                    if sock is not None:
+                        sock.shutdown(2)
+                w.close()
+            n += 1
+        self._pairs.clear()
+        self.cuts += int(count)
+        return n
+
+    async def stop(self) -> None:
+        self.cut(count=False)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def proxied(endpoint: str, port: int) -> str:
+    """``socket://127.0.0.1:P`` or ``modbus-tcp://127.0.0.1:P?unit=1`` with the proxy's port."""
+    scheme, rest = endpoint.split("://", 1)
+    hostport, sep, query = rest.partition("?")
+    host = hostport.rsplit(":", 1)[0]
+    return f"{scheme}://{host}:{port}{sep}{query}"
+
+
+def upstream_of(endpoint: str) -> tuple[str, int]:
+    hostport = endpoint.split("://", 1)[1].partition("?")[0]
+    host, port = hostport.rsplit(":", 1)
+    return host, int(port)
+
+
+class Broker:
+    """Mosquitto on a fixed port with persistence (the followers' sessions outlive a restart)."""
+
+    def __init__(self, directory: Path) -> None:
+        # mosquitto drops root privileges before writing its database: a directory it can
+        # reach (the run's own directory is private to this user)
+        self.store = Path(tempfile.mkdtemp(prefix="devicehub-soak-mosq-"))
+        os.chmod(self.store, 0o777)
+        self.port = free_port()
+        self.broker = LocalBroker(port=self.port, extra_conf=(
+            f"persistence true\npersistence_location {self.store}/\nautosave_interval 3600\n"))
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.broker.start()
+
+    def stop(self) -> None:
+        self.broker.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+
+    def restart(self, down_s: float) -> None:
+        self.broker.stop()
+        time.sleep(down_s)
+        self.broker.start()
+        self.restarts += 1
+
+
+class Hub:
+    """``devicehub serve --config CFG`` as a child process; ready once it prints its line."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.boot = 0
+        self.kills = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        err = open(self.log, "a")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "serve", "--config", str(self.config)],
+                                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        err.close()
+        line: list[str] = []
+        proc = self.proc
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line or not line[0].startswith("devicehub serving"):
+            self.kill()
+            raise RuntimeError(f"the hub did not get ready: {line!r}")
+        self.boot = int(line[0].split(" boot ")[1].split(";")[0])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.kills += 1
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def resources(self) -> dict[str, Any]:
+        """RSS (kB) and open file descriptors of the hub process, from /proc."""
+        pid = self.pid
+        if pid is None:
+            return {}
+        rss = 0
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        try:
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            fds = -1
+        return {"pid": pid, "rss_kb": rss, "fds": fds}
+
+
+def write_hub_config(directory: Path, endpoints: dict[str, str], mqtt_port: int, site: str) -> Path:
+    doc: dict[str, Any] = {
+        "site": site,
+        "room": "room-1",
+        "devices": [{"id": d, "type": k, "endpoint": endpoints[d]} for d, k in DEVICES],
+        "store": str(directory / "devicehub.sqlite"),
+        "console_socket": str(directory / "devicehub.sock"),
+        "limits": str(ROOT / "configs" / "limits.yaml"),
+        "programs": str(ROOT / "configs" / "programs"),
+        "remote_confirmation": True,
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+    }
+    path = directory / "hub.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
