@@ -54,6 +54,23 @@ async def until(pilot: Any, pred: Callable[[], Any], what: str, timeout: float =
         await pilot.pause(0.05)
 
 
+async def until_shown(pilot: Any, text: str, what: str, guard: Callable[[], Any] | None = None,
+                      timeout: float = 60.0) -> None:
+    """Until the screen shows ``text``. A screenshot costs the process (and the simulators in
+    its thread) CPU time, so it is taken only once ``guard()`` holds, and four times a second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if guard is None or guard():
+            if text in screen_text(pilot.app):
+                return
+            wait = 0.25
+        else:
+            wait = 0.05
+        if time.monotonic() > deadline:
+            await until(pilot, lambda: False, f"{what} ({text!r} on screen)", timeout=0)
+        await pilot.pause(wait)
+
+
 async def type_into(pilot: Any, selector: str, text: str) -> None:
     """Click a field and type into it, key by key, as a person would."""
     await pilot.click(selector)

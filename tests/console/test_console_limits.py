@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from devicehub.console.screens.new_session import NewSessionScreen
 from devicehub.console.screens.preflight import PreflightScreen
-from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until
+from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until, until_shown
 from tests.console.test_console_session import SHORT, pick_program
 from tests.hub.conftest import Setup, wait_all_off
 
@@ -30,7 +30,7 @@ async def test_a_soft_limit_is_acknowledged_by_name_and_recorded(setup: Setup, s
         # a hard limit: shown, never acknowledged, no start
         await type_into(pilot, "#params", SHORT + " inject.dose_ul=150")
         await until(pilot, lambda: findings(app).get("inject.dose_ul") == "hard", "the hard finding")
-        await until(pilot, lambda: "start impossible" in screen_text(app), "the hard finding on screen")
+        await until_shown(pilot, "start impossible", "the hard finding on screen")
         assert screen.query_one("#start").disabled
         shots(app, "new-session-hard")
         screen.query_one("#findings").focus()
@@ -41,7 +41,7 @@ async def test_a_soft_limit_is_acknowledged_by_name_and_recorded(setup: Setup, s
         await type_into(pilot, "#params", SHORT + " inject.dose_ul=60 ep.amplitude_v=60")
         soft = {"inject.dose_ul": "soft", "ep.amplitude_v": "soft"}
         await until(pilot, lambda: findings(app) == soft, "only the two soft findings")
-        await until(pilot, lambda: "to acknowledge" in screen_text(app), "the soft findings on screen")
+        await until_shown(pilot, "to acknowledge", "the soft findings on screen")
         assert not screen.check["startable"] and screen.query_one("#start").disabled
         await pilot.press("ctrl+s")  # refused: nothing starts
         assert app.state.session_id is None

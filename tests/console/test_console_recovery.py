@@ -7,7 +7,7 @@ from devicehub.console.screens.dialogs import ConfirmDialog
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
 from simulators.control import ControlClient
-from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until
+from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until, until_shown
 from tests.console.test_console_safety import LONG_EP, start_at_the_chair, until_output
 from tests.hub.conftest import Setup, auto_trigger, console, outputs_on, wait_all_off
 
@@ -23,7 +23,8 @@ async def test_a_fault_paused_session_is_recovered_and_resumed_at_the_console(se
         await until_output(pilot, room, "inj-1")
         async with ControlClient(room.sims["inj-1"].control) as inj:
             await inj.call("inject", fault="cartridge_missing", count=-1)
-            await until(pilot, lambda: "PAUSED BY A FAULT on inj-1" in screen_text(app), "the fault's pause")
+            await until_shown(pilot, "PAUSED BY A FAULT on inj-1", "the fault's pause",
+                              lambda: (app.state.session or {}).get("recovery"))
             assert not any((await outputs_on(room)).values())
             shots(app, "fault")
             await pilot.press("f")  # the cause is still there: refused, still paused

@@ -8,7 +8,7 @@ from textual.screen import ModalScreen
 from devicehub.console.screens.dialogs import ConfirmDialog
 from devicehub.console.screens.ended import EndedScreen
 from devicehub.console.screens.running import RunningScreen
-from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until
+from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until, until_shown
 from tests.hub.conftest import (
     Clinic,
     Setup,
@@ -80,7 +80,7 @@ async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Se
             f"the key took {handled} s to reach the hub (it waited {app.key_wait('p')} s in the queue)")
         await until(pilot, lambda: app.state.telemetry >= at_press + 5, "telemetry still arriving")
         await wait_all_off(room)
-        await until(pilot, lambda: "PAUSED" in screen_text(app), "the pause on screen")
+        await until_shown(pilot, "PAUSED", "the pause on screen")
         shots(app, "paused")
 
         # resume asks first; n leaves it paused, y resumes
@@ -107,9 +107,9 @@ async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.state.connected, "the room")
             sid = await run_to_awaiting(clinic)
-            await until(pilot, lambda: on_screen(app, RunningScreen)
-                        and "WAITING FOR THE CHAIR: start requested by dr-a (origin mqtt)" in screen_text(app),
-                        "the remote start waiting for the chair")
+            await until_shown(pilot, "WAITING FOR THE CHAIR: start requested by dr-a (origin mqtt)",
+                              "the remote start waiting for the chair",
+                              lambda: on_screen(app, RunningScreen) and app.state.meta.get("origin") == "mqtt")
             assert not any((await outputs_on(room)).values())
             shots(app, "remote-start")
             await pilot.press("c")
@@ -122,8 +122,9 @@ async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -
             await until(pilot, lambda: app.state.state == "paused", "paused from afar")
             resumed = await clinic.request("resume", {"session": sid})
             assert resumed["data"]["state"] == "awaiting_confirmation", resumed
-            await until(pilot, lambda: "WAITING FOR THE CHAIR: resume requested from afar" in screen_text(app),
-                        "the remote resume waiting for the chair")
+            await until_shown(pilot, "WAITING FOR THE CHAIR: resume requested from afar",
+                              "the remote resume waiting for the chair",
+                              lambda: app.state.state == "awaiting_confirmation")
             assert not any((await outputs_on(room)).values())
             start = len(clinic.messages)
             await pilot.press("c")
@@ -142,9 +143,10 @@ async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup,
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected, "the room")
         sid = await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: it waits in the injection
-        await until(pilot, lambda: on_screen(app, RunningScreen) and "RUNNING" in screen_text(app), "running")
+        await until_shown(pilot, "RUNNING", "running",
+                          lambda: on_screen(app, RunningScreen) and app.state.state == "running")
         hub.kill()
-        await until(pilot, lambda: "LOST THE ROOM" in screen_text(app), "the lost room said")
+        await until_shown(pilot, "LOST THE ROOM", "the lost room said", lambda: not app.state.connected)
         text = screen_text(app)
         assert "RUNNING" not in text and "UNKNOWN" in text, text  # never pretends the session runs
         shots(app, "lost")
@@ -152,4 +154,4 @@ async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup,
         await until(pilot, lambda: app.state.connected and app.state.state == "failed", "reconnected")
         await until(pilot, lambda: on_screen(app, EndedScreen), "the session's end")
         assert app.state.session_id == sid and (app.state.session or {}).get("reason") == "hub_restart"
-        await until(pilot, lambda: "ROOM CONNECTED" in screen_text(app), "the room connected again, said")
+        await until_shown(pilot, "ROOM CONNECTED", "the room connected again, said", lambda: app.state.connected)

@@ -8,7 +8,7 @@ from devicehub.console.screens.new_session import NewSessionScreen
 from devicehub.console.screens.preflight import PreflightScreen
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
-from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until
+from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until, until_shown
 from tests.hub.conftest import Setup, auto_trigger
 
 SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
@@ -59,7 +59,7 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await pilot.press("ctrl+s")
         await until(pilot, lambda: on_screen(app, RunningScreen), "the running screen")
         await until(pilot, lambda: app.state.prompt, "the confirm step")
-        await until(pilot, lambda: "CONFIRM STEP apply-serum" in screen_text(app), "the prompt on screen")
+        await until_shown(pilot, "CONFIRM STEP apply-serum", "the prompt on screen")
         shots(app, "running-prompt")
         await pilot.press("c")
         await until(pilot, lambda: any("prompt_acknowledged" in line and "by=tech-a" in line
