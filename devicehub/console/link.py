@@ -121,8 +121,11 @@ class HubLink:
         async for msg in watch.messages():
             if isinstance(msg, dict) and isinstance(msg.get("kind"), str):
                 data = msg.get("data")
+                data = data if isinstance(data, dict) else {"value": data}
+                if isinstance(msg.get("ts"), str) and "ts" not in data:
+                    data = {**data, "ts": msg["ts"]}  # when the hub published it
                 try:
-                    self.on_message(msg["kind"], data if isinstance(data, dict) else {"value": data})
+                    self.on_message(msg["kind"], data)
                 except Exception:  # noqa: BLE001 - a drawing fault must not cut the room's link
                     log.exception("console: a hub message could not be shown")
 

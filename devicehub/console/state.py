@@ -151,7 +151,7 @@ class RoomState:
         if ev in ("point_done", "point_skipped"):
             self.points[(data.get("step", ""), data.get("point", ""))] = "done" if ev == "point_done" else "skipped"
         elif ev == "preflight_item":
-            # the stream's events carry no time of their own: the console's, as it heard it
+            # when the hub published it (a hub without stream times: when the console heard it)
             ts = str(data.get("ts") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
             self.preflight[str(data.get("item"))] = Tick(bool(data.get("done")), str(data.get("by", "?")), ts)
         elif ev == "state" and data.get("state") == "awaiting_confirmation":
