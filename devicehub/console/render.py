@@ -150,7 +150,20 @@ def finding_style(severity: str, acknowledged: bool) -> str:
     return "green" if acknowledged else "bold yellow"
 
 
-def dry_run(check: dict[str, Any] | None, error: str = "") -> Any:
+def course_text(course: dict[str, Any]) -> Text:
+    """The patient's course as the record tells it (the ``course`` verb)."""
+    if not course.get("last_session"):
+        return Text(f"course: no completed session of {course.get('patient_ref')} in this room's record", style="cyan")
+    t = Text(f"course: last session {course['last_session']} ({course.get('last_program') or '?'}) ended "
+             f"{str(course.get('last_ended_at'))[:16].replace('T', ' ')}, {course.get('days_since_last')} days ago",
+             style="cyan")
+    due = course.get("next_due") or {}
+    if due:
+        t.append("\nnext session: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in due.items()), style="cyan")
+    return t
+
+
+def dry_run(check: dict[str, Any] | None, error: str = "", history: dict[str, Any] | None = None) -> Any:
     if error:
         return Text(error, style="bold red")
     if not check:
@@ -176,6 +189,8 @@ def dry_run(check: dict[str, Any] | None, error: str = "") -> Any:
     course = check.get("course")
     if isinstance(course, dict) and course:
         parts.append(Text("course: " + ", ".join(f"{k} {v}" for k, v in course.items()), style="cyan"))
+    if history:
+        parts.append(course_text(history))
     verdict = Text("startable" if check.get("startable") else "not startable yet",
                    style="bold green" if check.get("startable") else "bold red")
     parts.append(verdict)

@@ -127,4 +127,4 @@ async def recover(room: Any, m: Any, caller: Caller) -> Any:
 
 
 # verbs whose logic lives in a module of their own register themselves on import
-from devicehub.control import adverse, device_fault, record_check  # noqa: E402,F401
+from devicehub.control import adverse, course, device_fault, record_check  # noqa: E402,F401

@@ -89,6 +89,16 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await pilot.press("ctrl+s")
         await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.recorded, "recorded")
         sid = app.state.session_id
+        await until_shown(pilot, "next session: not before", "the next session's window")
+
+        # the same patient again, at once: the course says so, and the interval is a hard limit
+        await pilot.press("n")
+        await pick_program(pilot, "demo")
+        await type_into(pilot, "#patient", "P-0001")
+        await until(pilot, lambda: {f["id"]: f["severity"] for f in (app.screen.check or {}).get("findings", [])}
+                    .get("course.interval_days") == "hard", "the course interval finding")
+        await until_shown(pilot, f"course: last session {sid} (demo)", "the patient's course")
+        assert app.screen.query_one("#start").disabled
     events = recorded_events(room, sid)
     adverse = [e for e in events if e["event"] == "adverse_event"]
     assert [(a["data"]["kind"], a["data"]["severity"], a["data"]["by"], a["data"]["score"]) for a in adverse] == [

@@ -31,6 +31,7 @@ class EndedScreen(HubScreen):
         self.verified: dict[str, Any] | None = None
         self.report: str = ""
         self.recorded: list[str] = []
+        self.history: dict[str, Any] | None = None
 
     def body(self) -> ComposeResult:
         yield Static(id="result", classes="panel")
@@ -51,6 +52,8 @@ class EndedScreen(HubScreen):
         self.verified = await self.hub.ask("verify", session=sid, quiet=True)
         report = await self.hub.ask("report", session=sid, quiet=True) or {}
         self.report = str(report.get("path") or "")
+        if self.summary.get("patient_ref"):
+            self.history = await self.hub.ask("course", quiet=True, patient_ref=self.summary["patient_ref"])
         self.refresh_view()
 
     def update_view(self) -> None:
@@ -76,6 +79,8 @@ class EndedScreen(HubScreen):
                               style="bold green" if v.get("ok") else "bold white on red"))
         lines.append(Text(f"report: {self.report or '(being written)'}"))
         lines.append(Text(f"record it all: devicehub sessions show {s.get('session')}", style="dim"))
+        if self.history:
+            lines.append(render.course_text(self.history))
         lines += [Text(f"adverse event recorded: {r}", style="yellow") for r in self.recorded]
         lines.append(Text("e: record an adverse event   n: new session   Esc: room", style="bold"))
         self.set("record", Group(*lines))

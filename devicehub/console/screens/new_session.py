@@ -50,6 +50,8 @@ class NewSessionScreen(HubScreen):
         self.check_error = ""
         #: soft-limit id -> who acknowledged it
         self.acks: dict[str, str] = {}
+        #: the patient's course as the record tells it (the ``course`` verb), when a patient is entered
+        self.history: dict[str, Any] | None = None
         self._asked = 0
 
     def body(self) -> ComposeResult:
@@ -151,8 +153,10 @@ class NewSessionScreen(HubScreen):
         if patient:
             fields["patient_ref"] = patient
         reply = await self.hub.request("check", **fields)
+        history = await self.hub.ask("course", quiet=True, patient_ref=patient) if patient else None
         if n != self._asked:
             return  # a newer dry run is on its way
+        self.history = history
         if reply.get("ok"):
             self.check, self.check_error = reply["data"], ""
             soft = {f["id"] for f in self.check.get("findings", []) if f.get("severity") == "soft"}
@@ -169,7 +173,7 @@ class NewSessionScreen(HubScreen):
                     and self.query_one("#operator", Input).value.strip())
 
     def update_view(self) -> None:
-        self.set("dryrun", render.dry_run(self.check, self.check_error))
+        self.set("dryrun", render.dry_run(self.check, self.check_error, self.history))
         table = self.query_one("#findings", DataTable)
         row = table.cursor_row
         table.clear()
