@@ -53,6 +53,7 @@ class NewSessionScreen(HubScreen):
         #: the patient's course as the record tells it (the ``course`` verb), when a patient is entered
         self.history: dict[str, Any] | None = None
         self._asked = 0
+        self._loading = False
 
     def body(self) -> ComposeResult:
         with Horizontal(id="picker"):
@@ -72,11 +73,13 @@ class NewSessionScreen(HubScreen):
         table = self.query_one("#findings", DataTable)
         table.add_columns("severity", "id", "value", "limit", "acknowledged by", "finding")
         self.query_one("#operator", Input).value = self.hub.by
-        super().on_mount()
-        self.hub.spawn(self._load_programs())
+        super().on_mount()  # its first drawing loads the programs
 
     async def _load_programs(self) -> None:
-        programs = await self.hub.ask("programs") or []
+        try:
+            programs = await self.hub.ask("programs") or []
+        finally:
+            self._loading = False
         ol = self.query_one("#programs", OptionList)
         ol.clear_options()
         for p in programs:
@@ -173,6 +176,9 @@ class NewSessionScreen(HubScreen):
                     and self.query_one("#operator", Input).value.strip())
 
     def update_view(self) -> None:
+        if not self.programs and not self._loading and self.hub.state.connected:
+            self._loading = True  # (also when the hub was away as the screen opened)
+            self.hub.spawn(self._load_programs())
         self.set("dryrun", render.dry_run(self.check, self.check_error, self.history))
         table = self.query_one("#findings", DataTable)
         row = table.cursor_row
