@@ -54,6 +54,7 @@ class NewSessionScreen(HubScreen):
         self.history: dict[str, Any] | None = None
         self._asked = 0
         self._loading = False
+        self._loaded = False
 
     def body(self) -> ComposeResult:
         with Horizontal(id="picker"):
@@ -77,9 +78,12 @@ class NewSessionScreen(HubScreen):
 
     async def _load_programs(self) -> None:
         try:
-            programs = await self.hub.ask("programs") or []
+            programs = await self.hub.ask("programs")
         finally:
             self._loading = False
+        if programs is None:
+            return  # not answered: asked again at the next drawing with the hub connected
+        self._loaded = True
         ol = self.query_one("#programs", OptionList)
         ol.clear_options()
         for p in programs:
@@ -176,7 +180,7 @@ class NewSessionScreen(HubScreen):
                     and self.query_one("#operator", Input).value.strip())
 
     def update_view(self) -> None:
-        if not self.programs and not self._loading and self.hub.state.connected:
+        if not self._loaded and not self._loading and self.hub.state.connected:
             self._loading = True  # (also when the hub was away as the screen opened)
             self.hub.spawn(self._load_programs())
         self.set("dryrun", render.dry_run(self.check, self.check_error, self.history))
