@@ -162,8 +162,9 @@ class ConsoleApp(App[int]):
             self.notify(f"ABORTED: every output off ({data.get('safe_state_ms', '?')} ms); "
                         f"session {data.get('session') or '-'} {data.get('state', '')}", severity="warning")
         except HubUnavailable as exc:
-            self.notify(f"ABORT NOT DELIVERED: {exc}. Use the room's emergency stop.", severity="error",
-                        timeout=30)
+            text = f"ABORT NOT DELIVERED: {exc}. Use the room's emergency stop."
+            self.refusals = [*self.refusals[-19:], text]
+            self.notify(text, severity="error", timeout=30)
 
     # ------------------------------------------------------------------ screens
     def _tick(self) -> None:

@@ -70,6 +70,9 @@ async def test_a_device_left_in_fault_is_cleared_from_the_room_screen(setup: Set
             await epg.call("clear", fault="overcurrent")  # the cause found and removed
         await pilot.press("f")
         await until(pilot, lambda: not app.state.devices["epg-1"].get("fault"), "epg-1 cleared")
+        assert app.state.alarms  # the fault's latched alarm stays until acknowledged
+        await pilot.press("a")
+        await until(pilot, lambda: not app.state.alarms, "the alarms acknowledged")
         assert app.state.session_id == sid and app.state.state == "aborted"
     states = await wait_all_off(room)
     assert states["epg-1"]["fault"] in (None, 0, "", False), states["epg-1"]

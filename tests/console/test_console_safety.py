@@ -150,6 +150,9 @@ async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup,
         text = screen_text(app)
         assert "RUNNING" not in text and "UNKNOWN" in text, text  # never pretends the session runs
         shots(app, "lost")
+        await pilot.press("ctrl+c")  # no hub to take it: the console says so, it does not pretend
+        await until(pilot, lambda: any(r.startswith("ABORT NOT DELIVERED") for r in app.refusals),
+                    "the undelivered abort said")
         await hub.astart()  # back: the console reconnects by itself
         await until(pilot, lambda: app.state.connected and app.state.state == "failed", "reconnected")
         await until(pilot, lambda: on_screen(app, EndedScreen), "the session's end")
