@@ -54,6 +54,7 @@ class ConsoleApp(App[int]):
         self.key_at: dict[str, float] = {}
         self.key_created: dict[str, float] = {}
         self._shown = -1
+        self._shown_readings = -1
         self._followed: tuple[str | None, str] = (None, "")
         self._tasks: set[asyncio.Task[Any]] = set()
         #: the daemon's refusals told on screen, newest last
@@ -170,10 +171,16 @@ class ConsoleApp(App[int]):
     def _tick(self) -> None:
         self._follow()
         if self.state.version != self._shown:
-            self._shown = self.state.version
+            self._shown, self._shown_readings = self.state.version, self.state.telemetry
             refresh = getattr(self.screen, "refresh_view", None)
             if refresh is not None:
                 refresh()
+        elif self.state.telemetry != self._shown_readings:
+            # telemetry alone: redraw only the readings (the whole screen costs more CPU time)
+            self._shown_readings = self.state.telemetry
+            readings = getattr(self.screen, "refresh_readings", None)
+            if readings is not None:
+                readings()
 
     def stage(self) -> str:
         """Which screen the session belongs on: preflight, running, ended or '' (none)."""

@@ -120,6 +120,7 @@ class RoomState:
         elif kind == "device.telemetry":
             self.readings[data.get("device", "?")] = data
             self.telemetry += 1
+            return False  # only the readings changed: ``telemetry`` says so, not ``version``
         elif kind == "alarms":
             alarms = data.get("alarms", [])
             self.alarms = list(alarms) if isinstance(alarms, list) else []

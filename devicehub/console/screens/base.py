@@ -51,6 +51,16 @@ class HubScreen(Screen[None]):
     def update_view(self) -> None:
         """Redraw this screen's own widgets from the state."""
 
+    def refresh_readings(self) -> None:
+        """Only the devices' readings changed: redraw the devices panel, if this screen has one."""
+        if not self.mounted_view:
+            return
+        try:
+            panel = self.query_one("#devices", Static)
+        except NoMatches:
+            return
+        panel.update(render.devices(self.hub.state))
+
     def set(self, widget_id: str, content: Any) -> None:
         self.query_one(f"#{widget_id}", Static).update(content)
 
