@@ -21,6 +21,7 @@ def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: 
     """The analysis of ``program`` in ``room`` for ``patient_ref``: duration, points, totals,
     every finding (the course's included), which soft limits still need an acknowledgement,
     the preflight checklist and whether a start would be accepted."""
+    from devicehub.clinical.course_verbs import dry_run_course
     from devicehub.models.loading import InputError
     from devicehub.validation import analyse
 
@@ -45,6 +46,6 @@ def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: 
         "startable": not any(f.severity in ("error", "hard") for f in findings)
         and all(f.id in acked for f in findings if f.severity == "soft"),
         "preflight": [{"id": i.id, "text": i.text, "kind": i.kind, "required": i.required} for i in prog.preflight],
-        "course": None,
+        "course": dry_run_course(room, patient_ref),
     })
     return out
