@@ -151,19 +151,23 @@ def finding_style(severity: str, acknowledged: bool) -> str:
 
 
 def course_text(course: dict[str, Any]) -> Text:
-    """The patient's course as the record tells it (the ``course`` verb)."""
-    if not course.get("last_session"):
-        return Text(f"course: no completed session of {course.get('patient_ref')} in this room's record", style="cyan")
-    t = Text(f"course: last session {course['last_session']} ({course.get('last_program') or '?'}) ended "
-             f"{str(course.get('last_ended_at'))[:16].replace('T', ' ')}, {course.get('days_since_last')} days ago",
-             style="cyan")
+    """A patient's course (the ``course`` verb): the plan, its phase, sessions, next due window."""
+    t = Text(f"course {course.get('course')}", style="cyan")
+    if course.get("ended"):
+        t.append(f": ended {str(course['ended'])[:10]}" + (f" ({course['ended_reason']})"
+                                                             if course.get("ended_reason") else ""))
+        return t
+    done = [s for s in course.get("sessions") or [] if s.get("state") == "completed"]
+    t.append(f": phase {course.get('phase') or '-'}, {len(done)} session(s) completed")
     due = course.get("next_due") or {}
     if due:
-        t.append("\nnext session: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in due.items()), style="cyan")
+        t.append(f"; next session due {str(due.get('from'))[:10]} to {str(due.get('to'))[:10]}")
+        if course.get("overdue"):
+            t.append(" (OVERDUE)", style="bold red")
     return t
 
 
-def dry_run(check: dict[str, Any] | None, error: str = "", history: dict[str, Any] | None = None) -> Any:
+def dry_run(check: dict[str, Any] | None, error: str = "", patient: str = "") -> Any:
     if error:
         return Text(error, style="bold red")
     if not check:
@@ -188,9 +192,9 @@ def dry_run(check: dict[str, Any] | None, error: str = "", history: dict[str, An
     parts.append(totals(None, planned_totals(check), title="planned totals per device"))
     course = check.get("course")
     if isinstance(course, dict) and course:
-        parts.append(Text("course: " + ", ".join(f"{k} {v}" for k, v in course.items()), style="cyan"))
-    if history:
-        parts.append(course_text(history))
+        parts.append(Text("course: " + str(course.get("text") or course), style="bold cyan"))
+    elif patient:
+        parts.append(Text(f"course: {patient} is not enrolled in a course (devicehub courses enrol)", style="cyan"))
     verdict = Text("startable" if check.get("startable") else "not startable yet",
                    style="bold green" if check.get("startable") else "bold red")
     parts.append(verdict)

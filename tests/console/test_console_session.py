@@ -9,7 +9,7 @@ from devicehub.console.screens.preflight import PreflightScreen
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
 from tests.console.conftest import SIZE, app_for, on_screen, recorded_events, screen_text, type_into, until, until_shown
-from tests.hub.conftest import Setup, auto_trigger
+from tests.hub.conftest import Setup, auto_trigger, console
 
 SHORT = "light.duration_s=1 field.duration_s=1 ep.pulses_per_point=2"
 
@@ -32,6 +32,8 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
     room, hub = setup.room, setup.hub
     await hub.astart()
     await auto_trigger(room, 10)  # the simulated technician pulls the INJ-1 trigger
+    enrolled = await console(room, "enrol", patient_ref="P-0001", course="demo-course", by="dr-a")
+    assert enrolled["ok"], enrolled
     app = app_for(setup)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.state.connected and app.state.devices, "the room")
@@ -40,6 +42,7 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await pilot.press("n")
         await pick_program(pilot, "demo")
         await type_into(pilot, "#patient", "P-0001")
+        await until_shown(pilot, "course: session 1 of 2 of phase initial (course demo-course)", "the course")
         await type_into(pilot, "#params", SHORT)
         await until(pilot, lambda: app.screen.check and app.screen.check.get("startable")
                     and app.screen.check["params"], "a startable dry run")
@@ -76,7 +79,10 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         # an adverse event, recorded from the ended screen with who recorded it
         await pilot.press("e")
         await until(pilot, lambda: isinstance(app.screen, AdverseEventDialog), "the adverse event form")
-        await type_into(pilot, "#kind", "erythema")
+        await pilot.click("#kind")
+        await until(pilot, lambda: app.screen.query_one("#kind").highlighted is not None, "a kind chosen")
+        while app.screen.query_one("#kind").highlighted != 0:  # pain
+            await pilot.press("up")
         await pilot.click("#severity")
         await until(pilot, lambda: app.screen.query_one("#severity").highlighted is not None, "severity chosen")
         while app.screen.query_one("#severity").highlighted != 1:
@@ -89,20 +95,22 @@ async def test_a_whole_session_from_program_pick_to_the_ended_screen(setup: Setu
         await pilot.press("ctrl+s")
         await until(pilot, lambda: on_screen(app, EndedScreen) and app.screen.recorded, "recorded")
         sid = app.state.session_id
-        await until_shown(pilot, "next session: not before", "the next session's window")
+        await until_shown(pilot, "course demo-course: phase initial, 1 session(s) completed; next session due",
+                          "the course's next session window")
 
-        # the same patient again, at once: the course says so, and the interval is a hard limit
+        # the same patient again, at once: the course says where they stand, and it is too soon
         await pilot.press("n")
         await pick_program(pilot, "demo")
         await type_into(pilot, "#patient", "P-0001")
         await until(pilot, lambda: {f["id"]: f["severity"] for f in (app.screen.check or {}).get("findings", [])}
                     .get("course.interval_days") == "hard", "the course interval finding")
-        await until_shown(pilot, f"course: last session {sid} (demo)", "the patient's course")
+        await until_shown(pilot, "course: session 2 of 2 of phase initial (course demo-course), next due",
+                          "the patient's course")
         assert app.screen.query_one("#start").disabled
     events = recorded_events(room, sid)
     adverse = [e for e in events if e["event"] == "adverse_event"]
     assert [(a["data"]["kind"], a["data"]["severity"], a["data"]["by"], a["data"]["score"]) for a in adverse] == [
-        ("erythema", "moderate", "tech-a", 3)]
+        ("pain", "moderate", "tech-a", 3)]
     assert [e["data"]["by"] for e in events if e["event"] == "confirmed"] == ["tech-a"]
     completed = next(e["index"] for e in events if e["event"] == "completed")
     assert adverse[0]["index"] > completed  # recorded after the end, in the same chain

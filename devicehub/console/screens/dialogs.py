@@ -15,7 +15,7 @@ DIALOG_CSS = """
 Vertical#dialog { width: 72; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
 Vertical#dialog Horizontal { height: auto; }
 Vertical#dialog Button { margin: 1 1 0 0; }
-Vertical#dialog OptionList { height: auto; }
+Vertical#dialog OptionList { height: auto; max-height: 9; }
 """
 
 
@@ -45,6 +45,8 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 SEVERITIES = ("mild", "moderate", "severe")
+#: the kinds the ``adverse_event`` verb takes (devicehub/clinical/fields.py)
+KINDS = ("pain", "redness", "swelling", "bruising", "itching", "allergic_reaction", "infection", "other")
 
 
 class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
@@ -60,12 +62,13 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("Adverse event (recorded with the session)")
-            yield Input(placeholder="kind (e.g. pain, erythema, bleeding, syncope)", id="kind")
+            yield Label("kind (arrows):")
+            yield OptionList(*KINDS, id="kind")
             yield Label("severity (arrows):")
             yield OptionList(*SEVERITIES, id="severity")
             yield Input(value=self.by, placeholder="recorded by", id="by")
-            yield Input(placeholder="score 0-10, the patient's own (optional)", id="score")
-            yield Input(placeholder="onset, e.g. 'during ep' or 14:05 (optional)", id="onset")
+            yield Input(placeholder="pain score 0-10, the patient's own (pain only, optional)", id="score")
+            yield Input(placeholder="onset, RFC 3339 with offset, e.g. 2026-12-04T14:05:00Z (optional)", id="onset")
             yield Input(placeholder="note (optional)", id="note")
             with Horizontal():
                 yield Button("Record (ctrl+s)", id="save", variant="warning")
@@ -73,7 +76,8 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
 
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:
-        kind = self.query_one("#kind", Input).value.strip()
+        kind_at = self.query_one("#kind", OptionList).highlighted
+        kind = KINDS[kind_at] if kind_at is not None else ""
         chosen = self.query_one("#severity", OptionList).highlighted
         severity = SEVERITIES[chosen] if chosen is not None else None
         by = self.query_one("#by", Input).value.strip()
@@ -85,6 +89,9 @@ class AdverseEventDialog(ModalScreen["dict[str, Any] | None"]):
         if score:
             if not score.isdigit() or not 0 <= int(score) <= 10:
                 self.notify(f"score: {score!r} is not a whole number from 0 to 10", severity="error")
+                return
+            if kind != "pain":
+                self.notify("score: a pain score goes with kind pain only", severity="error")
                 return
             out["score"] = int(score)
         for name in ("onset", "note"):

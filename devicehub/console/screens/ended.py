@@ -52,7 +52,7 @@ class EndedScreen(HubScreen):
         self.verified = await self.hub.ask("verify", session=sid, quiet=True)
         report = await self.hub.ask("report", session=sid, quiet=True) or {}
         self.report = str(report.get("path") or "")
-        if self.summary.get("patient_ref"):
+        if self.summary.get("patient_ref"):  # not_found (never enrolled): no course to show
             self.history = await self.hub.ask("course", quiet=True, patient_ref=self.summary["patient_ref"])
         self.refresh_view()
 

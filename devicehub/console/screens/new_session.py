@@ -50,8 +50,8 @@ class NewSessionScreen(HubScreen):
         self.check_error = ""
         #: soft-limit id -> who acknowledged it
         self.acks: dict[str, str] = {}
-        #: the patient's course as the record tells it (the ``course`` verb), when a patient is entered
-        self.history: dict[str, Any] | None = None
+        #: the patient of the last dry run
+        self.patient = ""
         self._asked = 0
         self._loading = False
         self._loaded = False
@@ -160,10 +160,9 @@ class NewSessionScreen(HubScreen):
         if patient:
             fields["patient_ref"] = patient
         reply = await self.hub.request("check", **fields)
-        history = await self.hub.ask("course", quiet=True, patient_ref=patient) if patient else None
         if n != self._asked:
             return  # a newer dry run is on its way
-        self.history = history
+        self.patient = patient
         if reply.get("ok"):
             self.check, self.check_error = reply["data"], ""
             soft = {f["id"] for f in self.check.get("findings", []) if f.get("severity") == "soft"}
@@ -183,7 +182,7 @@ class NewSessionScreen(HubScreen):
         if not self._loaded and not self._loading and self.hub.state.connected:
             self._loading = True  # (also when the hub was away as the screen opened)
             self.hub.spawn(self._load_programs())
-        self.set("dryrun", render.dry_run(self.check, self.check_error, self.history))
+        self.set("dryrun", render.dry_run(self.check, self.check_error, self.patient))
         table = self.query_one("#findings", DataTable)
         row = table.cursor_row
         table.clear()
