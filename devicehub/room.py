@@ -20,7 +20,7 @@ from typing import Any
 
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
-from devicehub.control.dry_run import finding_detail
+from devicehub.control.dry_run import finding_detail, params_error
 from devicehub.bus import Bus, HubMessage
 from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
@@ -86,6 +86,9 @@ class Room:
         self.reports_dir = Path(config.store).parent / "reports"
         #: which kind of process owns the room: "serve" (the daemon) or "run" (one session, no daemon)
         self.owner: str | None = None
+        #: the MQTT front end's ledger of published session events (None without MQTT):
+        #: ``await published_events(session, indices) -> {index: (boot, seq, ts)}``
+        self.published_events: Callable[[str, list[int]], Awaitable[dict[int, Any]]] | None = None
         #: session id -> where its report was written
         self.reports: dict[str, Path] = {}
         #: reports are written one at a time, in order (the newest record wins)
@@ -96,6 +99,7 @@ class Room:
     async def open(self) -> None:
         """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
         for sid in await self.store.unfinished_sessions():
+            await self._publish_unpublished(sid)
             # what had been delivered, as the record's delivery rows say (the document's
             # failed event carries the totals per device)
             summary = await self.store.session(sid) or {}
@@ -118,6 +122,22 @@ class Room:
         await self.devices.start()
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
+
+    async def _publish_unpublished(self, sid: str) -> None:
+        """Events of an interrupted session that the record holds but that never reached the
+        outbox (the hub was killed between the two writes): published now, in this boot, so
+        a follower's indices have no gap. Needs the MQTT front end's ledger."""
+        ledger = self.published_events
+        if ledger is None:
+            return
+        recorded = await self.store.events(sid)
+        published = await ledger(sid, [e["index"] for e in recorded])
+        for e in recorded:
+            if e["index"] not in published:
+                log.warning("session %s: event %d (%s) was recorded but never published; publishing it now",
+                            sid, e["index"], e["event"])
+                self.bus.publish(HubMessage("session.event", {"event": e["event"], "index": e["index"], **e["data"]},
+                                            session=sid))
 
     async def _last_recorded_state(self) -> dict[str, Any] | None:
         """The newest recorded session's state, as the retained ``session`` topic carries it."""
@@ -214,11 +234,7 @@ class Room:
             try:
                 prog = prog.apply_overrides(params)
             except InputError as exc:
-                problems = getattr(exc, "problems", [])
-                first = problems[0] if problems else None
-                raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
-                                   field=getattr(first, "field", "params"),
-                                   details=[p.to_dict() for p in problems]) from None
+                raise params_error(exc) from None
         analysis = analyse(prog, self.config, self.limits, params=None, acknowledged=tuple(acknowledge or ()))
         findings = list(analysis.findings) + self._course_findings(prog, patient_ref)
         errors = [f for f in findings if f.severity in ("error", "hard")]

@@ -16,6 +16,14 @@ def finding_detail(f: Any) -> dict[str, Any]:
     return {**d, "severity": f.severity}
 
 
+def params_error(exc: Exception) -> CommandError:
+    """A program's overrides that do not validate, as ``bad_request`` naming the first field."""
+    problems = getattr(exc, "problems", [])
+    first = problems[0] if problems else None
+    return CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
+                        field=getattr(first, "field", "params"), details=[p.to_dict() for p in problems])
+
+
 def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: dict[str, Any] | None = None,
             acknowledge: list[str] | None = None) -> dict[str, Any]:
     """The analysis of ``program`` in ``room`` for ``patient_ref``: duration, points, totals,
@@ -30,11 +38,7 @@ def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: 
         analysis = analyse(prog, room.config, room.limits, params=params or None,
                            acknowledged=tuple(acknowledge or ()))
     except InputError as exc:
-        problems = getattr(exc, "problems", [])
-        first = problems[0] if problems else None
-        raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
-                           field=getattr(first, "field", "params"),
-                           details=[p.to_dict() for p in problems]) from None
+        raise params_error(exc) from None
     findings = list(analysis.findings) + (room._course_findings(prog, patient_ref) if patient_ref else [])
     acked = set(acknowledge or ())
     out = analysis.to_dict()
