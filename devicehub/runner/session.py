@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from devicehub.alarms import AlarmBoard
@@ -132,6 +133,11 @@ class SessionRunner:
     @property
     def finished(self) -> bool:
         return self.machine.final
+
+    @property
+    def _stopping(self) -> bool:
+        """A stop is under way (the internal ``stopping`` state); kept for callers that read it."""
+        return self.machine.stopping
 
     def required_preflight(self) -> list[str]:
         return [item.id for item in self.program.preflight if getattr(item, "required", True)]
@@ -372,7 +378,7 @@ class SessionRunner:
         """Pause a running session for ``trigger`` (an adverse event): safe state first, then
         ``before_record`` (the trigger's own event), then safe_state and paused."""
         await self._opened.wait()
-        if self.state != "running" or self._stopping:
+        if self.state != "running" or self.machine.stopping:
             return
         await self._stop("paused", trigger=trigger, reason=reason, t_trigger=t_trigger, before_record=before_record)
 
@@ -464,6 +470,7 @@ class SessionRunner:
             await self.event("paused", **({"reason": reason} if reason else {}),
                              **({"recovery": recovery} if recovery is not None else {}))
             await self._set_state("paused", reason=None)
+            await self.book.announce_deferred()
             return
         await self._finish(kind, reason)
 
@@ -488,6 +495,7 @@ class SessionRunner:
             data["safe_state_ms"] = round(self.last_safe_state.ms, 3)
         await self.event(final, **data)
         await self._set_state(final, reason=reason)
+        await self.book.announce_deferred()
         if self._supervisor is not None and self._supervisor is not asyncio.current_task():
             self._supervisor.cancel()
         self._finished.set()
