@@ -469,8 +469,8 @@ class SessionRunner:
             self.recovery = recovery
             await self.event("paused", **({"reason": reason} if reason else {}),
                              **({"recovery": recovery} if recovery is not None else {}))
+            await self.book.announce_deferred()  # after paused, before the state is published
             await self._set_state("paused", reason=None)
-            await self.book.announce_deferred()
             return
         await self._finish(kind, reason)
 
@@ -494,8 +494,8 @@ class SessionRunner:
         if self.last_safe_state is not None:
             data["safe_state_ms"] = round(self.last_safe_state.ms, 3)
         await self.event(final, **data)
+        await self.book.announce_deferred()  # after the final event, before the state is published
         await self._set_state(final, reason=reason)
-        await self.book.announce_deferred()
         if self._supervisor is not None and self._supervisor is not asyncio.current_task():
             self._supervisor.cancel()
         self._finished.set()
