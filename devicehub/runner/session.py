@@ -131,13 +131,13 @@ class SessionRunner:
         return published.value if published is not None else "new"
 
     @property
-    def finished(self) -> bool:
-        return self.machine.final
+    def stopping(self) -> bool:
+        """A pause, an abort or a failure is under way (outputs going off, the record following)."""
+        return self.machine.stopping
 
     @property
-    def _stopping(self) -> bool:
-        """A stop is under way (the internal ``stopping`` state); kept for callers that read it."""
-        return self.machine.stopping
+    def finished(self) -> bool:
+        return self.machine.final
 
     def required_preflight(self) -> list[str]:
         return [item.id for item in self.program.preflight if getattr(item, "required", True)]
@@ -378,7 +378,7 @@ class SessionRunner:
         """Pause a running session for ``trigger`` (an adverse event): safe state first, then
         ``before_record`` (the trigger's own event), then safe_state and paused."""
         await self._opened.wait()
-        if self.state != "running" or self.machine.stopping:
+        if self.state != "running" or self.stopping:
             return
         await self._stop("paused", trigger=trigger, reason=reason, t_trigger=t_trigger, before_record=before_record)
 

@@ -261,3 +261,41 @@ async def test_hub_killed_while_paused_by_a_fault(setup: Setup) -> None:
             await full_session_completes(setup, clinic)
         finally:
             await asyncio.to_thread(restarted.terminate)
+
+
+async def test_hub_killed_while_paused_by_a_fault_is_failed_with_consistent_totals(setup: Setup) -> None:
+    """Recoverable faults (issue 13): the hub SIGKILLed while a session waits, paused by a
+    fault, for the technician: back up, the session is failed with hub_restart and its
+    totals are what the devices counted; the fault is still the device's to clear."""
+    room, hub = setup.room, setup.hub
+    async with Clinic(setup.port, setup.root) as clinic:
+        await hub.astart()
+        boot = hub.boot
+        await auto_trigger(room, 20)
+        sid, acks = await confirmed(setup, clinic, {"light": {"duration_s": 1}, "field": {"duration_s": 1},
+                                                    "ep": {"pulses_per_point": 2}})
+        try:
+            await clinic.wait_event(sid, "point_done")
+            await wait_sim(setup, "inj-1", lambda s: s["output_on"], what="the gun armed")
+            async with ControlClient(room.sims["inj-1"].control) as c:
+                await c.call("inject", fault="empty", count=-1)
+            paused = await clinic.wait_event(sid, "paused")
+            assert paused["data"]["reason"] == "fault" and paused["data"]["recovery"]["code"] == 7
+        finally:
+            acks.cancel()
+        await wait_all_off(room, timeout=5)
+        seen = len(clinic.messages)
+        await asyncio.to_thread(hub.kill)
+        restarted = HubProcess(setup.room.config_path, setup.room.directory / "hub.log")
+        await restarted.astart()
+        try:
+            assert restarted.boot == boot + 1
+            failed = await clinic.wait_state("failed", session=sid, start=seen)
+            assert failed["data"]["reason"] == "hub_restart"
+            await record_equals_devices(setup, clinic, sid)
+            events = [m["data"]["event"] for m in clinic.events(sid)]
+            assert events.count("recovered") == 0 and "failed" in events
+        finally:
+            async with ControlClient(room.sims["inj-1"].control) as c:
+                await c.call("clear")
+            await asyncio.to_thread(restarted.terminate)
