@@ -469,8 +469,8 @@ class SessionRunner:
             self.recovery = recovery
             await self.event("paused", **({"reason": reason} if reason else {}),
                              **({"recovery": recovery} if recovery is not None else {}))
-            await self.book.announce_deferred()  # after paused, before the state is published
             await self._set_state("paused", reason=None)
+            await self.book.announce_deferred()  # after paused and its state
             return
         await self._finish(kind, reason)
 
