@@ -114,14 +114,16 @@ class Room:
         await self.devices.start()
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
+        unfinished = await self.store.unfinished_sessions()
+        for sid in unfinished:  # before anything is appended to them (a late settlement)
+            await self._publish_unpublished(sid)
         for dev_id in self.devices.devices:
             if self.devices.connected(dev_id):
                 await self.late.device_back(dev_id)
             else:
                 self.devices.unsettled.add(dev_id)  # settled when it connects
         self.devices.on_answer = self.late.device_back
-        for sid in await self.store.unfinished_sessions():
-            await self._publish_unpublished(sid)
+        for sid in unfinished:
             # what had been delivered, as the record's delivery rows say (the document's
             # failed event carries the totals per device)
             summary = await self.store.session(sid) or {}

@@ -33,6 +33,14 @@ class DeliveryBook:
         self.open: dict[str, Delivery] = {}
         #: deliveries a stop could not settle (their device did not answer): settled when it does
         self.unsettled: list[Delivery] = []
+        #: ``delivery_settled`` of a stop, announced once its ``paused`` or final event is
+        #: recorded (the contract orders a stop's events: the trigger's, safe_state, paused)
+        self.deferred: list[dict[str, Any]] = []
+
+    async def announce_deferred(self) -> None:
+        pending, self.deferred = self.deferred, []
+        for data in pending:
+            await self.runner.event("delivery_settled", **data)
 
     async def open_delivery(self, device_id: str, step: Any, *, point: PointProgress | None,
                             planned: dict[str, Any]) -> Delivery:
@@ -60,7 +68,7 @@ class DeliveryBook:
         await self.runner.event("delivery_started", delivery=delivery.intent_id, device=delivery.device_id,
                          step=delivery.step, zone=delivery.zone, point=delivery.point)
 
-    async def settle(self, delivery: Delivery, status: str = "done", _stopping: bool = False,
+    async def settle(self, delivery: Delivery, status: str = "done", _stopping: bool = False, _defer: bool = False,
                      **extra: Any) -> dict[str, float]:
         """The one settlement (devicehub/runner/settlement.py): the device's figures in the
         record, what was not yet entered added to progress and totals. On the step's own
@@ -69,8 +77,10 @@ class DeliveryBook:
         try:
             delivered = await settlement.settle(
                 delivery, self.runner.devices[delivery.device_id], _RunnerSink(self.runner), status=status, extra=extra,
-                announce=_stopping or delivery.point is None, account=self._account)
+                announce=(_stopping or delivery.point is None) and not _defer, account=self._account)
         finally:
+            if _defer and delivery.settled and delivery.delivered is not None:
+                self.deferred.append(delivery.event_data(dict(delivery.delivered), False))
             if delivery.settled and self.open.get(delivery.device_id) is delivery:
                 self.open.pop(delivery.device_id, None)
         if delivered is None:
@@ -103,7 +113,7 @@ class DeliveryBook:
                 # the stop command left at the trigger; half the device's confirmation round
                 d.t_stopped = t_stopped + (report.device_ms.get(dev_id, 0.0) / 2000.0 if report else 0.0)
             try:
-                await asyncio.wait_for(self.settle(d, status, _stopping=True), 2.0)
+                await asyncio.wait_for(self.settle(d, status, _stopping=True, _defer=True), 2.0)
             except Exception as exc:  # noqa: BLE001 - the room is already safe; it stays in flight
                 log.warning("settling %s on %s failed: %s", d.point or d.step, dev_id, exc)
             self.open.pop(dev_id, None)

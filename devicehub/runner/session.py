@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from devicehub.alarms import AlarmBoard
@@ -469,6 +470,7 @@ class SessionRunner:
             await self.event("paused", **({"reason": reason} if reason else {}),
                              **({"recovery": recovery} if recovery is not None else {}))
             await self._set_state("paused", reason=None)
+            await self.book.announce_deferred()  # after paused and its state
             return
         await self._finish(kind, reason)
 
@@ -492,6 +494,7 @@ class SessionRunner:
         if self.last_safe_state is not None:
             data["safe_state_ms"] = round(self.last_safe_state.ms, 3)
         await self.event(final, **data)
+        await self.book.announce_deferred()  # after the final event, before the state is published
         await self._set_state(final, reason=reason)
         if self._supervisor is not None and self._supervisor is not asyncio.current_task():
             self._supervisor.cancel()

@@ -94,7 +94,7 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
         # it answers again, then it is settled late from its own counters
         assert [d["device"] for d in summary["in_flight"]] == [dev], summary["in_flight"]
         await hub.control(dev).clear("stall")
-        settled = await hub.next_event("delivery_settled")
+        settled = await hub.next_event("delivery_settled", where=lambda e: e["late"])
         assert settled["late"] is True and settled["device"] == dev
         summary = hub.store.read_session(sid)
         # the watchdog fault its silence latched is cleared by the hub, now that they talk again
@@ -107,4 +107,6 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
     assert check.ok, check.message
     recorded = [e["event"] for e in await hub.store.events(sid)]
     assert recorded.count("safe_state") == 1
-    assert recorded[-2:] == ["failed", "state"] or (stalled and recorded[-3:] == ["failed", "state", "delivery_settled"])
+    # the stop's delivery_settled follow its final event (the contract orders the stop's own)
+    recorded = [e for e in recorded if e != "delivery_settled"]
+    assert recorded[-2:] == ["failed", "state"]
