@@ -216,7 +216,10 @@ async def run_through(path: str | Path, args: argparse.Namespace, params: dict[s
 
         async def on_interrupt() -> None:
             await interrupted.wait()
-            await ctl.request("abort", session=sid, reason="console_interrupt")
+            # a connection of its own: the abort never waits behind, nor is mixed up with,
+            # another request's reply (this task is cancelled when the session ends)
+            async with ConsoleClient(path) as emergency:
+                await emergency.request("abort", session=sid, reason="console_interrupt")
 
         async def acknowledge_prompts() -> None:
             while True:
