@@ -10,11 +10,13 @@ record's and the program's plan, never above it per point.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devicehub.report.collect import dose_steps
 from devicehub.room_api import CommandError
 
 from .conftest import DEVICES, Hub, open_hub, write_limits
@@ -144,6 +146,13 @@ async def _fault_recover_complete(hub: Hub, dev: str, fault: str, code: int, fix
             per_point[key] = per_point.get(key, 0.0) + float((row.get("delivered") or {}).get("volume_ul", 0.0))
     assert all(v <= 20 * 1.05 + 1e-6 for v in per_point.values()), per_point
     assert (await hub.store.verify(sid)).ok
+    if dev == "inj-1":  # the report's dose map: the point the fault cut shows once, with its total
+        deliveries = await hub.store.deliveries(sid)
+        rows_per_point = Counter(d["point"] for d in deliveries if d["step_id"] == "inject")
+        assert any(n > 1 for n in rows_per_point.values()), rows_per_point
+        injection = next(s for s in dose_steps(runner.program_json, deliveries, await hub.store.events(sid))
+                         if s.kind == "injection")
+        assert len(injection.cells) == len(rows_per_point) and all(c.state == "full" for c in injection.cells)
 
 
 async def test_a_fourth_recoverable_fault_fails_the_session(hub: Hub) -> None:
