@@ -107,6 +107,13 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         follower.dump(directory / "follower.jsonl")
         if seq["gaps"] or seq["duplicates"]:
             violations["4_seq"].append(f"{seq['gaps']} missing seq, {seq['duplicates']} duplicates: {seq['gap_at']}")
+        # the end, at rest: the fewest descriptors of a few looks (one may catch a reconnect)
+        quiet = []
+        for _ in range(5):
+            quiet.append(hub.resources())
+            await asyncio.sleep(0.3)
+        if quiet and quiet[0]:
+            samples.append(min(quiet, key=lambda q: q.get("fds", 0)))
         v5, res = checks.resources(samples)
         violations["5_resources"] += v5
     finally:

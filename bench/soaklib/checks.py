@@ -113,7 +113,7 @@ def invariant_3(out: Outcome, room: Room) -> list[str]:
         bad.append(f"record does not verify: {check.message}")
     if out.state not in FINAL:
         bad.append(f"ended in {out.state}, not a final state")
-    if out.hub_killed and out.state != "completed" and (out.state, out.reason) != ("failed", "hub_restart"):
+    if out.interrupted_by_kill and (out.state, out.reason) != ("failed", "hub_restart"):
         bad.append(f"hub restart: ended {out.state} ({out.reason}), not failed (hub_restart)")
     return bad
 
@@ -137,5 +137,6 @@ def resources(samples: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]
     if end["rss_kb"] - base["rss_kb"] > 10 * 1024:
         bad.append(f"RSS grew {(end['rss_kb'] - base['rss_kb']) / 1024:.1f} MB")
     if end["fds"] > fds_base:
-        bad.append(f"open fds grew from at most {fds_base} to {end['fds']}")
+        bad.append(f"open fds grew from at most {fds_base} to {end['fds']} "
+                   f"(after 10: {base.get('fd_kinds')}; end: {end.get('fd_kinds')})")
     return bad, info

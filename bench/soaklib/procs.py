@@ -234,11 +234,17 @@ class Hub:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
+        kinds: dict[str, int] = {}
         try:
-            fds = len(os.listdir(f"/proc/{pid}/fd"))
+            names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
-            fds = -1
-        return {"pid": pid, "rss_kb": rss, "fds": fds}
+            names = []
+        for name in names:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+                kind = target.split(":")[0] if ":" in target else ("file:" + Path(target).name)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return {"pid": pid, "rss_kb": rss, "fds": len(names) if names else -1, "fd_kinds": kinds}
 
 
 def write_hub_config(directory: Path, endpoints: dict[str, str], mqtt_port: int, site: str) -> Path:

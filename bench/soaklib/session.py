@@ -71,6 +71,8 @@ class Outcome:
     faults: list[str] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)  # stalled or cut in this session
     hub_killed: bool = False
+    #: the record showed the session unfinished once the killed hub was gone
+    interrupted_by_kill: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -196,6 +198,8 @@ async def _act(room: Room, sid: str, action: Action, out: Outcome) -> None:
         out.unreachable.update(DEVICE_FAULTS)  # nobody commands the devices: their watchdogs do
         out.stops.append(Stop("hub_kill", time.monotonic()))
         room.hub.kill()
+        summary = await room.aread("session", sid) or {}  # as the dead hub left it
+        out.interrupted_by_kill = out.interrupted_by_kill or summary.get("state") not in FINAL
         await asyncio.sleep(0.3)
         await asyncio.to_thread(room.hub.start)
         room.marks.append((round(time.monotonic(), 6), f"hub started, boot {room.hub.boot}"))
