@@ -29,7 +29,7 @@ test: venv mosquitto
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: venv mosquitto
-	$(PY) -m devicehub.demo
+	$(PY) -m simulators.demo
 
 bench: venv mosquitto
 	$(PY) bench/drivers.py

@@ -473,7 +473,7 @@ class _Hub:
 
 
 async def bench_latency(port: int, directory: Path, seconds: float) -> dict[str, Any]:
-    from devicehub.simroom import SimulatedRoom
+    from simulators.simroom import SimulatedRoom
 
     out: dict[str, Any] = {}
     echo = _helper("--echo", port)
@@ -536,7 +536,7 @@ def _program_without_preflight(directory: Path) -> Path:
 
 
 async def bench_start(port: int, directory: Path, samples: int) -> dict[str, Any]:
-    from devicehub.simroom import SimulatedRoom
+    from simulators.simroom import SimulatedRoom
     from simulators.control import ControlClient
 
     programs = _program_without_preflight(directory / "programs")
@@ -590,7 +590,7 @@ async def bench_start(port: int, directory: Path, samples: int) -> dict[str, Any
 
 # =========================================================================== main
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from devicehub.local_broker import LocalBroker
+    from simulators.local_broker import LocalBroker
 
     doc: dict[str, Any] = {"machine": machine_info(), "target_ratio": TARGET_RATIO}
     with quiet_logging(), LocalBroker() as broker, tempfile.TemporaryDirectory(prefix="devicehub-bench-") as d:

@@ -351,6 +351,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print_safe_state(results["safe_state"])
     results["start_skew"] = await skew_part(args)
     print_skew(results["start_skew"])
+    if args.abort_rounds > 0:
+        from bench.safety_mqtt import measure
+
+        results["abort_over_mqtt"] = await measure(args.abort_rounds)
+        print_abort_over_mqtt(results["abort_over_mqtt"])
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]  # others' load during the run
     return results
 
@@ -381,6 +386,19 @@ def print_safe_state(r: dict[str, Any]) -> None:
     print(flush=True)
 
 
+def print_abort_over_mqtt(r: dict[str, Any]) -> None:
+    rows = []
+    for label, part in r.items():
+        rows.append(_row(f"{label}: abort publish -> outputs off", part["abort_publish_to_outputs_off_ms"]))
+        rows.append(_row(f"{label}: raw publish -> receipt", part["raw_publish_to_receipt_ms"]))
+    print(table(["abort over MQTT (ms)", "n", "p50", "p99", "max"], rows))
+    for label, part in r.items():
+        print(f"{label}: p99 {part['abort_publish_to_outputs_off_ms']['p99']:.2f} ms "
+              f"(target < {part['target_p99_ms']:.0f} ms): {'ok' if part['met'] else 'ABOVE TARGET'}; "
+              f"p50 {part['ratio_p50']}x the bare broker's trip")
+    print(flush=True)
+
+
 def print_skew(r: dict[str, Any]) -> None:
     print(table(["start skew LED/PEMF (ms)", "n", "p50", "p99", "max"], [
         _row("outputs on, simulators' clock", r["device_on_skew_ms"]),
@@ -396,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="part 1: simulators as subprocesses (default) or on a thread of this process")
     p.add_argument("--iterations", type=int, default=200, help="aborts, and as many faults")
     p.add_argument("--skew-repetitions", type=int, default=50)
+    p.add_argument("--abort-rounds", type=int, default=100,
+                   help="part 3: aborts over MQTT end to end, unloaded and with both CPUs loaded (0: skip)")
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/safety.json)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)

@@ -12,7 +12,8 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from devicehub.bus import Bus, rfc3339, utcnow
+from devicehub.bus import Bus
+from devicehub.timefmt import rfc3339, utcnow
 
 PRIORITIES = ("high", "medium", "low")
 #: device fault codes that mean its watchdog fired (EPG-1 -310; INJ-1, LED-1, PEMF-1 5)

@@ -20,20 +20,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from devicehub.timefmt import rfc3339, utcnow  # noqa: F401 - re-exported for the bus's users
 
 log = logging.getLogger(__name__)
 
 KINDS = ("status", "device.state", "device.telemetry", "session.state", "session.event", "alarms")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
 from devicehub.control.dry_run import finding_detail
-from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.bus import Bus, HubMessage
+from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
 from devicehub.room_api import CommandError
 from devicehub.runner.session import InvalidState, NotFound, RunnerOptions, SessionRunner
@@ -62,7 +63,8 @@ class Room:
         self.alarms = AlarmBoard(self.bus)
         self.limits = limits or Limits.load(config.limits)
         self.library = ProgramLibrary(config.programs)
-        self.options = options or RunnerOptions()
+        self.options = dataclasses.replace(options or RunnerOptions(),
+                                           max_recoveries=getattr(config, "max_recoveries", 3))
         if self.options.pulse_timing is None:  # EP trains are held to the clinic's pulse-timing limit
             self.options = dataclasses.replace(self.options, pulse_timing=self.limits.electroporation.pulse_timing_error_us)
         self.boot = boot
@@ -239,7 +241,7 @@ class Room:
         if not last or not last.get("ended_at"):
             return []
         try:
-            ended = datetime.fromisoformat(str(last["ended_at"]).replace("Z", "+00:00"))
+            ended = parse_ts(str(last["ended_at"]))
         except ValueError:
             return []
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
@@ -397,6 +399,20 @@ class Room:
         with _as_command_errors():
             await runner.confirm(by)
         return {"session": runner.session_id, "state": runner.state}
+
+    async def recover(self, *, session: str, by: str) -> dict[str, Any]:
+        """Clear the device fault a session is paused by (console only); the session stays paused."""
+        from devicehub.runner.recovery import RecoveryRefused
+
+        runner = self._session(session)
+        try:
+            with _as_command_errors():
+                recovery = await runner.recover(by)
+        except RecoveryRefused as exc:
+            recovery = runner.recovery or {}
+            raise CommandError("invalid_state", str(exc), field="session",
+                               details=[{k: recovery.get(k) for k in ("device", "code", "text", "hint")}]) from None
+        return {"session": runner.session_id, "state": runner.state, "recovered": recovery}
 
     async def pause(self, *, session: str, reason: str | None = None) -> dict[str, Any]:
         runner = self._session(session)

@@ -42,3 +42,8 @@ def parse_rfc3339(text: str) -> datetime:
     if frac and len(frac.group(1)) > 6:  # Python keeps microseconds
         body = body.replace(frac.group(0), "." + frac.group(1)[:6], 1)
     return datetime.fromisoformat(body.replace("Z", "+00:00"))
+
+
+def parse_ts(text: str) -> datetime:
+    """A time the hub wrote itself (the record's ``ts``, ``ended_at``): ISO 8601 with ``Z``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

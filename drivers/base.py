@@ -170,7 +170,13 @@ class Device(ABC):
     async def status(self) -> DeviceStatus: ...
 
     @abstractmethod
-    async def clear_fault(self) -> None: ...
+    async def clear_fault(self) -> None:
+        """The device's own clear command; DeviceRefused while the cause is still there."""
+
+    #: fault code -> what the technician checks at the chair before clearing it: the faults
+    #: whose cause a person removes in a minute (shared/mqtt-api.md, "recover or fail");
+    #: every other fault fails a session
+    recovery_hints: ClassVar[dict[Any, str]] = {}
 
     @abstractmethod
     async def heartbeat(self) -> None:

@@ -60,6 +60,12 @@ REPLY_TIMEOUT = 0.25
 STATES = ("IDLE", "ARMED", "RUNNING", "FAULT")
 #: codes of the ICD's "fault" kind (the rest are command errors)
 FAULT_CODES = frozenset({-301, -302, -303, -310})
+#: the faults a technician removes at the chair, and what to check (shared/mqtt-api.md)
+RECOVERY_HINTS: dict[int, str] = {
+    -301: "Overcurrent: check that the electrodes do not touch each other and sit on clean, dry scalp, then recover",
+    -302: "Open circuit: re-seat the electrode on the scalp and check its cable and connector, then recover",
+    -303: "Generator too hot: let it cool for a minute with the vents free, then recover",
+}
 #: at most this many SYST:ERR? reads when looking for the latched fault
 MAX_ERROR_READS = 20
 
@@ -125,6 +131,7 @@ _LOST = _Signal("connection lost")
 class EpgDriver(Device):
     kind = "epg"
     heartbeat_interval = 0.15
+    recovery_hints = RECOVERY_HINTS
 
     def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None) -> None:
         super().__init__(endpoint, device_id=device_id)

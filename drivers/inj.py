@@ -40,6 +40,7 @@ from drivers.base import (
 )
 from drivers.endpoints import Endpoint
 from drivers.inj_frames import (
+    RECOVERY_HINTS,
     REFUSAL_TEXT,
     Ack,
     Cap,
@@ -108,6 +109,7 @@ class InjParams(BaseModel):
 class InjDriver(Device):
     kind = "inj"
     heartbeat_interval = 0.3
+    recovery_hints = RECOVERY_HINTS
 
     def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None, reply_timeout: float = 0.2) -> None:
         super().__init__(endpoint, device_id=device_id)
@@ -342,6 +344,15 @@ class InjDriver(Device):
         return await timed_safe_state(self._safe_state_raw)
 
     async def _safe_state_raw(self) -> tuple[bool, str]:
+        # DISARM on the wire first, before any wait (the link lock, the heartbeat, a
+        # reconnect): its reply carries a sequence number no request waits for and is
+        # dropped as stale; the DISARM and GET_STATUS below confirm it
+        link = self._link
+        if link is not None and self.connected:
+            try:
+                link.write(encode(self._next_seq(), Cmd.DISARM))
+            except DriverError:
+                pass  # the link is gone: the reconnect below tries again
         await self._stop_heartbeat()
         if not self.connected:
             try:

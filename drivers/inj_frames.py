@@ -98,6 +98,14 @@ CODE_TEXT: dict[int, str] = {
 }
 
 
+#: the faults a technician removes at the chair, and what to check (shared/mqtt-api.md)
+RECOVERY_HINTS: dict[int, str] = {
+    6: "Occlusion: the needle cartridge is clogged; fit a new cartridge and purge it, then recover",
+    7: "Reservoir empty: fit a new vial, then recover",
+    8: "Needle cartridge missing: fit a needle cartridge, then recover",
+}
+
+
 class Refusal(IntEnum):
     """TRIGGER_REFUSED reasons."""
 

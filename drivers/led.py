@@ -60,6 +60,13 @@ FAULT_TEXTS: dict[int, str] = {
     5: "watchdog",
 }
 
+#: the faults a technician removes at the chair, and what to check (shared/mqtt-api.md)
+RECOVERY_HINTS: dict[int, str] = {
+    1: "LED head too hot: let it cool for a minute and check its vents, then recover",
+    2: "Skin too warm: let the scalp cool and check the applicator's distance, then recover",
+    4: "Applicator too far from the scalp: bring it within range of the scalp, then recover",
+}
+
 
 class LedDriver(ModbusEmitter):
     kind: ClassVar[str] = "led"
@@ -71,6 +78,7 @@ class LedDriver(ModbusEmitter):
     heartbeat_register: ClassVar[int] = 9
     input_count: ClassVar[int] = 10
     fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
+    recovery_hints: ClassVar[dict[int, str]] = RECOVERY_HINTS
 
     def __init__(self, endpoint: Any, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)

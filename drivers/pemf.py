@@ -51,6 +51,11 @@ FAULT_TEXTS: dict[int, str] = {
     5: "watchdog",
 }
 
+#: the faults a technician removes at the chair, and what to check (shared/mqtt-api.md)
+RECOVERY_HINTS: dict[int, str] = {
+    1: "Coil too warm: let the coil cool for a minute away from the scalp, then recover",
+}
+
 
 class PemfDriver(ModbusEmitter):
     kind: ClassVar[str] = "pemf"
@@ -62,6 +67,7 @@ class PemfDriver(ModbusEmitter):
     heartbeat_register: ClassVar[int] = 6
     input_count: ClassVar[int] = 9
     fault_texts: ClassVar[dict[int, str]] = FAULT_TEXTS
+    recovery_hints: ClassVar[dict[int, str]] = RECOVERY_HINTS
 
     def setpoint_registers(self, params: BaseModel) -> list[int]:
         assert isinstance(params, PemfExposure)

@@ -73,16 +73,6 @@ class DeviceSimulator(ABC):
         self.output_changed_at: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        #: when ``output_on`` last changed (time.monotonic(), CLOCK_MONOTONIC: the same clock in
-        #: every process), stamped at the change itself, before any reply or event is written
-        self.output_changed_at: float | None = None
-        self._output_was = False
-
-    def note_output(self, on: bool) -> None:
-        """Call at every change that may switch the output: stamps ``output_changed_at``."""
-        if on != self._output_was:
-            self._output_was = on
-            self.output_changed_at = time.monotonic()
 
     # ------------------------------------------------------------------ clock
     @staticmethod
@@ -152,7 +142,6 @@ class DeviceSimulator(ABC):
     def op_state(self, req: dict[str, Any]) -> dict[str, Any]:
         state = self.snapshot()
         state.setdefault("device", self.kind)
-        state["output_changed_at"] = self.output_changed_at
         state["injected"] = dict(self.injected)
         state["output_changed_at"] = self.output_changed_at
         return state

@@ -232,15 +232,6 @@ class EpgSimulator(StreamDeviceSimulator):
     #: conditions that last until cleared (the rest are one-offs counted per reply)
     CONDITIONS: ClassVar[frozenset[str]] = frozenset({"overcurrent", "open_circuit", "over_temperature", "stall"})
 
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @state.setter
-    def state(self, value: State) -> None:
-        self._state = value
-        self.note_output(value in (State.ARMED, State.RUNNING))
-
     def __init__(self, *, seed: int | None = None, **_: Any) -> None:
         super().__init__(seed=seed)
         self.settings = Settings()

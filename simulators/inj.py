@@ -96,15 +96,6 @@ class InjSimulator(StreamDeviceSimulator):
     MAX_HOLD_S = 60.0
     MAX_AUTO_HZ = 50.0
 
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @state.setter
-    def state(self, value: State) -> None:
-        self._state = value
-        self.note_output(value in (State.ARMED, State.FIRING))
-
     def __init__(self, *, seed: int | None = None, **_: Any) -> None:
         super().__init__(seed=seed)
         self.serial = f"INJ{(seed or 0) % 100000:05d}"

@@ -97,15 +97,6 @@ class ModbusDeviceSimulator(DeviceSimulator):
     #: number of coils (OUTPUT, FAULT_RESET)
     coil_count: ClassVar[int] = 2
 
-    @property
-    def output_on(self) -> bool:
-        return self._output_on
-
-    @output_on.setter
-    def output_on(self, value: bool) -> None:
-        self._output_on = value
-        self.note_output(bool(value))
-
     def __init__(self, *, unit: int = 1, seed: int | None = None) -> None:
         super().__init__(seed=seed)
         self.unit = unit

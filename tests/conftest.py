@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from devicehub.local_broker import LocalBroker  # noqa: E402
+from simulators.local_broker import LocalBroker  # noqa: E402
 from simulators.harness import run_simulator  # noqa: E402
 
 

@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     k.add_argument("--abort", nargs="?", const="", metavar="SESSION", help="abort (the active session) and exit")
     k.add_argument("--ack-prompt", action="store_true", help="acknowledge the waiting confirm step and exit")
     k.add_argument("--ack-alarms", action="store_true", help="acknowledge every latched alarm and exit")
+    k.add_argument("--recover", metavar="SESSION",
+                   help="clear the device fault that paused the session (by --by) and exit; resume after it")
     k.set_defaults(func=console_main)
 
 
@@ -118,6 +120,8 @@ def console_main(args: argparse.Namespace) -> int:
                                 reason=f"aborted at the console by {by}"))
     if args.ack_prompt:
         return asyncio.run(_one(config, "prompt_ack", by=by))
+    if args.recover:
+        return asyncio.run(_one(config, "recover", session=args.recover, by=by))
     if args.ack_alarms:
         return asyncio.run(_one(config, "alarm_ack"))
     return asyncio.run(_watch(config, by, args.plain))

@@ -89,6 +89,11 @@ class AbortFields(Fields):
     reason: Text | None = None
 
 
+class RecoverFields(Fields):
+    session: Id
+    by: Name
+
+
 class PromptAckFields(Fields):
     by: Name
 

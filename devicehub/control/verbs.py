@@ -118,3 +118,9 @@ async def rebirth(room: Any, m: Any, caller: Caller) -> Any:
 async def report(room: Any, m: Any, caller: Caller) -> Any:
     """Where the session's report is (written when the session ended, or now)."""
     return await room.report(m.session)
+
+
+@verb("recover", console=f.RecoverFields)
+async def recover(room: Any, m: Any, caller: Caller) -> Any:
+    """Clear the device fault that paused the session (console only: the cause is at the chair)."""
+    return await room.recover(session=m.session, by=m.by)

@@ -117,6 +117,7 @@ class HubConfig(_Strict):
     programs: ConfigPath = Field(Path("programs"), validate_default=True, description="directory of session programs")
     console_socket: ConfigPath = Field(Path("devicehub.sock"), validate_default=True, description="Unix socket of the local console")
     remote_confirmation: bool = Field(True, description="a start or resume over MQTT waits for a confirmation at the console")
+    max_recoveries: int = Field(3, ge=0, le=100, description="pauses by a recoverable device fault per session; the next one fails it (too_many_faults)")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 

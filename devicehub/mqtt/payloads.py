@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, fiel
 from devicehub.control import fields as vf
 from devicehub.control.table import MQTT, TABLE, validate_with, verbs_for
 from devicehub.mqtt.envelope import parse_rfc3339
-from devicehub.room_api import ERROR_CODES, CommandError
+from devicehub.room_api import ERROR_CODES
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=1000)]
@@ -327,7 +327,7 @@ class SessionStateData(BaseModel):
 
 SessionEvent = Literal["created", "preflight_item", "confirmed", "started", "paused", "resumed",
                        "step_started", "step_done", "point_done", "train_done", "exposure_progress",
-                       "alarm", "safe_state", "completed", "aborted", "failed",
+                       "alarm", "safe_state", "recovered", "completed", "aborted", "failed",
                        # recorded and published beyond the document's table (docs/mqtt.md):
                        "state", "prompt", "prompt_acknowledged", "point_skipped", "alongside_started"]
 

@@ -28,14 +28,14 @@ import json
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from devicehub.bus import rfc3339
+from devicehub.ids import new_ulid
+from devicehub.timefmt import parse_ts, rfc3339  # noqa: F401 - parse_ts re-exported
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +55,6 @@ DELIVERY_DONE = "done"
 
 #: session ids go into MQTT topics and report file names: no ``/ + #``, no ``..``
 _SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 _APPEND_ONLY_TABLES = ("sessions", "events", "deliveries", "refusals")
 
@@ -213,15 +212,9 @@ def format_ts(ts: datetime) -> str:
     return rfc3339(ts)
 
 
-def parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def new_session_id(now: float | None = None) -> str:
     """A ULID (26 Crockford base-32 characters): sortable by creation time, unique."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+    return new_ulid(None if now is None else int(now * 1000))
 
 
 def check_session_id(session_id: str) -> str:

@@ -103,7 +103,8 @@ async def run(runner: Any, step: Any) -> None:
                                               f"{pt.id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
                                               alarm="dose_cap_reached")
                     elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
-                        raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault")
+                        raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
+                                          device=dev_id, code=7)
                 await gun.set_cap(0.0)
                 runner.set_active(dev_id, None)
                 await _point_done(runner, step, dev_id, pp)

@@ -27,7 +27,7 @@ from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
 from devicehub.runner.progress import PointProgress, StepProgress
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
-from drivers.base import Device, DeviceEvent, DriverError
+from drivers.base import Device, DeviceEvent, DeviceFault, DriverError
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,13 @@ SUPERVISED_EVENTS = ("fault", "connection_lost", "heartbeat_failed")
 class StepFailure(Exception):
     """A step cannot go on; the session fails with ``reason``."""
 
-    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None,
-                 t_trigger: float | None = None) -> None:
+    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None, device: str | None = None,
+                 code: Any = None, t_trigger: float | None = None) -> None:
         super().__init__(text or reason)
         self.reason = reason
         self.text = text or reason
         self.alarm = alarm  # an alarm code to raise (high), if any
+        self.device, self.code = device, code  # the device fault behind it, if one (recoverable?)
         self.t_trigger = t_trigger  # when its cause arrived (time.monotonic()), if known
 
 
@@ -81,6 +82,8 @@ class RunnerOptions:
     auto_acknowledge_prompts: bool = False
     #: a device that has not confirmed its safe state by then is reported unconfirmed
     safe_state_timeout_s: float = 1.0
+    #: pauses by a recoverable fault per session; the next recoverable fault fails it
+    max_recoveries: int = 3
 
 
 @dataclass
@@ -134,6 +137,9 @@ class SessionRunner:
         self.acknowledged_by = dict(acknowledged_by or {})
         #: set the moment an abort arrives: nothing starts running after it
         self.abort_requested = False
+        #: what the technician must fix while paused by a recoverable fault (None otherwise)
+        self.recovery: dict[str, Any] | None = None
+        self.fault_pauses = 0
         self.params = params or {}
         self.confirmation_required = confirmation_required
         self.options = options or RunnerOptions()
@@ -206,6 +212,8 @@ class SessionRunner:
             data["reason"] = self.reason
         if self._prompt_step is not None:
             data["prompt"] = {"step": self._prompt_step, "text": self.program_step(self._prompt_step).prompt}
+        if self.state == "paused":
+            data["recovery"] = self.recovery
         return data
 
     def points_planned(self) -> int:
@@ -341,12 +349,39 @@ class SessionRunner:
         async with self._transition:
             if self.state != "paused":
                 raise InvalidState(f"session is {self.state}; only a paused session can resume")
+            if self.recovery is not None:
+                raise InvalidState(f"session is paused by a fault on {self.recovery['device']} "
+                                   f"({self.recovery['text']}): recover it at the chair first. {self.recovery['hint']}")
             if remote and self.confirmation_required:
                 await self._set_state("awaiting_confirmation", reason="resume")
                 return
             if by:
                 await self.event("confirmed", by=by)
             await self._start_running()
+
+    async def recover(self, by: str) -> dict[str, Any]:
+        """The faulted device's own clear command (console only); ``recovered`` when it clears."""
+        from devicehub.runner.recovery import clear
+
+        async with self._transition:
+            recovery = self.recovery
+            if self.state != "paused" or recovery is None:
+                raise InvalidState(f"session is {self.state}; no device fault to recover from")
+            await clear(self.devices[recovery["device"]], recovery)  # RecoveryRefused: stays paused
+            self.recovery = None
+            await self.event("recovered", device=recovery["device"], code=recovery["code"], by=by)
+            self.publish_state()
+            return recovery
+
+    async def _pause_for_fault(self, recovery: dict[str, Any], *, trigger: str, t_trigger: float | None,
+                               alarm: dict[str, Any] | None) -> None:
+        """A recoverable fault: paused with what to fix, or failed past ``max_recoveries``."""
+        if self.fault_pauses >= self.options.max_recoveries:
+            await self._stop("failed", trigger=trigger, reason="too_many_faults", t_trigger=t_trigger, alarm=alarm)
+            return
+        self.fault_pauses += 1
+        await self._stop("paused", trigger=trigger, reason="fault", t_trigger=t_trigger, alarm=alarm,
+                         recovery=recovery)
 
     async def abort(self, reason: str | None = None, *, t_trigger: float | None = None,
                     first: SafeStateReport | None = None) -> SafeStateReport | None:
@@ -382,7 +417,8 @@ class SessionRunner:
 
     # ================================================================== stopping
     async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
-                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None) -> None:
+                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
+                    recovery: dict[str, Any] | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
         if self.finished or (self._stopping and kind == "paused"):
@@ -403,12 +439,14 @@ class SessionRunner:
         self._stop_idle.clear()
         self._escalate = None
         try:
-            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first)
+            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first,
+                                 recovery=recovery)
         finally:
             self._stop_idle.set()
 
     async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
-                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None) -> None:
+                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None,
+                        recovery: dict[str, Any] | None = None) -> None:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
@@ -441,7 +479,9 @@ class SessionRunner:
         if self._escalate is not None and kind != "failed":
             kind, reason = "failed", self._escalate[0]
         if kind == "paused":
-            await self.event("paused", **({"reason": reason} if reason else {}))
+            self.recovery = recovery
+            await self.event("paused", **({"reason": reason} if reason else {}),
+                             **({"recovery": recovery} if recovery is not None else {}))
             await self._set_state("paused", reason=None)
             self._stopping = False
             return
@@ -515,8 +555,13 @@ class SessionRunner:
         except StepFailure as exc:
             # every failure of a step is a high alarm of the session (a cap, a device that
             # over-reports, an impedance out of range, a device fault)
-            alarm = self.raise_alarm(source=self.current_step or "runner", code=exc.alarm or exc.reason,
-                                     text=exc.text)
+            alarm = self.raise_alarm(source=exc.device or self.current_step or "runner",
+                                     code=exc.alarm or exc.reason, text=exc.text)
+            recovery = self._recovery_for(exc.device, exc.code) if exc.device is not None else None
+            if recovery is not None:
+                await self._pause_for_fault(recovery, trigger=f"fault:{exc.device}", t_trigger=exc.t_trigger,
+                                            alarm=alarm)
+                return
             await self._stop("failed", trigger=exc.reason, reason=exc.reason, alarm=alarm, t_trigger=exc.t_trigger)
         except CapExceeded as exc:
             alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
@@ -526,6 +571,12 @@ class SessionRunner:
             text = str(exc)
             dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),
                        self.step_devices.get(self.current_step or "", "device"))
+            recovery = self._recovery_for(dev, exc.code, exc.text) if isinstance(exc, DeviceFault) else None
+            if recovery is not None:  # e.g. the LED applicator too far when its exposure starts
+                alarm = self.raise_alarm(source=dev, code="device_fault", text=f"{dev}: {recovery['text']}",
+                                         key=f"{dev}:device_fault", device=dev, device_code=recovery["code"])
+                await self._pause_for_fault(recovery, trigger=f"fault:{dev}", t_trigger=None, alarm=alarm)
+                return
             alarm = self.raise_alarm(source=dev, code="device_error", text=text, key=f"{dev}:device_error",
                                      device=dev)
             await self._stop("failed", trigger=f"device_error:{dev}", reason=f"device_error:{dev}", alarm=alarm)
@@ -684,7 +735,26 @@ class SessionRunner:
         if self.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
             alarm = self.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
                                      key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
+            recovery = self._recovery_for(dev_id, code, text) if ev.kind == "fault" else None
+            if recovery is not None:
+                if self.state == "running" and not self._stopping:
+                    await self._pause_for_fault(recovery, trigger=f"fault:{dev_id}", t_trigger=ev.t, alarm=alarm)
+                    return
+                if self._stopping or self.state == "paused":
+                    # the room is (being) made safe already: the fault is recorded, and a
+                    # paused session shows what to fix before it may resume
+                    await self.record_alarm(alarm)
+                    if self.state == "paused" and not self._stopping and self.recovery is None:
+                        self.recovery = recovery
+                        self.publish_state()
+                    return
             await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
+
+    def _recovery_for(self, dev_id: str | None, code: Any, text: str = "") -> dict[str, Any] | None:
+        from devicehub.runner.recovery import recovery_for
+
+        device = self.devices.get(dev_id) if dev_id is not None else None
+        return recovery_for(device, dev_id, code, text) if device is not None else None
 
 
 class InvalidState(Exception):

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devicehub.local_console import ConsoleClient
-from devicehub.simroom import SimulatedRoom
+from simulators.simroom import SimulatedRoom
 from simulators.control import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]

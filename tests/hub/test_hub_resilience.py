@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devicehub.local_broker import LocalBroker
+from simulators.local_broker import LocalBroker
 from devicehub.local_console import ConsoleClient
 from devicehub.records.store import RecordStore
 from tests.hub.conftest import (

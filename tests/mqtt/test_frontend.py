@@ -12,7 +12,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devicehub.local_broker import LocalBroker, free_port
+from simulators.local_broker import LocalBroker, free_port
 from devicehub.mqtt.envelope import ULID_RE
 from devicehub.mqtt.idempotency import IdempotencyStore
 from devicehub.mqtt.outbox import Outbox

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from devicehub.local_broker import free_port, mosquitto_binary
+from simulators.local_broker import free_port, mosquitto_binary
 from devicehub.mqtt.frontend import MqttFrontend
 from devicehub.mqtt.idempotency import IdempotencyStore
 from devicehub.mqtt.outbox import Outbox

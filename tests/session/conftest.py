@@ -26,7 +26,7 @@ from devicehub.models.config import HubConfig
 from devicehub.records.hub_store import HubStore
 from devicehub.room import Room
 from devicehub.runner.session import RunnerOptions, SessionRunner
-from devicehub.simroom import ROOM, SimulatedRoom
+from simulators.simroom import ROOM, SimulatedRoom
 from simulators.control import ControlClient
 
 ROOT = Path(__file__).resolve().parent.parent.parent

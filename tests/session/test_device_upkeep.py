@@ -13,7 +13,7 @@ import pytest
 
 from devicehub.models.config import HubConfig
 from devicehub.room_api import CommandError
-from devicehub.simroom import SimulatedRoom
+from simulators.simroom import SimulatedRoom
 from simulators.control import ControlClient
 from tests.mqtt import until
 

@@ -1,8 +1,9 @@
-"""Every injectable fault of every device, injected while that device is delivering.
+"""Every injectable fault that is not recoverable, injected while its device is delivering.
 
 Whatever catches the fault first (the device's own fault event, the program's impedance
 check, the runner's supervision of a silent device, the hub's skin temperature limit),
-the session must end failed with every output off: a ``safe_state`` event with its time
+the session must end failed with every output off (the recoverable ones pause it:
+tests/session/test_recovery.py): a ``safe_state`` event with its time
 and a verdict per device, a stalled device reported ``unconfirmed`` with a high alarm
 (its own watchdog then switches it off), and a record whose hash chains verify.
 """
@@ -23,10 +24,8 @@ PARAMS = {
 }
 
 FAULTS = [
-    ("epg-1", "overcurrent"), ("epg-1", "open_circuit"), ("epg-1", "over_temperature"), ("epg-1", "stall"),
-    ("inj-1", "occlusion"), ("inj-1", "empty"), ("inj-1", "cartridge_missing"), ("inj-1", "stall"),
-    ("led-1", "head_overheat"), ("led-1", "skin_overheat"), ("led-1", "led_open"), ("led-1", "stall"),
-    ("pemf-1", "coil_open"), ("pemf-1", "overheat"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
+    ("epg-1", "stall"), ("inj-1", "stall"), ("led-1", "led_open"), ("led-1", "stall"),
+    ("pemf-1", "coil_open"), ("pemf-1", "field_drift"), ("pemf-1", "stall"),
 ]
 
 #: the device's state while it delivers (armed counts for the gun: it fires on a pull)

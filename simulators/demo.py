@@ -11,35 +11,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from devicehub.simroom import ROOT, SimulatedRoom
+from simulators.simroom import ROOT, SimulatedRoom
 
 DEMO_DIR = ROOT / "var" / "demo"
 
 
-@contextlib.asynccontextmanager
-async def _mqtt(room: Any, store: Any, boot: int, config: Any) -> AsyncIterator[None]:
-    try:
-        from devicehub.daemon import mqtt_frontend
-    except ImportError:  # the MQTT interface is optional for the demo
-        yield
-        return
-    async with mqtt_frontend(config, room, boot):
-        yield
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    from simulators.control import ControlClient
-
-    from devicehub.commands.run import run_session
-    from devicehub.local_broker import LocalBroker
+    from devicehub.commands.run import run_through
+    from devicehub.control.room_lock import RoomLock, lock_path
+    from devicehub.daemon import serve_room
     from devicehub.models.config import HubConfig
+    from simulators.control import ControlClient
+    from simulators.local_broker import LocalBroker
 
     broker = None
     try:
@@ -56,22 +43,33 @@ async def _demo(args: argparse.Namespace) -> int:
             async with ControlClient(room.sims["inj-1"].control) as c:
                 await c.call("auto_trigger", rate_hz=4.0)  # the simulated technician
             config = HubConfig.load(room.config_path)
-            # a new demo patient each run: the course limit (days between sessions) holds per patient
-            patient = time.strftime("DEMO-%Y%m%d-%H%M%S")
-            run_args = argparse.Namespace(program="demo", patient=patient, operator="demo-technician",
-                                          ack=[], param=[], preflight_done=True, yes=True, plain=args.plain,
-                                          config=str(room.config_path))
-            attach = None
-            if broker is not None:
-                attach = lambda r, s, b: _mqtt(r, s, b, config)  # noqa: E731
-            return await run_session(config, run_args, {}, attach=attach)
+            # the room's daemon, as a clinic runs it (MQTT when the broker is up), and the
+            # technician's devicehub run through its console socket
+            with RoomLock(lock_path(config), command="make demo (devicehub serve)"):
+                ready, stop = asyncio.Event(), asyncio.Event()
+                daemon = asyncio.ensure_future(serve_room(config, ready=ready, stop=stop, mqtt=broker is not None))
+                waiter = asyncio.ensure_future(ready.wait())
+                await asyncio.wait([daemon, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if daemon.done():
+                    return daemon.result()
+                try:
+                    # a new demo patient each run: the course limit (days between sessions) holds per patient
+                    patient = time.strftime("DEMO-%Y%m%d-%H%M%S")
+                    run_args = argparse.Namespace(program="demo", patient=patient, operator="demo-technician",
+                                                  ack=[], param=[], preflight_done=True, yes=True, plain=args.plain,
+                                                  config=str(room.config_path))
+                    return await run_through(config.console_socket, run_args, {}, config.store)
+                finally:
+                    stop.set()
+                    await daemon
     finally:
         if broker is not None:
             broker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m devicehub.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m simulators.demo", description=__doc__)
     p.add_argument("--dir", default=str(DEMO_DIR), help="where the demo's config, record and report go")
     p.add_argument("--plain", action="store_true", help="plain event lines instead of the live view")
     args = p.parse_args(argv)
