@@ -100,6 +100,8 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                   f"{','.join(out.faults) or '-':<40} v1={len(v1)} v2={len(v2)} v3={len(v3)}", flush=True)
             for v in v1 + v2 + v3:
                 print(f"        {v}", flush=True)
+            for note in out.notes:
+                print(f"        note: {note}", flush=True)
             await prepare_room(room)
             i += 1
         await asyncio.sleep(3.0)  # the outbox drains: replays reach the follower

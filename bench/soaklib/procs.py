@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from devicehub.local_broker import LocalBroker, free_port
+from simulators.local_broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = (("epg-1", "epg"), ("inj-1", "inj"), ("led-1", "led"), ("pemf-1", "pemf"))
