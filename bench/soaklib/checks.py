@@ -94,6 +94,12 @@ def invariant_2(out: Outcome, room: Room) -> list[str]:
             bad.append(f"{key}: {got['pulses']:g} pulses delivered, {plan['pulses']} planned")
         if "volume_ul" in plan and got.get("volume_ul", 0) > plan["volume_ul"] * (1 + DOSE_TOLERANCE) + 1e-6:
             bad.append(f"{key}: {got['volume_ul']:g} uL delivered, {plan['volume_ul']} planned")
+    # exposures: what each emitter delivered in the session, never beyond the step's plan
+    # (no second exposure after a pause, a resume, a recovery or a reconnect)
+    for dev, st_key, planned in _planned_exposures(out):
+        got = float(out.after[dev].get(st_key) or 0) - float(out.before[dev].get(st_key) or 0)
+        if got > planned + (0.15 if st_key == "elapsed_s" else 0.01 * planned):  # 0.1 s registers; 1 % light noise
+            bad.append(f"{dev} delivered {got:g} {st_key}, the program plans {planned:g}")
     summary = room.read("session", out.session) or {}
     totals = summary.get("totals") or {}
     for dev, pairs in TOTALS.items():
@@ -104,6 +110,22 @@ def invariant_2(out: Outcome, room: Room) -> list[str]:
             if abs(sim - got) > tol + 1e-4 * abs(sim):
                 bad.append(f"{dev} {rec_name}: record {got:g}, device {sim:g}")
     return bad
+
+
+def _planned_exposures(out: Outcome) -> list[tuple[str, str, float]]:
+    """(device, simulator total, planned amount) of the session's LED and PEMF steps, from the plan."""
+    found = []
+    for step in out.steps:
+        p = out.params.get(step["id"], {})
+        if step["kind"] == "led":
+            if "duration_s" in p or "duration_s" in step:
+                found.append(("led-1", "elapsed_s", float(p.get("duration_s", step.get("duration_s", 0)))))
+            else:
+                found.append(("led-1", "fluence_mj_cm2",
+                              1000.0 * float(p.get("fluence_j_cm2", step.get("fluence_j_cm2", 0)))))
+        elif step["kind"] == "pemf":
+            found.append(("pemf-1", "elapsed_s", float(p.get("duration_s", step.get("duration_s", 0)))))
+    return found
 
 
 def invariant_3(out: Outcome, room: Room) -> list[str]:

@@ -74,10 +74,12 @@ class Outcome:
     #: the record showed the session unfinished once the killed hub was gone
     interrupted_by_kill: bool = False
     notes: list[str] = field(default_factory=list)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0) -> Outcome:
-    out = Outcome(plan.index, plan.program, plan.origin)
+    out = Outcome(plan.index, plan.program, plan.origin, params=plan.params, steps=plan.steps)
     out.before = await room.world.states()
     sid = await _start(room, plan, out)
     if sid is None:
