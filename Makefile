@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak venv mosquitto clean mosquitto-passwords
+.PHONY: demo test bench soak venv mosquitto postgresql clean mosquitto-passwords
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ mosquitto:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
 	fi
 
-test: venv mosquitto
+# The site tests run a private PostgreSQL (initdb + pg_ctl); install Debian's when missing.
+postgresql:
+	@if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "installing postgresql (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+test: venv mosquitto postgresql
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: venv mosquitto
@@ -35,6 +42,7 @@ bench: venv mosquitto
 	$(PY) bench/drivers.py
 	@if [ -f bench/safety.py ]; then $(PY) bench/safety.py; fi
 	@if [ -f bench/mqtt.py ]; then $(PY) bench/mqtt.py; fi
+	@if [ -f bench/site.py ]; then $(MAKE) -s postgresql && $(PY) bench/site.py; fi
 
 # The fault soak (bench/soak.py): SOAK_ARGS="--minutes 60 --seed 7" for a longer one.
 SOAK_ARGS ?= --minutes 10

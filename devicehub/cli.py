@@ -17,8 +17,10 @@ COMMAND_MODULES = (
     "devicehub.commands.schema",
     "devicehub.commands.programs",
     "devicehub.commands.sessions",
+    "devicehub.commands.courses",
     "devicehub.commands.run",
     "devicehub.commands.serve",
+    "devicehub.commands.site",
 )
 
 

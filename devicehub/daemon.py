@@ -76,6 +76,7 @@ async def mqtt_frontend(config: Any, room: Any, boot: int) -> AsyncIterator[Any]
         return None
 
     room.admission_checks.append(outbox_check)
+    room.published_events = outbox.published_events  # a restart publishes what a crash left unpublished
     task = asyncio.get_running_loop().create_task(frontend.run(), name="mqtt")
     try:
         yield frontend

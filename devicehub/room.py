@@ -20,7 +20,7 @@ from typing import Any
 
 from devicehub import __version__
 from devicehub.alarms import AlarmBoard
-from devicehub.control.dry_run import finding_detail
+from devicehub.control.dry_run import finding_detail, params_error
 from devicehub.bus import Bus, HubMessage
 from devicehub.timefmt import parse_ts, rfc3339, utcnow
 from devicehub.devices import DeviceManager
@@ -86,13 +86,20 @@ class Room:
         self.reports_dir = Path(config.store).parent / "reports"
         #: which kind of process owns the room: "serve" (the daemon) or "run" (one session, no daemon)
         self.owner: str | None = None
+        #: the MQTT front end's ledger of published session events (None without MQTT):
+        #: ``await published_events(session, indices) -> {index: (boot, seq, ts)}``
+        self.published_events: Callable[[str, list[int]], Awaitable[dict[int, Any]]] | None = None
         #: session id -> where its report was written
         self.reports: dict[str, Path] = {}
+        #: reports are written one at a time, in order (the newest record wins)
+        self._report_lock = asyncio.Lock()
+        self._report_tasks: set[asyncio.Task[Any]] = set()
 
     # ================================================================== lifetime
     async def open(self) -> None:
         """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
         for sid in await self.store.unfinished_sessions():
+            await self._publish_unpublished(sid)
             # what had been delivered, as the record's delivery rows say (the document's
             # failed event carries the totals per device)
             summary = await self.store.session(sid) or {}
@@ -116,6 +123,22 @@ class Room:
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
 
+    async def _publish_unpublished(self, sid: str) -> None:
+        """Events of an interrupted session that the record holds but that never reached the
+        outbox (the hub was killed between the two writes): published now, in this boot, so
+        a follower's indices have no gap. Needs the MQTT front end's ledger."""
+        ledger = self.published_events
+        if ledger is None:
+            return
+        recorded = await self.store.events(sid)
+        published = await ledger(sid, [e["index"] for e in recorded])
+        for e in recorded:
+            if e["index"] not in published:
+                log.warning("session %s: event %d (%s) was recorded but never published; publishing it now",
+                            sid, e["index"], e["event"])
+                self.bus.publish(HubMessage("session.event", {"event": e["event"], "index": e["index"], **e["data"]},
+                                            session=sid))
+
     async def _last_recorded_state(self) -> dict[str, Any] | None:
         """The newest recorded session's state, as the retained ``session`` topic carries it."""
         recent = await self.store.list_sessions(limit=1)
@@ -132,6 +155,9 @@ class Room:
         if self.current is not None and not self.current.finished:
             await self.current.abort("hub_shutdown")
         await self.devices.close()
+        pending = list(self._report_tasks)
+        if pending:  # reports being written are finished, not lost with the process
+            await asyncio.wait(pending, timeout=30.0)
 
     # ================================================================== queries
     def programs(self) -> list[dict[str, Any]]:
@@ -208,11 +234,7 @@ class Room:
             try:
                 prog = prog.apply_overrides(params)
             except InputError as exc:
-                problems = getattr(exc, "problems", [])
-                first = problems[0] if problems else None
-                raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
-                                   field=getattr(first, "field", "params"),
-                                   details=[p.to_dict() for p in problems]) from None
+                raise params_error(exc) from None
         analysis = analyse(prog, self.config, self.limits, params=None, acknowledged=tuple(acknowledge or ()))
         findings = list(analysis.findings) + self._course_findings(prog, patient_ref)
         errors = [f for f in findings if f.severity in ("error", "hard")]
@@ -235,25 +257,27 @@ class Room:
 
     def _course_findings(self, prog: Any, patient_ref: str) -> list[Any]:
         """The course limit: days since this patient's last completed session."""
+        from devicehub.clinical.course_verbs import start_checks
         from devicehub.models.limits import Finding
 
+        course = start_checks(self, prog.id, patient_ref) if patient_ref else []  # an enrolled patient's phase
         last = self.store.read_last_session_for_patient(patient_ref) if patient_ref else None
         if not last or not last.get("ended_at"):
-            return []
+            return course
         try:
             ended = parse_ts(str(last["ended_at"]))
         except ValueError:
-            return []
+            return course
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
         limit = self.limits.course.interval_days
         hit = limit.exceeded(days)
         if hit is None:
-            return []
+            return course
         severity, value = hit
         text = (f"course.interval_days: {days:.1f} days since the last session is below the "
                 f"{severity} limit {value:g} days")
         return [Finding(id="course.interval_days", severity=severity, field="course.interval_days",
-                        value=round(days, 2), limit=value, unit="days", message=text)]
+                        value=round(days, 2), limit=value, unit="days", message=text)] + course
 
     def runtime_caps(self, acknowledged: list[str]) -> dict[str, float]:
         """The hard session caps, or the soft one where its limit was not acknowledged."""
@@ -314,6 +338,7 @@ class Room:
             if missing:
                 raise CommandError("device_unavailable", f"not available: {', '.join(missing)}",
                                    details=[{"device": d, **self.devices.state_of(d)} for d in missing])
+            from devicehub.clinical.course_verbs import start_position
             from devicehub.records.store import new_session_id
 
             acked = list(acknowledge or [])
@@ -326,6 +351,7 @@ class Room:
                 confirmation_required=(self.config.remote_confirmation and origin == "mqtt")
                 if confirmation_required is None else confirmation_required,
                 caps=self.runtime_caps(acked), options=self.options, acknowledged_by=acknowledged_by,
+                course=start_position(self, patient_ref),
             )
             self.current = runner
             self._last = runner
@@ -348,7 +374,6 @@ class Room:
 
     async def report(self, session_id: str) -> dict[str, Any]:
         """Where the session's report is; written now when it was not yet (the console's ``report``)."""
-        from devicehub.records.report import write_report
 
         self.session_summary(session_id)  # not_found for an unknown session
         runner = self.current
@@ -356,17 +381,28 @@ class Room:
             await asyncio.shield(self._watch_task)  # a session's own report is written when it ends
         path = self.reports.get(session_id)
         if path is None:
-            path = self.reports[session_id] = await self.store.call(write_report, session_id, self.reports_dir)
+            path = await self._write_report(session_id)
+        if path is None:
+            raise CommandError("invalid_state", f"the report of session {session_id} could not be written")
         return {"session": session_id, "path": str(path)}
 
-    async def _write_report(self, session_id: str) -> None:
-        """The session's report, written when it ends (``devicehub sessions report`` writes it again)."""
-        from devicehub.records.report import write_report
+    async def _write_report(self, session_id: str) -> Path | None:
+        """The session's HTML report (devicehub/report), written when it ends and again when an
+        adverse event is recorded after the end; off the event loop, one at a time."""
+        from devicehub.report.files import write_in_thread
 
-        try:
-            self.reports[session_id] = await self.store.call(write_report, session_id, self.reports_dir)
-        except Exception:  # noqa: BLE001 - the record is what counts; the report can be written again
-            log.exception("the report of session %s was not written", session_id)
+        async with self._report_lock:
+            path = await write_in_thread(self.config, session_id)  # logs and returns None on failure
+            if path is not None:
+                self.reports[session_id] = path
+            return path
+
+    def report_later(self, session_id: str) -> asyncio.Task[Any]:
+        """:meth:`_write_report` beside the caller (an adverse event after the end)."""
+        task = asyncio.get_running_loop().create_task(self._write_report(session_id))
+        self._report_tasks.add(task)
+        task.add_done_callback(self._report_tasks.discard)
+        return task
 
     # ================================================================== RoomAPI verbs
     async def start(self, *, program: str, patient_ref: str, operator: str,
@@ -375,7 +411,7 @@ class Room:
         """The ``start`` verb; ``at_chair`` carries the console's members (start_session's keywords)."""
         runner = await self.start_session(program=program, patient_ref=patient_ref, operator=operator,
                                           params=params, acknowledge=acknowledge, origin=origin, **at_chair)
-        return {"session": runner.session_id, "state": runner.state, "course": getattr(runner, "course", None)}
+        return {"session": runner.session_id, "state": runner.state, "course": runner.course}
 
     def _session(self, session_id: str | None) -> SessionRunner:
         if not isinstance(session_id, str) or not session_id:

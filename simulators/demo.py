@@ -14,6 +14,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from simulators.simroom import ROOT, SimulatedRoom
 
@@ -56,6 +57,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 try:
                     # a new demo patient each run: the course limit (days between sessions) holds per patient
                     patient = time.strftime("DEMO-%Y%m%d-%H%M%S")
+                    await _enrol(config.console_socket, patient)
                     run_args = argparse.Namespace(program="demo", patient=patient, operator="demo-technician",
                                                   ack=[], param=[], preflight_done=True, yes=True, plain=args.plain,
                                                   config=str(room.config_path))
@@ -66,6 +68,18 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+
+
+async def _enrol(socket: Any, patient: str) -> None:
+    """The demo patient in the demo course (configs/courses/demo-course.yaml), through the daemon."""
+    from devicehub.local_console import ConsoleClient
+
+    async with ConsoleClient(socket) as c:
+        reply = await c.request("enrol", patient_ref=patient, course="demo-course", by="demo-technician")
+    if reply.get("ok"):
+        print(f"patient {patient} enrolled in {reply['data']['course']} (phase {reply['data']['phase']})")
+    else:
+        print(f"patient {patient} not enrolled: {reply.get('error')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ class SimulatedRoom:
     remote_confirmation: bool = True
     programs: Path = ROOT / "configs" / "programs"
     limits: Path = ROOT / "configs" / "limits.yaml"
+    courses: Path = ROOT / "configs" / "courses"
     extra: dict[str, Any] = field(default_factory=dict)
     sims: dict[str, SimHandle] = field(default_factory=dict)
     _thread: SimulatorThread | None = None
@@ -54,6 +55,7 @@ class SimulatedRoom:
             "console_socket": str(self.directory / "devicehub.sock"),
             "limits": str(self.limits),
             "programs": str(self.programs),
+            "courses": str(self.courses),
             "remote_confirmation": self.remote_confirmation,
             "mqtt": {"host": "127.0.0.1", "port": self.mqtt_port or 1883},
         }

@@ -90,9 +90,12 @@ def test_verify_ok_tampered_and_unknown(capsys, store_path: Path) -> None:
 
 
 def test_report_to_stdout_and_to_a_directory(capsys, store_path: Path, tmp_path: Path) -> None:
-    code, out, _ = run(capsys, "report", "DONE", "--store", str(store_path))
+    code, out, _ = run(capsys, "report", "DONE", "--store", str(store_path), "--format", "md")
     assert code == 0 and out.startswith("# Treatment session report DONE") and "| Patient ref | P-1 |" in out
-    code, out, _ = run(capsys, "report", "DONE", "--store", str(store_path), "--out", str(tmp_path / "reports"))
+    code, out, _ = run(capsys, "report", "DONE", "--store", str(store_path))  # HTML is the default
+    assert code == 0 and out.startswith("<!DOCTYPE html>") and "P-1" in out
+    code, out, _ = run(capsys, "report", "DONE", "--store", str(store_path), "--format", "md",
+                       "--out", str(tmp_path / "reports"))
     written = tmp_path / "reports" / "DONE.md"
     assert code == 0 and out.strip() == str(written) and written.read_text().startswith("# Treatment session report")
 

@@ -12,9 +12,10 @@ import argparse
 import json
 from typing import Any
 
+from devicehub.course.plan import CoursePlan
 from devicehub.models import HubConfig, Limits, Program
 
-MODELS: dict[str, Any] = {"program": Program, "config": HubConfig, "limits": Limits}
+MODELS: dict[str, Any] = {"program": Program, "config": HubConfig, "limits": Limits, "course": CoursePlan}
 
 
 def schema_of(name: str) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def schema_of(name: str) -> dict[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "schema", help="print the JSON Schema of a program, the hub config or the limits",
+        "schema", help="print the JSON Schema of a program, the hub config, the limits or a course plan",
         description="Print the JSON Schema of a hub file, generated from the hub's own models.")
     parser.add_argument("which", choices=sorted(MODELS), help="which file's schema")
     parser.set_defaults(func=cmd_schema)

@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 
-from devicehub.records.report import render_report, write_report
 from devicehub.records.store import RecordError, RecordStore, SessionNotFound
 
 DEFAULT_CONFIG = Path("configs/hub.yaml")
@@ -57,10 +56,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("session")
     p.set_defaults(func=_guarded(cmd_verify))
 
-    p = sub.add_parser("report", parents=[where], help="the session's Markdown report")
+    p = sub.add_parser("report", parents=[where], help="the session's report (self-contained HTML, or Markdown)")
     p.add_argument("session")
-    p.add_argument("--out", metavar="DIR", help="write <DIR>/<session>.md instead of printing it")
+    p.add_argument("--format", choices=("html", "md"), default="html", help="html (default) or md")
+    p.add_argument("--out", metavar="PATH",
+                   help="write the report there (a directory: <PATH>/<session>.<format>) instead of printing it")
     p.set_defaults(func=_guarded(cmd_report))
+
+    from devicehub.commands.adverse import register_adverse
+
+    register_adverse(sub, where, _guarded)
 
 
 def _guarded(command: Any) -> Any:
@@ -180,13 +185,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from devicehub.report.collect import ReportOptions
+    from devicehub.report.files import render, write_file
+
+    options = ReportOptions.from_config(config_doc(args))
     with _open(args) as store:
-        if args.out:
-            path = write_report(store, args.session, args.out)
-            print(path)
-        else:
-            sys.stdout.write(render_report(store, args.session))
+        text = render(store, args.session, args.format, options)
+    if args.out:
+        out = Path(args.out)
+        target = out / f"{args.session}.{args.format}" if out.is_dir() or not out.suffix else out
+        print(write_file(text, target))
+    else:
+        sys.stdout.write(text)
     return 0
+
+
+def config_doc(args: argparse.Namespace) -> dict[str, Any]:
+    """The hub config as bare YAML (timezone, aftercare, site, room), {} when there is none."""
+    config = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG
+    try:
+        doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _kv(values: Any) -> str:

@@ -16,11 +16,20 @@ def finding_detail(f: Any) -> dict[str, Any]:
     return {**d, "severity": f.severity}
 
 
+def params_error(exc: Exception) -> CommandError:
+    """A program's overrides that do not validate, as ``bad_request`` naming the first field."""
+    problems = getattr(exc, "problems", [])
+    first = problems[0] if problems else None
+    return CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
+                        field=getattr(first, "field", "params"), details=[p.to_dict() for p in problems])
+
+
 def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: dict[str, Any] | None = None,
             acknowledge: list[str] | None = None) -> dict[str, Any]:
     """The analysis of ``program`` in ``room`` for ``patient_ref``: duration, points, totals,
     every finding (the course's included), which soft limits still need an acknowledgement,
     the preflight checklist and whether a start would be accepted."""
+    from devicehub.clinical.course_verbs import dry_run_course
     from devicehub.models.loading import InputError
     from devicehub.validation import analyse
 
@@ -29,11 +38,7 @@ def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: 
         analysis = analyse(prog, room.config, room.limits, params=params or None,
                            acknowledged=tuple(acknowledge or ()))
     except InputError as exc:
-        problems = getattr(exc, "problems", [])
-        first = problems[0] if problems else None
-        raise CommandError("bad_request", "; ".join(str(p) for p in problems) or str(exc),
-                           field=getattr(first, "field", "params"),
-                           details=[p.to_dict() for p in problems]) from None
+        raise params_error(exc) from None
     findings = list(analysis.findings) + (room._course_findings(prog, patient_ref) if patient_ref else [])
     acked = set(acknowledge or ())
     out = analysis.to_dict()
@@ -45,6 +50,6 @@ def dry_run(room: Any, *, program: str, patient_ref: str | None = None, params: 
         "startable": not any(f.severity in ("error", "hard") for f in findings)
         and all(f.id in acked for f in findings if f.severity == "soft"),
         "preflight": [{"id": i.id, "text": i.text, "kind": i.kind, "required": i.required} for i in prog.preflight],
-        "course": None,
+        "course": dry_run_course(room, patient_ref),
     })
     return out

@@ -34,6 +34,12 @@ class SessionFields(Fields):
     session: Id
 
 
+class EventsFields(Fields):
+    session: Id
+    after: int = Field(0, ge=0, description="an event index: events above it are returned")
+    limit: int = Field(500, ge=1, le=1000, description="at most this many events (1-1000)")
+
+
 class StartFields(Fields):
     program: Id
     patient_ref: Name

@@ -38,6 +38,9 @@ class Caller:
     t_arrival: float = field(default_factory=time.monotonic)
     #: the MQTT front end's rebirth (status and every retained state); None elsewhere
     rebirth: Callable[[], Any] | None = None
+    #: the MQTT front end's ledger of published session events:
+    #: ``await published(session, indices) -> {index: (boot, seq, ts)}``; None elsewhere
+    published: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,14 @@ async def session(room: Any, m: Any, caller: Caller) -> Any:
     return room.session_summary(m.session)
 
 
+@verb("events", mqtt=f.EventsFields, acts=False)
+async def events(room: Any, m: Any, caller: Caller) -> Any:
+    """A session's recorded events with the boot, seq and ts they were published with."""
+    from devicehub.control.events import events as page
+
+    return await page(room, session=m.session, after=m.after, limit=m.limit, published=caller.published)
+
+
 @verb("check", console=f.CheckFields, acts=False)
 async def check(room: Any, m: Any, caller: Caller) -> Any:
     """The dry run of a program for a patient: duration, points, totals, every finding."""
@@ -124,3 +132,7 @@ async def report(room: Any, m: Any, caller: Caller) -> Any:
 async def recover(room: Any, m: Any, caller: Caller) -> Any:
     """Clear the device fault that paused the session (console only: the cause is at the chair)."""
     return await room.recover(session=m.session, by=m.by)
+
+
+# the clinical verbs (adverse_event, course, enrol, course_end) register themselves too
+from devicehub.clinical import verbs as _clinical  # noqa: E402,F401

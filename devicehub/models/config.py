@@ -41,6 +41,17 @@ class _Strict(BaseModel):
             return (Path(base) / value).resolve()
         return value
 
+#: shared/clinical-process.md, "After the session": the clinic's default aftercare advice
+DEFAULT_AFTERCARE = (
+    "Mild redness or sensitivity for 24-48 hours is expected; an ice pack may help.",
+    "You may bathe and wash your hair from the next day, with a gentle shampoo.",
+    "For 24 hours: no make-up, no swimming, and do not touch the treated area.",
+    "For 48 hours: no alcohol, no smoking and no intense exercise.",
+    "Protect the scalp from the sun (sunscreen or a hat).",
+    "A balanced diet, supplements as advised, stress control and regular check-ups help the result.",
+    "Call the clinic at once for a rash, strong swelling, fever, pus or pain that grows.",
+)
+
 
 class DeviceConfig(_Strict):
     id: str = Field(pattern=ROOM_PATTERN, max_length=64)
@@ -116,12 +127,29 @@ class HubConfig(_Strict):
     limits: ConfigPath = Field(Path("limits.yaml"), validate_default=True, description="the clinic limits library")
     programs: ConfigPath = Field(Path("programs"), validate_default=True, description="directory of session programs")
     console_socket: ConfigPath = Field(Path("devicehub.sock"), validate_default=True, description="Unix socket of the local console")
+    courses: ConfigPath = Field(Path("courses"), validate_default=True,
+                                description="directory of course plans (devicehub/course); missing: no plans")
+    timezone: str = Field("UTC", description="the clinic's IANA time zone: dates are shown in it, stored in UTC")
+    aftercare: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: list(DEFAULT_AFTERCARE),
+        description="aftercare advice printed in every report whose program has none of its own")
     remote_confirmation: bool = Field(True, description="a start or resume over MQTT waits for a confirmation at the console")
     max_recoveries: int = Field(3, ge=0, le=100, description="pauses by a recoverable device fault per session; the next one fails it (too_many_faults)")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     _path: Path | None = PrivateAttr(None)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Paris)") from None
+        return value
 
     @model_validator(mode="after")
     def _unique_device_ids(self) -> "HubConfig":

@@ -218,6 +218,8 @@ class Program(_Strict):
     preflight: list[PreflightItem] = Field(default_factory=list)
     grid: Grid | None = None
     steps: list[Step] = Field(min_length=1)
+    aftercare: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="aftercare advice for the patient's report; default: the clinic's (hub config aftercare)")
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> "Program":

@@ -122,7 +122,7 @@ class MqttFrontend:
         self.reconnect_max_s = reconnect_max_s
         self.publish_timeout_s = publish_timeout_s
         self.pipeline = RequestPipeline(room, self.topics, self.envelopes, idempotency, rebirth=self.rebirth,
-                                        max_request_bytes=max_request_bytes)
+                                        published=outbox.published_events, max_request_bytes=max_request_bytes)
         # listen from now on: nothing the room emits is missed. A listener, not a queue:
         # mapping a message only builds its envelope and queues it for the outbox writer
         # (no I/O), and a task hand-off per message was most of the frontend's cost
@@ -363,8 +363,8 @@ class MqttFrontend:
             self._enqueue(self.topics.session, kind, data, session=session, ts=msg.ts, retain=True)
         elif kind == "session.event":
             session = msg.session or data.get("session")
-            self._enqueue(self.topics.session_events(session), kind, data, session=session, ts=msg.ts,
-                          retain=False)
+            self._enqueue(self.topics.session_events(session), kind, data, session=session, ts=msg.ts or utcnow(),
+                          retain=False, event_index=data.get("index"))
         elif kind == "alarms":
             alarms = list(data.get("alarms", []) if isinstance(data, dict) else data)
             # the envelope names the session when the list holds alarms of one (mqtt-api.md)
@@ -385,10 +385,17 @@ class MqttFrontend:
             return _encode(self.envelopes.message(type_, data, seq=seq, tseq=tseq, session=session, ts=ts))
 
     def _enqueue(self, topic: str, type_: str, data: Any, *, session: str | None = None,
-                 ts: datetime | None = None, retain: bool) -> int:
-        """Give a QoS 1 message its seq and put it in the outbox (in that order, at once)."""
-        payload = self._envelope(type_, data, seq=self.envelopes.next_seq(), session=session, ts=ts)
-        entry_id = self.outbox.add(topic, payload, retain)
+                 ts: datetime | None = None, retain: bool, event_index: Any = None) -> int:
+        """Give a QoS 1 message its seq and put it in the outbox (in that order, at once).
+
+        A session event (``event_index``) also goes into the outbox's ledger with the
+        boot, seq and ts it is published with, for the ``events`` verb."""
+        seq = self.envelopes.next_seq()
+        payload = self._envelope(type_, data, seq=seq, session=session, ts=ts)
+        ledger = None
+        if session is not None and type(event_index) is int and ts is not None:
+            ledger = (session, event_index, self.envelopes.boot, seq, rfc3339(ts))
+        entry_id = self.outbox.add(topic, payload, retain, ledger)
         if retain:
             self._retained[topic] = (type_, data, session)
         return entry_id

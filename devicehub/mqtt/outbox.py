@@ -10,6 +10,12 @@ order) and queues the write; the worker commits queued writes in batches, in ord
 Only committed messages are handed to the publisher (:meth:`read`), so nothing is sent
 before it is on disk.
 
+Beside the queue, the outbox keeps a ledger of every session event it was given:
+``(session, index) -> (boot, seq, ts)`` in the table ``published_events``, written in the
+same transaction as the event's outbox row and never deleted on PUBACK. The ``events``
+verb (devicehub/control/events.py) answers from it: each recorded event with the
+``boot``, ``seq`` and ``ts`` of the message that carried it.
+
 The bound is a count of messages. It does not drop anything: past it :meth:`full` is
 true (the room refuses new starts with ``outbox_full``) and every event of a running
 session is still kept. ``on_alarm`` is called with ``"medium"`` past 80 % of the bound,
@@ -63,6 +69,10 @@ class Outbox:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
             " payload BLOB NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS published_events (session TEXT NOT NULL, idx INTEGER NOT NULL,"
+            " boot INTEGER NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (session, idx))"
+            " WITHOUT ROWID")
         count, max_id = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM outbox").fetchone()
         self._count = int(count)
         self._next_id = int(max_id) + 1
@@ -73,7 +83,7 @@ class Outbox:
         self._restored_upto = int(max_id)
         self._mem: dict[int, OutboxEntry] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._ops: list[tuple[str, object]] = []  # ("ins", row) | ("del", id), in order
+        self._ops: list[tuple[str, object]] = []  # ("ins", row) | ("del", id) | ("evt", row), in order
         self._removing: set[int] = set()  # removed in memory, delete not committed yet
         self._flush_task: asyncio.Task[None] | None = None
         self._commit_evt: asyncio.Event | None = None
@@ -122,11 +132,14 @@ class Outbox:
     def committed_upto(self) -> int:
         return self._committed_upto
 
-    def add(self, topic: str, payload: bytes, retain: bool) -> int:
+    def add(self, topic: str, payload: bytes, retain: bool,
+            event: tuple[str, int, int, int, str] | None = None) -> int:
         """Queue a message for writing; returns its id (its place in the replay order).
 
         Must be called on the event loop thread. The message is handed to the
-        publisher once committed (see :meth:`wait_committed`).
+        publisher once committed (see :meth:`wait_committed`). ``event`` is
+        ``(session, index, boot, seq, ts)`` of a session event: it goes into the
+        ledger in the same transaction as the message.
         """
         if self._closed:
             raise RuntimeError("outbox closed")
@@ -134,6 +147,8 @@ class Outbox:
         self._next_id += 1
         payload = bytes(payload)
         self._ops.append(("ins", (entry_id, topic, payload, 1 if retain else 0, time.time())))
+        if event is not None:
+            self._ops.append(("evt", tuple(event)))
         self._mem[entry_id] = OutboxEntry(entry_id, topic, payload, bool(retain))
         self._count += 1
         self._update_alarm()
@@ -199,6 +214,9 @@ class Outbox:
                 if op == "ins":
                     cur.executemany("INSERT INTO outbox (id, topic, payload, retain, created) VALUES (?,?,?,?,?)",
                                     [value for _, value in batch[i:j]])  # type: ignore[misc]
+                elif op == "evt":  # the first publication of an event is the one on record
+                    cur.executemany("INSERT OR IGNORE INTO published_events (session, idx, boot, seq, ts)"
+                                    " VALUES (?,?,?,?,?)", [value for _, value in batch[i:j]])  # type: ignore[misc]
                 else:
                     cur.executemany("DELETE FROM outbox WHERE id = ?", [(value,) for _, value in batch[i:j]])
                 i = j
@@ -255,6 +273,20 @@ class Outbox:
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the outbox's worker thread, in order with its writes."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def published_events(self, session: str, indices: Iterable[int]) -> dict[int, tuple[int, int, str]]:
+        """``{index: (boot, seq, ts)}`` of the given events of ``session`` that went into the
+        outbox (every one queued so far is written first)."""
+        await self.wait_committed(self.last_id)
+        wanted = sorted({int(i) for i in indices})
+        if not wanted:
+            return {}
+        return await self.call(self._select_published, session, wanted[0], wanted[-1])
+
+    def _select_published(self, session: str, lo: int, hi: int) -> dict[int, tuple[int, int, str]]:
+        rows = self._db.execute("SELECT idx, boot, seq, ts FROM published_events WHERE session = ?"
+                                " AND idx BETWEEN ? AND ?", (session, lo, hi)).fetchall()
+        return {int(r[0]): (int(r[1]), int(r[2]), str(r[3])) for r in rows}
 
     def _select(self, after_id: int, upto: int, limit: int) -> list[tuple[int, str, bytes, int]]:
         return self._db.execute(

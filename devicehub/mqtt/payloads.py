@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model, field_validator
 
+from devicehub.clinical.fields import AdverseKind, Severity
 from devicehub.control import fields as vf
 from devicehub.control.table import MQTT, TABLE, validate_with, verbs_for
 from devicehub.mqtt.envelope import parse_rfc3339
@@ -250,6 +251,58 @@ class SessionStateReplyData(BaseModel):
     state: SessionState
 
 
+class CoursePosition(BaseModel):
+    """Where a session stands in its patient's course."""
+
+    model_config = ConfigDict(extra="forbid")
+    course: str
+    phase: str
+    number: int = Field(ge=1, description="its place among the course's completed sessions, if it completes")
+
+
+class StartReplyData(SessionStateReplyData):
+    course: CoursePosition | None = Field(description="for an enrolled patient, else null")
+
+
+class AdverseEventReplyData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session: str
+    index: int = Field(ge=1, description="the adverse_event event's index in its session")
+    action: Literal["recorded", "safe_state"]
+
+
+class DueWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    from_: str = Field(alias="from", description="RFC 3339 UTC")
+    to: str = Field(description="RFC 3339 UTC")
+
+
+class CourseSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session: str
+    program: str
+    state: SessionState
+    created: str
+    ended: str | None
+    phase: str | None = Field(description="the phase it counted for; null when it did not complete")
+    number: int | None = Field(description="its place among the completed sessions; null when it did not complete")
+
+
+class CourseReplyData(BaseModel):
+    """The reply of course, enrol and course_end: the patient's latest course."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_ref: str
+    course: str
+    enrolled: str
+    ended: str | None
+    ended_reason: str | None
+    phase: str = Field(description="the current phase's id (the last one once the course ended)")
+    sessions: list[CourseSession]
+    next_due: DueWindow | None
+    overdue: bool
+
+
 class PreflightReplyData(SessionStateReplyData):
     pending_items: list[str]
 
@@ -265,17 +318,41 @@ class RebirthReplyData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PublishedEvent(BaseModel):
+    """A recorded session event: its message's ``data`` plus that message's ts, boot and seq
+    (``boot`` and ``seq`` null for an event the hub recorded but never published)."""
+
+    model_config = ConfigDict(extra="allow")
+    event: str
+    index: int = Field(ge=1)
+    ts: str = Field(pattern=TS_PATTERN)
+    boot: int | None
+    seq: int | None
+
+
+class EventsReplyData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session: str
+    events: list[PublishedEvent]
+    more: bool = Field(description="true when limit cut the page: ask again with after = the last index")
+
+
 REPLY_DATA_MODELS: dict[str, type[BaseModel]] = {
     "programs": ProgramsReplyData,
     "program": ProgramReplyData,
     "status": StatusReplyData,
     "session": SessionSummaryData,
-    "start": SessionStateReplyData,
+    "start": StartReplyData,
     "preflight": PreflightReplyData,
     "pause": SessionStateReplyData,
     "resume": SessionStateReplyData,
     "abort": AbortReplyData,
     "rebirth": RebirthReplyData,
+    "events": EventsReplyData,
+    "adverse_event": AdverseEventReplyData,
+    "course": CourseReplyData,
+    "enrol": CourseReplyData,
+    "course_end": CourseReplyData,
 }
 
 
@@ -327,7 +404,7 @@ class SessionStateData(BaseModel):
 
 SessionEvent = Literal["created", "preflight_item", "confirmed", "started", "paused", "resumed",
                        "step_started", "step_done", "point_done", "train_done", "exposure_progress",
-                       "alarm", "safe_state", "recovered", "completed", "aborted", "failed",
+                       "alarm", "safe_state", "recovered", "completed", "aborted", "failed", "adverse_event",
                        # recorded and published beyond the document's table (docs/mqtt.md):
                        "state", "prompt", "prompt_acknowledged", "point_skipped", "alongside_started"]
 
@@ -336,6 +413,24 @@ class SessionEventData(BaseModel):
     model_config = ConfigDict(extra="allow")
     event: SessionEvent
     index: int = Field(ge=1, description="position in its session, from 1")
+
+
+class CreatedEventData(SessionEventData):
+    """The ``created`` event: who, what, for whom, and where it stands in a course."""
+
+    course: CoursePosition | None = Field(description="{course, phase, number} for an enrolled patient, else null")
+
+
+class AdverseEventData(SessionEventData):
+    """The ``adverse_event`` event (also after the session's terminal event)."""
+
+    kind: AdverseKind
+    severity: Severity
+    score: int | None
+    onset: str | None
+    note: str | None
+    by: str
+    action: Literal["recorded", "safe_state"]
 
 
 class AlarmsData(RootModel[list[Alarm]]):
@@ -349,4 +444,10 @@ PUBLISHED_DATA_MODELS: dict[str, type[BaseModel]] = {
     "session.state": SessionStateData,
     "session.event": SessionEventData,
     "alarms": AlarmsData,
+}
+
+#: session events with a schema of their own (docs/schemas/mqtt-event-*.json)
+SESSION_EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "created": CreatedEventData,
+    "adverse_event": AdverseEventData,
 }

@@ -29,6 +29,7 @@ from devicehub.mqtt.idempotency import IdempotencyStore, fingerprint
 from devicehub.control.table import MQTT, TABLE, Caller, dispatch
 from devicehub.mqtt.payloads import VERBS, AbortRequest, Request, validate_request
 from devicehub.mqtt.topics import Topics
+from devicehub.clinical.adverse import urgent_payload
 from devicehub.room_api import CommandError, RoomAPI
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,14 @@ class RequestPipeline:
     """Checks a request in the contract's order, acts through the room, builds the reply."""
 
     def __init__(self, room: RoomAPI, topics: Topics, envelopes: EnvelopeFactory, store: IdempotencyStore, *,
-                 rebirth: Callable[[], Any] | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+                 rebirth: Callable[[], Any] | None = None, published: Callable[..., Any] | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.room = room
         self.topics = topics
         self.envelopes = envelopes
         self.store = store
         self.rebirth = rebirth
+        self.published = published
         self.max_request_bytes = max_request_bytes
 
     async def handle(self, req: IncomingRequest) -> Outcome:
@@ -134,6 +137,8 @@ class RequestPipeline:
             # the room's abort joins this safe state (same trigger time) instead of starting one
             await self._safe_state_now(req)
         body, parse_error = parse_payload(req.payload, self.max_request_bytes)
+        # a severe adverse event acts like an abort despite a bad reply path or expires_at
+        urgent = verb == "adverse_event" and urgent_payload(body)
 
         # 1. reply path (MQTT 5 properties win over the payload's reply_to/correlation_id)
         reply_topic, corr_text, corr_bytes, path_error = self._reply_path(req, body)
@@ -141,6 +146,8 @@ class RequestPipeline:
             if is_abort and not req.retain:
                 await self._abort(body, None, req)
                 return Outcome(verb, True, note=f"abort acted; no reply: {path_error}")
+            if urgent and not req.retain:
+                return await self._urgent_without_reply(req, body, path_error)
             log.warning("request on %s refused: %s", req.topic, path_error)
             return Outcome(verb, False, note=path_error)
 
@@ -184,10 +191,13 @@ class RequestPipeline:
             except CommandError as exc:
                 problem = exc
 
-        # 5. expired
+        # 5. expired (a severe adverse event acts all the same; its reply says it was late)
+        late: CommandError | None = None
         if problem is None and model is not None and model.expires_at is not None:
             if parse_rfc3339(model.expires_at) <= req.received_at:
                 problem = CommandError("expired", f"the request expired at {model.expires_at}", field="expires_at")
+                if urgent:
+                    late, problem = problem, None
 
         # 6. unknown_verb
         if problem is None and verb not in VERBS:
@@ -207,8 +217,11 @@ class RequestPipeline:
         else:
             assert model is not None and verb is not None
             try:
-                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
+                data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth,
+                                                                       published=self.published))
                 reply = {"ok": True, "data": data}
+                if late is not None:  # acted, as an abort does; the reply says what was wrong
+                    reply = {"ok": False, "data": data, "error": late.to_dict()}
                 acted = TABLE[verb].acts
             except CommandError as exc:
                 reply = {"ok": False, "error": exc.to_dict()}
@@ -254,6 +267,21 @@ class RequestPipeline:
         except Exception:  # noqa: BLE001 - the abort below tries again
             log.critical("safe state on abort failed", exc_info=True)
             return None
+
+    async def _urgent_without_reply(self, req: IncomingRequest, body: dict[str, Any] | None,
+                                    path_error: str) -> Outcome:
+        """A severe adverse event with a reply path outside the root: acted on, no reply."""
+        verb = "adverse_event"
+        try:
+            model = validate_request(verb, body or {})
+            stored = await self.store.get(model.request_id)
+            if stored is not None:
+                return Outcome(verb, False, note=f"repeat; no reply: {path_error}")
+            data = await dispatch(self.room, verb, model, Caller(MQTT, req.t_arrival, rebirth=self.rebirth))
+            await self.store.put(model.request_id, fingerprint(verb, body), {"ok": True, "data": data})
+        except CommandError as exc:
+            return Outcome(verb, False, note=f"{exc.code}: {exc.message}; no reply: {path_error}")
+        return Outcome(verb, True, note=f"adverse event acted; no reply: {path_error}")
 
     def _active_session(self) -> str | None:
         try:

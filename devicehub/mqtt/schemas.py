@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from devicehub.mqtt.payloads import (PUBLISHED_DATA_MODELS, REPLY_DATA_MODELS, REQUEST_MODELS, Alarm, Envelope,
-                                     ErrorInfo, LimitFinding, Reply)
+from devicehub.mqtt.payloads import (PUBLISHED_DATA_MODELS, REPLY_DATA_MODELS, REQUEST_MODELS, SESSION_EVENT_MODELS,
+                                     Alarm, Envelope, ErrorInfo, LimitFinding, Reply)
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 PREFIX = "mqtt-"
@@ -49,6 +49,8 @@ def schemas() -> dict[str, dict[str, Any]]:
         add(model, f"reply-data-{verb}", f"The data member of a successful {verb} reply")
     for type_, model in PUBLISHED_DATA_MODELS.items():
         add(model, f"data-{type_.replace('.', '-')}", f"The data member of a {type_} message")
+    for event, model in SESSION_EVENT_MODELS.items():
+        add(model, f"event-{event.replace('_', '-')}", f"The data member of a session.event message of event {event}")
     return out
 
 

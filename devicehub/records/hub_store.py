@@ -26,6 +26,11 @@ class HubStore(AsyncRecordStore):
             self._reader = RecordStore(self.path, readonly=True)
         return self._reader
 
+    def read(self, fn: Any, *args: Any) -> Any:
+        """``fn(store, *args)`` on the read-only connection, from the event loop (quick look-ups
+        only, e.g. a patient's course standing for a start's checks)."""
+        return fn(self._read(), *args)
+
     def read_session(self, session_id: str) -> dict[str, Any] | None:
         try:
             check_session_id(session_id)

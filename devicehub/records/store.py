@@ -572,10 +572,11 @@ class RecordStore:
         row = self._session_row(session_id)
         return None if row is None else json.loads(row["program_json"])
 
-    def events(self, session_id: str, after: int = 0) -> list[dict[str, Any]]:
-        """Events with index > ``after``, in order: {session, index, ts, event, data, prev_hash, hash}."""
-        rows = self._conn.execute("SELECT * FROM events WHERE session_id = ? AND idx > ? ORDER BY idx",
-                                  (session_id, int(after))).fetchall()
+    def events(self, session_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events with index > ``after``, in order (at most ``limit``): {session, index, ts, event, data,
+        prev_hash, hash}."""
+        rows = self._conn.execute("SELECT * FROM events WHERE session_id = ? AND idx > ? ORDER BY idx LIMIT ?",
+                                  (session_id, int(after), -1 if limit is None else int(limit))).fetchall()
         return [{"session": r["session_id"], "index": r["idx"], "ts": r["ts"], "event": r["event"],
                  "data": json.loads(r["data_json"]), "prev_hash": r["prev_hash"], "hash": r["hash"]}
                 for r in rows]

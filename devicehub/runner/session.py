@@ -120,6 +120,7 @@ class SessionRunner:
         options: RunnerOptions | None = None,
         program_json: dict[str, Any] | None = None,
         acknowledged_by: dict[str, str] | None = None,
+        course: dict[str, Any] | None = None,
     ) -> None:
         self.session_id = session_id
         self.program = program
@@ -174,6 +175,10 @@ class SessionRunner:
         #: set while no stop is under way
         self._stop_idle = asyncio.Event()
         self._stop_idle.set()
+        #: {course, phase, number} for an enrolled patient (the created event's ``course``)
+        self.course = course
+        #: set by a severe adverse event: the next output needs a confirmation at the chair
+        self.chair_confirmation = False
         self.start_marks: dict[str, float] = {}
         self.alongside_barrier: asyncio.Barrier | None = None
 
@@ -291,7 +296,8 @@ class SessionRunner:
         await self.event("created", program=self.program.id, version=self.program.version, sha256=self.sha256,
                          patient_ref=self.patient_ref, operator=self.operator, origin=self.origin,
                          params=self.params, acknowledged=self.acknowledged,
-                         **({"acknowledged_by": self.acknowledged_by} if self.acknowledged_by else {}))
+                         **({"acknowledged_by": self.acknowledged_by} if self.acknowledged_by else {}),
+                         course=self.course)
         self.publish_state()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise-{self.session_id}")
         await self._advance_from_preflight()
@@ -326,6 +332,7 @@ class SessionRunner:
             if self.state != "awaiting_confirmation":
                 raise InvalidState(f"session is {self.state}, not awaiting_confirmation")
             await self.event("confirmed", by=by)
+            self.chair_confirmation = False
             await self._start_running()
 
     async def _start_running(self) -> None:
@@ -352,11 +359,12 @@ class SessionRunner:
             if self.recovery is not None:
                 raise InvalidState(f"session is paused by a fault on {self.recovery['device']} "
                                    f"({self.recovery['text']}): recover it at the chair first. {self.recovery['hint']}")
-            if remote and self.confirmation_required:
+            if (remote and self.confirmation_required) or self.chair_confirmation:
                 await self._set_state("awaiting_confirmation", reason="resume")
                 return
             if by:
                 await self.event("confirmed", by=by)
+            self.chair_confirmation = False
             await self._start_running()
 
     async def recover(self, by: str) -> dict[str, Any]:
@@ -401,6 +409,15 @@ class SessionRunner:
         await self._opened.wait()
         await self._stop("failed", trigger=trigger or reason, reason=reason, t_trigger=t_trigger, alarm=alarm)
 
+    async def stop_for(self, *, trigger: str, reason: str, t_trigger: float | None = None,
+                       before_record: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Pause a running session for ``trigger`` (an adverse event): safe state first, then
+        ``before_record`` (the trigger's own event), then safe_state and paused."""
+        await self._opened.wait()
+        if self.state != "running" or self._stopping:
+            return
+        await self._stop("paused", trigger=trigger, reason=reason, t_trigger=t_trigger, before_record=before_record)
+
     async def wait(self) -> str:
         await self._finished.wait()
         return self.state
@@ -418,7 +435,8 @@ class SessionRunner:
     # ================================================================== stopping
     async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
                     alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
-                    recovery: dict[str, Any] | None = None) -> None:
+                    recovery: dict[str, Any] | None = None,
+                    before_record: Callable[[], Awaitable[None]] | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
         if self.finished or (self._stopping and kind == "paused"):
@@ -440,19 +458,22 @@ class SessionRunner:
         self._escalate = None
         try:
             await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first,
-                                 recovery=recovery)
+                                 recovery=recovery, before_record=before_record)
         finally:
             self._stop_idle.set()
 
     async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
                         alarm: dict[str, Any] | None, first: SafeStateReport | None = None,
-                        recovery: dict[str, Any] | None = None) -> None:
+                        recovery: dict[str, Any] | None = None,
+                        before_record: Callable[[], Awaitable[None]] | None = None) -> None:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
         report = first if first is not None else await safe_state_all(
             self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
         self.last_safe_state = report
+        if before_record is not None:  # the trigger's own event, first in the record
+            await before_record()
         if alarm is not None:  # recorded once the room is safe, never before
             await self.record_alarm(alarm)
         if task is not None and task is not asyncio.current_task() and not task.done():

@@ -368,3 +368,32 @@ async def test_broker_outage_mid_session(persistent_broker: LocalBroker, tmp_pat
         # the birth of the new connection comes before the replay
         first_hist = next(i for i, b in enumerate(order) if b.get("historical") and b.get("type") == "session.event")
         assert any(b.get("type") == "status" and b["data"]["state"] == "online" for b in order[:first_hist][-50:])
+
+
+async def test_events_recorded_but_never_published_go_out_at_the_next_start(setup: Setup) -> None:
+    """A hub killed between recording an event and queueing it for MQTT: the next start
+    publishes what the record holds and the outbox never had, before marking the session
+    failed, so a follower's indices run 1..N without a gap."""
+    from devicehub.records.store import RecordStore, new_session_id
+
+    sid = new_session_id()
+    with RecordStore(setup.room.directory / "devicehub.sqlite") as records:  # as a previous hub left it
+        records.create_session(sid, program_id="demo", program_version="1", program_sha256="0" * 64,
+                               program_json={}, patient_ref="P-gap", operator="tech", origin="console",
+                               params={}, acknowledgements=[])
+        for name, data in (("state", {"state": "created", "previous": None}),
+                           ("created", {"program": "demo", "patient_ref": "P-gap", "operator": "tech"}),
+                           ("state", {"state": "running", "previous": "created"}), ("started", {})):
+            records.append_event(sid, name, data)
+    async with Clinic(setup.port, setup.root) as clinic:
+        await setup.hub.astart()
+        await clinic.wait_event(sid, "failed")
+        await clinic.wait_for(lambda m: m.topic.endswith(f"{sid}/events") and m.body["data"]["event"] == "state"
+                              and m.body["data"]["state"] == "failed")
+        events = clinic.events(sid)
+        assert [e["data"]["index"] for e in events] == [1, 2, 3, 4, 5, 6], [e["data"] for e in events]
+        assert [e["data"]["event"] for e in events][:4] == ["state", "created", "state", "started"]
+        assert events[4]["data"]["reason"] == "hub_restart"
+        # and the events verb now has their boot and seq
+        page = await clinic.request("events", {"session": sid})
+        assert page["ok"] and all(e["seq"] is not None for e in page["data"]["events"]), page

@@ -121,7 +121,7 @@ class StubRoom:
         self.active = session
         self.event(session, "created", program=program, patient_ref=patient_ref, operator=operator)
         self.set_state(session, "awaiting_confirmation")
-        return {"session": session, "state": "awaiting_confirmation"}
+        return {"session": session, "state": "awaiting_confirmation", "course": None}
 
     async def preflight(self, *, session: str, item: str, done: bool, by: str) -> dict[str, Any]:
         self._record("preflight", session=session, item=item, done=done, by=by)

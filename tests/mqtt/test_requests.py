@@ -60,7 +60,7 @@ async def test_every_verb_is_routed_to_the_room(broker, tmp_path):
                                           "acknowledge": ["s1.voltage_v"]})
         check_reply(rep, fe, "st1", True)
         session = rep["data"]["session"]
-        assert rep["data"] == {"session": session, "state": "awaiting_confirmation"}
+        assert rep["data"] == {"session": session, "state": "awaiting_confirmation", "course": None}
         assert room.calls[-1] == ("start", {"program": "scalp-a", "patient_ref": "P-1", "operator": "dr. a",
                                             "params": {"s1": {"voltage_v": 40}}, "acknowledge": ["s1.voltage_v"],
                                             "origin": "mqtt"})
