@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -47,6 +47,17 @@ class DeviceManager:
         self.unresponsive: set[str] = set()
         self._missed: dict[str, int] = {}
         self._last_reading: dict[str, float] = {}  # monotonic time of each device's last telemetry
+        #: called (awaited, in the device's own upkeep) when a device answers again: on each
+        #: connection, when it answers after being unresponsive, and on each poll while it is
+        #: in ``unsettled``; the room settles its open deliveries and clears a watchdog fault
+        self.on_answer: Callable[[str], Awaitable[None]] | None = None
+        #: a watchdog fault found outside a session is the room's to clear (device_watchdog),
+        #: not an alarm of its own (shared/mqtt-api.md, "Latched device faults outside a session")
+        self.room_clears_watchdogs = False
+        #: devices that may still have deliveries open in the record (settled on their next answer)
+        self.unsettled: set[str] = set()
+        #: devices being settled right now: unavailable to a start or a resume until done
+        self.held: set[str] = set()
         for dev in config.devices:
             self.devices[dev.id] = create_driver(dev.type, dev.endpoint, device_id=dev.id, **dict(dev.options or {}))
             self.types[dev.id] = dev.type
@@ -85,6 +96,7 @@ class DeviceManager:
     def unavailable(self, ids: list[str] | None = None) -> list[str]:
         ids = list(self.devices) if ids is None else ids
         return [i for i in ids if i not in self.devices or not self.devices[i].connected or i in self.unresponsive
+                or i in self.held or i in self.unsettled
                 or (self.last_status.get(i) is not None and self.last_status[i].state == "fault")]
 
     async def not_answering(self, ids: list[str]) -> list[str]:
@@ -136,14 +148,21 @@ class DeviceManager:
         for dev_id in self.devices:
             self._publish_state(dev_id, force=True)
 
+    def note_status(self, dev_id: str, st: DeviceStatus) -> None:
+        self._note_status(dev_id, st)
+        self._publish_state(dev_id)
+
     def _note_status(self, dev_id: str, st: DeviceStatus) -> None:
-        """Keep the newest status; a device newly seen in fault outside a session (its
-        watchdog fired, it faulted while idle, a crashed hub left it so) is a high alarm.
-        In a session the runner raises it, with the session."""
+        """Keep the newest status; a device newly seen in fault outside a session (it
+        faulted while idle, a session left it so) is a high alarm. In a session the runner
+        raises it, with the session. A watchdog fault has its own path: the room clears it
+        when it talks to the device again (``device_watchdog``, devicehub/late_settlement.py)."""
         before = self.last_status.get(dev_id)
         self.last_status[dev_id] = st
         if st.state == "fault" and (before is None or before.state != "fault") and not self.running:
             watchdog = str(st.fault) in WATCHDOG_CODES
+            if watchdog and self.room_clears_watchdogs:
+                return
             code = "watchdog" if watchdog else "device_fault"
             self.alarms.raise_alarm(priority="high", source=dev_id, code=code, key=f"{dev_id}:{code}",
                                     text=f"{dev_id}: {st.fault_text or 'fault'} ({st.fault})")
@@ -164,7 +183,18 @@ class DeviceManager:
             return False
         self.alarms.clear(f"{dev_id}:disconnected")
         self._publish_state(dev_id)
+        await self._answered(dev_id)
         return True
+
+    async def _answered(self, dev_id: str) -> None:
+        if self.on_answer is None:
+            return
+        self.unsettled.discard(dev_id)
+        try:
+            await self.on_answer(dev_id)
+        except Exception:  # noqa: BLE001 - upkeep goes on; tried again at the next answer
+            log.exception("%s: handling its answer failed", dev_id)
+            self.unsettled.add(dev_id)
 
     async def _upkeep(self, dev_id: str) -> None:
         dev = self.devices[dev_id]
@@ -229,11 +259,14 @@ class DeviceManager:
                 self._publish_state(dev_id)
             return False
         self._missed[dev_id] = 0
-        if dev_id in self.unresponsive:
+        back = dev_id in self.unresponsive
+        if back:
             self.unresponsive.discard(dev_id)
             self.alarms.clear(f"{dev_id}:unresponsive")
         self._note_status(dev_id, st)
         self._publish_state(dev_id)
+        if counted and (back or dev_id in self.unsettled):
+            await self._answered(dev_id)
         # telemetry at the configured rate: an early poll (after a train or an exposure
         # ends) updates the state and the hooks, but sends a reading only when one is due
         now = time.monotonic()

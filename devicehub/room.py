@@ -97,7 +97,29 @@ class Room:
 
     # ================================================================== lifetime
     async def open(self) -> None:
-        """Connect the devices, mark sessions a crash interrupted, publish the room's state."""
+        """Connect the devices, every output off, settle what a crash left open, then mark
+        the sessions it interrupted and publish the room's state.
+
+        Order (docs/records.md): the safe state first (the ICDs keep what is to be read
+        through the off commands: EPG-1's last-train report until the next OUTP:TRIG,
+        LED-1/PEMF-1's run registers until the next start, INJ-1's totals always); then
+        each device that answers has its open deliveries settled from its counters
+        (``delivery_settled``, late) and a watchdog fault the dead hub caused cleared;
+        only then is each interrupted session marked ``failed`` / ``hub_restart`` with
+        the totals of its delivery rows."""
+        from devicehub.late_settlement import LateSettlement
+
+        self.late = LateSettlement(self)
+        self.devices.room_clears_watchdogs = True
+        await self.devices.start()
+        # whatever a previous hub left behind: every output off before anything else
+        await safe_state_all(self.devices.devices, "hub_start")
+        for dev_id in self.devices.devices:
+            if self.devices.connected(dev_id):
+                await self.late.device_back(dev_id)
+            else:
+                self.devices.unsettled.add(dev_id)  # settled when it connects
+        self.devices.on_answer = self.late.device_back
         for sid in await self.store.unfinished_sessions():
             await self._publish_unpublished(sid)
             # what had been delivered, as the record's delivery rows say (the document's
@@ -119,9 +141,6 @@ class Room:
         if self._recorded_last is not None:
             self.bus.emit("session.state", self._recorded_last, session=self._recorded_last["session"])
         self.bus.emit("alarms", {"alarms": self.alarms.active()})
-        await self.devices.start()
-        # whatever a previous hub left behind: every output off before anything else
-        await safe_state_all(self.devices.devices, "hub_start")
 
     async def _publish_unpublished(self, sid: str) -> None:
         """Events of an interrupted session that the record holds but that never reached the
@@ -370,6 +389,10 @@ class Room:
             await runner.wait()
         finally:
             self.devices.set_running(False)
+            # a delivery its device could not say at the stop is settled at its next answer
+            summary = self.store.read_session(runner.session_id) or {}
+            for d in summary.get("in_flight") or []:
+                self.devices.unsettled.add(d["device"])
         await self._write_report(runner.session_id)
 
     async def report(self, session_id: str) -> dict[str, Any]:
@@ -431,7 +454,11 @@ class Room:
         return {"session": runner.session_id, "state": runner.state, "pending_items": runner.pending_preflight()}
 
     async def confirm(self, *, session: str, by: str) -> dict[str, Any]:
+        from devicehub.faults import check_devices_for_rest
+
         runner = self._session(session)
+        if runner.state == "awaiting_confirmation" and runner.started_at is not None:
+            await check_devices_for_rest(self, runner)  # a resume's confirmation: the room again
         with _as_command_errors():
             await runner.confirm(by)
         return {"session": runner.session_id, "state": runner.state}
@@ -454,10 +481,20 @@ class Room:
         runner = self._session(session)
         with _as_command_errors():
             await runner.pause(reason)
+        # a delivery its device could not say at the pause is settled at the device's next answer
+        self.devices.unsettled.update(runner.unsettled_devices())
         return {"session": runner.session_id, "state": runner.state}
 
     async def resume(self, *, session: str, origin: str = "mqtt", by: str | None = None) -> dict[str, Any]:
+        from devicehub.faults import check_devices_for_rest
+
         runner = self._session(session)
+        if runner.state != "paused":
+            raise CommandError("invalid_state", f"session is {runner.state}; only a paused session can resume")
+        if runner.recovery is not None:  # invalid_state comes before device_unavailable (mqtt-api)
+            with _as_command_errors():
+                await runner.resume(remote=origin == "mqtt", by=by)  # refused: recover first
+        await check_devices_for_rest(self, runner)  # the session stays paused when one is missing
         with _as_command_errors():
             await runner.resume(remote=origin == "mqtt", by=by)
         return {"session": runner.session_id, "state": runner.state}

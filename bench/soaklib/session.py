@@ -107,6 +107,15 @@ async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0
         with contextlib.suppress(BaseException):
             await acker
     summary = await room.aread("session", sid) or {}
+    # a delivery whose device could not be read at the stop (a cut link, a stall) stays in
+    # flight until the device answers again, then is settled late (docs/records.md): the
+    # record is judged once that has happened (or said so, when it does not)
+    deadline = time.monotonic() + 20.0
+    while summary.get("in_flight") and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # poll the record while the hub reconnects
+        summary = await room.aread("session", sid) or {}
+    if summary.get("in_flight"):
+        out.notes.append(f"still in flight 20 s after the end: {[d.get('device') for d in summary['in_flight']]}")
     out.state, out.reason = summary.get("state", "unknown"), summary.get("reason")
     await _settle_outputs(room, out)
     out.after = await room.world.states()

@@ -82,7 +82,7 @@ async def adverse_event(room: Any, *, session: Any, kind: Any, severity: Any, by
         raise CommandError("bad_request", "session must be a non-empty string", field="session")
     check_fields(kind=kind, severity=severity, by=by, score=score, onset=onset, note=note)  # no await
     report = None
-    if urgent and live and (runner.state != "running" or runner._stopping):  # noqa: SLF001
+    if urgent and live and (runner.state != "running" or runner.stopping):
         # not delivering: the room's devices to their safe state first, before any record
         # write or lock (a running session's own stop path does the same, below)
         report = await _safe_state(room, runner, t0)

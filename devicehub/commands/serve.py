@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
     k.add_argument("--abort", nargs="?", const="", metavar="SESSION", help="abort (the active session) and exit")
     k.add_argument("--ack-prompt", action="store_true", help="acknowledge the waiting confirm step and exit")
     k.add_argument("--ack-alarms", action="store_true", help="acknowledge every latched alarm and exit")
+    k.add_argument("--clear-fault", metavar="DEVICE",
+                   help="send DEVICE its clear command for a latched fault (--by who); exit 0 when it then "
+                        "shows no fault, 1 with its fault text while the cause is still there")
     k.add_argument("--recover", metavar="SESSION",
                    help="clear the device fault that paused the session (by --by) and exit; resume after it")
     k.set_defaults(func=console_main)
@@ -99,6 +102,25 @@ async def _one(config: Any, op: str, **fields: Any) -> int:
         return 1
 
 
+async def _clear_fault(config: Any, device: str, by: str) -> int:
+    from devicehub.local_console import ConsoleClient
+
+    try:
+        async with ConsoleClient(config.console_socket) as c:
+            reply = await c.request("clear_fault", device=device, by=by)
+    except (FileNotFoundError, ConnectionError, PermissionError) as exc:
+        print(f"the hub is not reachable at {config.console_socket}: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        return _print_reply(reply)
+    data = reply.get("data") or {}
+    if data.get("cleared"):
+        print(f"{device}: fault cleared by {by}; state {data.get('state')}")
+        return 0
+    print(f"{device}: still in fault {data.get('fault')}: {data.get('fault_text')}", file=sys.stderr)
+    return 1
+
+
 def confirm_main(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -124,6 +146,8 @@ def console_main(args: argparse.Namespace) -> int:
         return asyncio.run(_one(config, "recover", session=args.recover, by=by))
     if args.ack_alarms:
         return asyncio.run(_one(config, "alarm_ack"))
+    if args.clear_fault:
+        return asyncio.run(_clear_fault(config, args.clear_fault, by))
     return asyncio.run(_watch(config, by, args.plain))
 
 

@@ -95,6 +95,11 @@ class AbortFields(Fields):
     reason: Text | None = None
 
 
+class ClearFaultFields(Fields):
+    device: Id
+    by: Name
+
+
 class RecoverFields(Fields):
     session: Id
     by: Name

@@ -128,6 +128,14 @@ async def report(room: Any, m: Any, caller: Caller) -> Any:
     return await room.report(m.session)
 
 
+@verb("clear_fault", console=f.ClearFaultFields)
+async def clear_fault(room: Any, m: Any, caller: Caller) -> Any:
+    """Send a device its own clear command for a latched fault (console only)."""
+    from devicehub.faults import clear_fault as clear
+
+    return await clear(room, m.device, m.by)
+
+
 @verb("recover", console=f.RecoverFields)
 async def recover(room: Any, m: Any, caller: Caller) -> Any:
     """Clear the device fault that paused the session (console only: the cause is at the chair)."""

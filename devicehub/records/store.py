@@ -49,7 +49,7 @@ STATE_EVENT = "state"
 TERMINAL_EVENTS = TERMINAL_STATES
 STATE_CHANGING_EVENTS = (STATE_EVENT, *TERMINAL_EVENTS)
 #: the other events a session summary reads (start time, per-step results)
-SUMMARY_EVENTS = ("started", "step_started", "step_done")
+SUMMARY_EVENTS = ("started", "step_started", "step_done", "delivery_settled")
 #: delivery statuses the runner is expected to use; ``done`` counts as a point done
 DELIVERY_DONE = "done"
 
@@ -243,6 +243,10 @@ def _delivery_hash(prev_hash: str, row: dict[str, Any]) -> str:
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
+
+#: the amounts a late settlement adds to a session's totals (the runner's quantities)
+LATE_AMOUNTS = frozenset({"volume_ul", "shots", "pulses", "charge_uc", "energy_mj", "exposure_s", "fluence_j_cm2",
+                          "field_time_s", "field_pulses"})
 
 #: delivered fields that are not amounts: their total is the largest value seen
 MAX_FIELDS = frozenset({"depth_mm", "timing_error_us", "impedance_ohm", "settle_ms"})
@@ -594,6 +598,31 @@ class RecordStore:
                  "delivered": _loads(r["delivered_json"]), "status": r["status"],
                  "result_ts": r["result_ts"], "event_index": r["event_idx"]} for r in rows]
 
+    def open_deliveries(self, device: str | None = None, exclude_session: str | None = None) -> list[dict[str, Any]]:
+        """Intents of any session that have no result yet (``in_flight``), oldest first;
+        a late settlement reads the device's counters for each (docs/records.md)."""
+        rows = self._conn.execute(
+            "SELECT i.id, i.session_id, i.step_id, i.zone, i.point, i.device, i.planned_json, i.ts "
+            "FROM deliveries i LEFT JOIN deliveries r ON r.intent_id = i.id AND r.phase = 'result' "
+            "WHERE i.phase = 'intent' AND r.id IS NULL AND (? IS NULL OR i.device = ?) "
+            "AND (? IS NULL OR i.session_id != ?) ORDER BY i.id",
+            (device, device, exclude_session, exclude_session)).fetchall()
+        return [{"id": r["id"], "session": r["session_id"], "step_id": r["step_id"], "zone": r["zone"],
+                 "point": r["point"], "device": r["device"], "planned": _loads(r["planned_json"]),
+                 "ts": r["ts"]} for r in rows]
+
+    def started_deliveries(self, session_id: str) -> set[int]:
+        """Ids of the session's deliveries whose device confirmed the run began
+        (``delivery_started`` events)."""
+        rows = self._conn.execute("SELECT data_json FROM events WHERE session_id = ? AND event = 'delivery_started'",
+                                  (session_id,)).fetchall()
+        out = set()
+        for r in rows:
+            d = json.loads(r["data_json"]).get("delivery")
+            if isinstance(d, int):
+                out.add(d)
+        return out
+
     def session(self, session_id: str) -> dict[str, Any] | None:
         """The recorded summary (mqtt-api ``session`` reply data), or None if unknown.
 
@@ -625,6 +654,17 @@ class RecordStore:
                     started_at = e["ts"]
                 break
         totals = folded["totals"]
+        if totals is not None:
+            # deliveries settled late, after the terminal event: the devices counted them too
+            end_idx = max((e["index"] for e in events if e["event"] in TERMINAL_EVENTS), default=None)
+            late = [e for e in events if e["event"] == "delivery_settled" and e["data"].get("late")
+                    and end_idx is not None and e["index"] > end_idx]
+            if late:
+                totals = {dev: dict(vals) for dev, vals in totals.items()}
+                for e in late:
+                    amounts = {k: v for k, v in (e["data"].get("delivered") or {}).items()
+                               if k in LATE_AMOUNTS}
+                    _add_numbers(totals.setdefault(str(e["data"].get("device")), {}), amounts)
         if totals is None:
             totals = {}
             for d in deliveries:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from devicehub.runner.context import StepContext, StepFailure, next_event
 from devicehub.runner.pulse_timing import TrainTiming, check_pulse
-from devicehub.runner.session import StepFailure, next_event
 from drivers.epg import EpgTrain
 
 #: the load assumed when no impedance was measured (as the program validation assumes)
 DEFAULT_LOAD_OHM = 500.0
 
 
-async def run(runner: Any, step: Any) -> None:
+async def run(runner: StepContext, step: Any) -> None:
     dev_id, epg = runner.device_for(step)
     sp = runner.progress[step.id]
     await epg.set_pulse_events(True)
@@ -65,74 +65,37 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
     train = EpgTrain(amplitude_v=step.amplitude_v, width_ms=step.width_ms, period_ms=step.period_ms, pulses=pulses,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
-    offsets: list[int] = []
     timing = TrainTiming(step.period_ms, runner.options.pulse_timing)
-    # "triggered": from the moment OUTP:TRIG may have reached the device; before it, the
-    # device's train report is the previous point's and must not be counted again
-    accounted = {"done": False, "triggered": False}
-
-    async def settle(status: str) -> None:
-        """After a stop mid-train: count the pulses the device reported, no more, no less."""
-        if accounted["done"]:
-            return
-        accounted["done"] = True
-        n = len(offsets)
-        charge = energy = 0.0
-        try:
-            if not accounted["triggered"]:
-                raise LookupError("no train was triggered for this point")
-            rep = await epg.train_report()
-            if rep.pulses == n:
-                charge, energy = rep.charge_uc, rep.energy_mj
-            elif rep.pulses > n:  # pulses whose events were lost in the stop still count
-                n, charge, energy = rep.pulses, rep.charge_uc, rep.energy_mj
-        except Exception:  # noqa: BLE001 - the device may be the reason we stopped
-            pass
-        if n:
-            try:
-                runner.account(dev_id, pp, pulses=n, charge_uc=charge, energy_mj=energy)
-            except Exception:  # noqa: BLE001 - the room is already safe; recorded below
-                pass
-        await runner.store.delivery_result(pp.delivery_id, status=status, delivered={
-            "pulses": n, "charge_uc": round(charge, 3), "energy_mj": round(energy, 3), **timing.delivered()})
-        pp.delivery_id = None
-
-    await runner.begin_point(dev_id, step, pp, settle, planned={
+    # the intent, with the device's last-train report as it is before this train: after a
+    # stop (or a hub restart) the train is what the report says, counted only if this
+    # train was triggered (devicehub/runner/settlement.py)
+    delivery = await runner.open_delivery(dev_id, step, point=pp, planned={
         "pulses": pulses, "amplitude_v": step.amplitude_v, "width_ms": step.width_ms, "period_ms": step.period_ms,
         **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {})})
+    delivery.details = timing.delivered  # the timing error so far, also in a result written on a stop
     runner.publish_state()
     timeout = pulses * step.period_ms / 1000.0 + runner.options.train_margin_s
     async with epg.subscribe() as q:
         await epg.start()
-        accounted["triggered"] = True
         await epg.trigger()
+        await runner.delivery_started(delivery)  # the device answered OK to OUTP:TRIG
         done = None
         deadline = asyncio.get_running_loop().time() + timeout
         late = StepFailure("train_timeout", f"{dev_id}: no DONE within {timeout:.1f} s", alarm="device_fault")
         while done is None:
             ev = await next_event(q, deadline, late)
             if ev.kind == "pulse":
-                offsets.append(int(ev.data.get("t_us", 0)))
                 await check_pulse(runner, timing, dev_id, step, pp, ev)
             elif ev.kind == "train_done":
                 done = ev
-    report = await epg.train_report()
-    accounted["done"] = True
-    runner.set_active(dev_id, None)
     timing_error = timing.error_us  # the largest interval error (EPG-1 ICD)
-    runner.account(dev_id, pp, pulses=report.pulses, charge_uc=report.charge_uc, energy_mj=report.energy_mj)
-    if report.pulses != pulses:
-        raise StepFailure("train_mismatch", f"{dev_id}: train report {report.pulses} pulses, {pulses} configured",
+    report = await runner.settle(delivery, "done", **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {}))
+    if int(report.get("pulses", 0)) != pulses:
+        raise StepFailure("train_mismatch", f"{dev_id}: train report {report.get('pulses')} pulses, {pulses} configured",
                           alarm="device_fault")
-    delivered = {"pulses": report.pulses, "charge_uc": round(report.charge_uc, 3),
-                 "energy_mj": round(report.energy_mj, 3), "peak_ma": round(report.peak_ma, 3),
-                 "timing_error_us": round(timing_error, 1),
-                 **({"impedance_ohm": round(ohm, 1)} if ohm is not None else {})}
-    await runner.store.delivery_result(pp.delivery_id, delivered=delivered, status="done")
-    pp.delivery_id = None
     pp.status = "done"
-    await runner.event("train_done", step=step.id, zone=pp.zone, point=pp.point, pulses=report.pulses,
-                       charge_uC=round(report.charge_uc, 3), energy_mJ=round(report.energy_mj, 3),
+    await runner.event("train_done", step=step.id, zone=pp.zone, point=pp.point, pulses=int(report["pulses"]),
+                       charge_uC=round(report["charge_uc"], 3), energy_mJ=round(report["energy_mj"], 3),
                        timing_error_us=round(timing_error, 1))
     await runner.event("point_done", step=step.id, zone=pp.zone, point=pp.point, device=dev_id,
                        delivered={"pulses": int(pp.get("pulses")), "charge_uC": round(pp.get("charge_uc"), 3),

@@ -10,16 +10,22 @@ so they start together; the start skew is recorded.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
-from devicehub.runner.progress import PointProgress
-from devicehub.runner.session import ActivePoint, StepFailure, next_event
+from devicehub.runner.context import StepContext, StepFailure, next_event
 
 #: the emitter's own watchdog while on; the driver heartbeats well inside it
 WATCHDOG_MS = 1000
 #: amounts smaller than this are "nothing left to deliver"
 EPSILON_S = 0.1
+
+
+def _tenths(left_s: float) -> float:
+    """What is still owed, on the device's 0.1 s grid, never rounded up by more than a few
+    milliseconds: over any number of pauses an exposure stays within planned + 0.1 s."""
+    return max(0.1, math.floor((left_s + 0.02) * 10.0) / 10.0)
 
 
 def _plan(runner: Any, step: Any) -> tuple[Any, float, dict[str, float]] | None:
@@ -45,7 +51,7 @@ def _plan(runner: Any, step: Any) -> tuple[Any, float, dict[str, float]] | None:
         if left < EPSILON_S:
             return None
         params = LedExposure(wavelength_nm=step.wavelength_nm, irradiance_mw_cm2=step.irradiance_mw_cm2,
-                             duration_s=round(left, 1), fluence_mj_cm2=0, pulse_hz=getattr(step, "pulse_hz", 0),
+                             duration_s=_tenths(left), fluence_mj_cm2=0, pulse_hz=getattr(step, "pulse_hz", 0),
                              duty_pct=getattr(step, "duty_pct", 100), watchdog_ms=WATCHDOG_MS)
         return params, left, {"exposure_s": left}
     from drivers.pemf import PemfExposure
@@ -55,73 +61,50 @@ def _plan(runner: Any, step: Any) -> tuple[Any, float, dict[str, float]] | None:
     if left < EPSILON_S:
         return None
     params = PemfExposure(waveform=step.waveform, frequency_hz=step.frequency_hz, peak_field_mt=step.peak_field_mt,
-                          duration_s=round(left, 1), watchdog_ms=WATCHDOG_MS)
+                          duration_s=_tenths(left), watchdog_ms=WATCHDOG_MS)
     return params, left, {"field_time_s": left}
 
 
-def _amounts(kind: str, readings: dict[str, Any]) -> dict[str, float]:
-    if kind == "led":
-        return {"exposure_s": float(readings.get("elapsed_s", 0.0)),
-                "fluence_j_cm2": float(readings.get("fluence_mj_cm2", 0.0)) / 1000.0}
-    return {"field_time_s": float(readings.get("elapsed_s", 0.0)), "field_pulses": float(readings.get("pulses", 0))}
-
-
-async def run(runner: Any, step: Any) -> None:
+async def run(runner: StepContext, step: Any) -> None:
     dev_id, dev = runner.device_for(step)
-    sp = runner.progress[step.id]
     plan = _plan(runner, step)
     barrier: asyncio.Barrier | None = getattr(runner, "alongside_barrier", None)
     if plan is None:
         if barrier is not None:
             await barrier.abort()
         return
-    params, expected_s, _planned = plan
+    params, expected_s, planned = plan
     await dev.configure(params)
-    pseudo = PointProgress(point=step.id, zone="")
-    settled = {"done": False}
-
-    async def settle(status: str) -> None:
-        if settled["done"]:
-            return
-        settled["done"] = True
-        try:
-            readings = (await dev.status()).readings
-        except Exception:  # noqa: BLE001 - the device may be why we stopped
-            return
-        _record(runner, step, dev_id, sp, _amounts(step.kind, readings))
-
+    rate = 0.0
+    if step.kind == "led":
+        rate = float(step.irradiance_mw_cm2) * float(getattr(step, "duty_pct", 100)) / 100.0
+    # this run's intent, with the run registers as they are before it: a run the device
+    # refuses delivered nothing, whatever they still hold (devicehub/runner/settlement.py)
+    delivery = await runner.open_delivery(dev_id, step, point=None, planned={
+        **{k: round(v, 6) for k, v in planned.items()}, **({"rate_mw_cm2": rate} if rate else {})})
     if barrier is not None:
         try:
             await barrier.wait()
         except asyncio.BrokenBarrierError:
             pass
     async with dev.subscribe() as q:
-        runner.set_active(dev_id, ActivePoint(step, pseudo, dev_id, settle=settle))
-        await dev.start()
+        t_start = time.monotonic()
+        await dev.start()  # a refused start raises (DeviceFault): the run never began
+        delivery.t_started = t_start
         runner.start_marks[step.id] = time.monotonic()
+        await runner.delivery_started(delivery)
         deadline = asyncio.get_running_loop().time() + expected_s + runner.options.exposure_margin_s
         late = StepFailure("exposure_timeout", f"{dev_id}: exposure did not end in time", alarm="device_fault")
         done = None
         while done is None:
             ev = await next_event(q, deadline, late)
             if ev.kind == "progress":
-                amounts = _amounts(step.kind, ev.data)
                 data = {"elapsed_s": round(float(ev.data.get("elapsed_s", 0.0)), 1)}
                 if step.kind == "led":
-                    data["fluence_j_cm2"] = round(amounts["fluence_j_cm2"], 4)
+                    data["fluence_j_cm2"] = round(float(ev.data.get("fluence_mj_cm2", 0.0)) / 1000.0, 4)
                 else:
                     data["pulses"] = int(ev.data.get("pulses", 0))
                 await runner.progress_event(step.id, dev_id, **data)
             elif ev.kind == "exposure_done":
                 done = ev
-    settled["done"] = True
-    runner.set_active(dev_id, None)
-    readings = (await dev.status()).readings
-    amounts = _amounts(step.kind, {**readings, **{k: v for k, v in done.data.items() if v is not None}})
-    _record(runner, step, dev_id, sp, amounts)
-
-
-def _record(runner: Any, step: Any, dev_id: str, sp: Any, amounts: dict[str, float]) -> None:
-    for k, v in amounts.items():
-        sp.done_amounts[k] = sp.done_amounts.get(k, 0.0) + v
-    runner.account(dev_id, None, **amounts)
+    await runner.settle(delivery, "done")

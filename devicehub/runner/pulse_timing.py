@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devicehub.runner.session import StepFailure
+from devicehub.runner.context import StepFailure
 
 ALARM = "pulse_timing"
 

@@ -1,101 +1,40 @@
-"""One session of one program: the state machine, supervision and the safe state.
+"""One session of one program: its lifecycle, pause, resume, abort and the stop path.
 
-States (shared/mqtt-api.md): created -> preflight -> awaiting_confirmation -> running ->
-completed | aborted | failed, running -> paused -> running (resumed at the console) or
-paused -> awaiting_confirmation -> running (resumed from afar).
+States move only along the table of ``devicehub.runner.states`` (shared/mqtt-api.md's
+states plus an internal ``stopping``); an illegal transition raises.
 
 The runner owns one rule above all: any device fault, lost heartbeat, lost
 connection, abort, interrupt or unexpected exception brings every device to its safe
 state at once (``devicehub.safety.safe_state_all``), and the time it took is recorded
-with the ``safe_state`` event. Delivered amounts are accounted from what the devices
-report, in one place (:meth:`SessionRunner._account`), and checked against the
-runtime caps there.
+with the ``safe_state`` event. Then every open delivery is settled from the device's
+own counters (``devicehub.runner.deliveries``); delivered amounts enter progress,
+totals and the runtime caps in one place (:meth:`SessionRunner.account`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from devicehub.alarms import WATCHDOG_CODES, AlarmBoard
+from devicehub.alarms import AlarmBoard
 from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.runner import program_run
+from devicehub.runner.deliveries import DeliveryBook
+from devicehub.runner.context import RunnerOptions, StepFailure
 from devicehub.runner.progress import PointProgress, StepProgress
+from devicehub.runner.settlement import Delivery
+from devicehub.runner.supervision import supervise
+from devicehub.runner.states import SessionState, StateMachine
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport, safe_state_all
-from drivers.base import Device, DeviceEvent, DeviceFault, DriverError
+from drivers.base import Device, DeviceFault, DriverError
+
+__all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "NotFound"]
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("completed", "aborted", "failed")
-SUPERVISED_EVENTS = ("fault", "connection_lost", "heartbeat_failed")
-
-
-class StepFailure(Exception):
-    """A step cannot go on; the session fails with ``reason``."""
-
-    def __init__(self, reason: str, text: str = "", *, alarm: str | None = None, device: str | None = None,
-                 code: Any = None, t_trigger: float | None = None) -> None:
-        super().__init__(text or reason)
-        self.reason = reason
-        self.text = text or reason
-        self.alarm = alarm  # an alarm code to raise (high), if any
-        self.device, self.code = device, code  # the device fault behind it, if one (recoverable?)
-        self.t_trigger = t_trigger  # when its cause arrived (time.monotonic()), if known
-
-
-async def next_event(q: asyncio.Queue[DeviceEvent], deadline: float, failure: StepFailure) -> DeviceEvent:
-    """The device's next event, or ``failure`` raised once the loop's clock passes ``deadline``.
-
-    asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel, and a
-    step that outlives its cancellation is what the stop path must never see.
-    """
-    left = deadline - asyncio.get_running_loop().time()
-    if left <= 0:
-        raise failure
-    try:
-        async with asyncio.timeout(left):
-            return await q.get()
-    except TimeoutError:
-        raise failure from None
-
-
-@dataclass
-class RunnerOptions:
-    #: a point's injected dose is reached at dose x (1 - tolerance); the gun's cap allows dose x (1 + tolerance)
-    dose_tolerance: float = 0.05
-    #: a single shot may report at most this much more than it was set to before the runner stops
-    shot_overreport: float = 0.10
-    #: EP: extra time beyond the train's own length before a missing DONE is a failure
-    train_margin_s: float = 2.0
-    #: LED/PEMF: extra time beyond the exposure before a missing done is a failure
-    exposure_margin_s: float = 5.0
-    #: exposure_progress events at most this often
-    progress_interval_s: float = 1.0
-    #: EP: the pulse-timing limit (limits.electroporation.pulse_timing_error_us; the room sets it)
-    pulse_timing: Any = None
-    #: confirm steps are acknowledged automatically (demo, tests, --yes)
-    auto_acknowledge_prompts: bool = False
-    #: a device that has not confirmed its safe state by then is reported unconfirmed
-    safe_state_timeout_s: float = 1.0
-    #: pauses by a recoverable fault per session; the next recoverable fault fails it
-    max_recoveries: int = 3
-
-
-@dataclass
-class ActivePoint:
-    """The point a device is delivering to right now, and how to settle it after a stop."""
-
-    step: Any
-    progress: PointProgress
-    device_id: str
-    settle: Callable[[str], Awaitable[None]] | None = None
-    #: the delivery intent's write, while it is under way (its id is not known yet)
-    intent: asyncio.Future[int] | None = None
 
 
 class SessionRunner:
@@ -147,7 +86,8 @@ class SessionRunner:
         self.program_json = program_json
         self.totals = Totals(caps=dict(caps or {}))
 
-        self.state = "new"
+        #: the states and their transitions (devicehub/runner/states.py); ``state`` is the published one
+        self.machine = StateMachine()
         self.reason: str | None = None
         self.started_at: str | None = None
         self.ended_at: str | None = None
@@ -157,10 +97,10 @@ class SessionRunner:
         self.group_index = 0
         self.last_safe_state: SafeStateReport | None = None
 
-        self._active: dict[str, ActivePoint] = {}  # device id -> point being delivered
+        #: the deliveries opened and not yet settled (devicehub/runner/deliveries.py)
+        self.book = DeliveryBook(self)
         self._run_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
         self._finished = asyncio.Event()
         self._prompt: asyncio.Future[str] | None = None
         self._prompt_step: str | None = None
@@ -184,8 +124,19 @@ class SessionRunner:
 
     # ================================================================== info
     @property
+    def state(self) -> str:
+        """The published state (shared/mqtt-api.md); ``stopping`` shows the state it stops from."""
+        published = self.machine.published
+        return published.value if published is not None else "new"
+
+    @property
+    def stopping(self) -> bool:
+        """A pause, an abort or a failure is under way (outputs going off, the record following)."""
+        return self.machine.stopping
+
+    @property
     def finished(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.machine.final
 
     def required_preflight(self) -> list[str]:
         return [item.id for item in self.program.preflight if getattr(item, "required", True)]
@@ -234,6 +185,18 @@ class SessionRunner:
                 return s
         raise KeyError(step_id)
 
+    def devices_needed(self) -> list[str]:
+        """The devices the rest of the session needs (steps not done yet)."""
+        out: list[str] = []
+        for step in self.program.steps:
+            sp = self.progress.get(step.id)
+            if sp is not None and sp.status == "done":
+                continue
+            dev = self.step_devices.get(step.id)
+            if dev is not None and dev not in out:
+                out.append(dev)
+        return sorted(out)
+
     def device_for(self, step: Any) -> tuple[str, Device]:
         dev_id = self.step_devices[step.id]
         return dev_id, self.devices[dev_id]
@@ -269,7 +232,8 @@ class SessionRunner:
         await self.event("alarm", **alarm)
 
     async def _set_state(self, state: str, reason: str | None = None) -> None:
-        previous, self.state = self.state, state
+        previous = self.state
+        self.machine.go(state)
         self.reason = reason  # a reason belongs to the state it came with
         data: dict[str, Any] = {"state": state, "previous": previous}
         if reason:
@@ -291,7 +255,7 @@ class SessionRunner:
             program_sha256=self.sha256, program_json=self.program_json or {}, patient_ref=self.patient_ref,
             operator=self.operator, origin=self.origin, params=self.params, acknowledgements=self.acknowledged,
         )
-        self.state = "created"
+        self.machine.go(SessionState.CREATED)
         await self.event("state", state="created", previous=None)
         await self.event("created", program=self.program.id, version=self.program.version, sha256=self.sha256,
                          patient_ref=self.patient_ref, operator=self.operator, origin=self.origin,
@@ -299,7 +263,7 @@ class SessionRunner:
                          **({"acknowledged_by": self.acknowledged_by} if self.acknowledged_by else {}),
                          course=self.course)
         self.publish_state()
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise-{self.session_id}")
+        self._supervisor = asyncio.get_running_loop().create_task(supervise(self), name=f"supervise-{self.session_id}")
         await self._advance_from_preflight()
 
     async def _advance_from_preflight(self) -> None:
@@ -343,12 +307,11 @@ class SessionRunner:
         self.started_at = self.started_at or rfc3339(utcnow())
         await self._set_state("running")
         await self.event("resumed" if resumed else "started")
-        self._stopping = False
         self._run_task = asyncio.get_running_loop().create_task(self._run(), name=f"run-{self.session_id}")
 
     async def pause(self, reason: str | None = None) -> None:
         async with self._transition:
-            if self.state != "running" or self._stopping:
+            if self.machine.state is not SessionState.RUNNING:
                 raise InvalidState(f"session is {self.state}; only a running session can pause")
             await self._stop("paused", trigger="pause", reason=reason)
 
@@ -414,7 +377,7 @@ class SessionRunner:
         """Pause a running session for ``trigger`` (an adverse event): safe state first, then
         ``before_record`` (the trigger's own event), then safe_state and paused."""
         await self._opened.wait()
-        if self.state != "running" or self._stopping:
+        if self.state != "running" or self.stopping:
             return
         await self._stop("paused", trigger=trigger, reason=reason, t_trigger=t_trigger, before_record=before_record)
 
@@ -439,9 +402,11 @@ class SessionRunner:
                     before_record: Callable[[], Awaitable[None]] | None = None) -> None:
         """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
         t0 = t_trigger if t_trigger is not None else time.monotonic()
-        if self.finished or (self._stopping and kind == "paused"):
+        if self.machine.state is SessionState.NEW:
+            return  # its record was never created: nothing ran, nothing to end
+        if self.finished or (self.machine.stopping and kind == "paused"):
             return
-        if self._stopping:
+        if self.machine.stopping:
             # already stopping (e.g. a fault during an abort): that path finishes first, and a
             # failure outranks an abort or a pause in its final state; an abort that arrived
             # during a pause then ends the paused session itself (an abort is never lost)
@@ -453,7 +418,7 @@ class SessionRunner:
             if kind == "aborted" and not self.finished:
                 await self._stop(kind, trigger=trigger, reason=reason, t_trigger=t0)
             return
-        self._stopping = True
+        self.machine.go(SessionState.STOPPING)
         self._stop_idle.clear()
         self._escalate = None
         try:
@@ -489,7 +454,7 @@ class SessionRunner:
                                                       else "unconfirmed") for d, s in again.devices.items()},
                                          details={**report.details, **again.details}, device_ms=report.device_ms)
                 self.last_safe_state = report
-        await self._settle_active("interrupted" if kind == "paused" else kind)
+        await self.book.settle_open("interrupted" if kind == "paused" else kind, t_stopped=t0, report=report)
         await self.event("safe_state", **report.event_data())
         if not report.confirmed:
             bad = [d for d, s in report.devices.items() if s != "off"]
@@ -504,7 +469,6 @@ class SessionRunner:
             await self.event("paused", **({"reason": reason} if reason else {}),
                              **({"recovery": recovery} if recovery is not None else {}))
             await self._set_state("paused", reason=None)
-            self._stopping = False
             return
         await self._finish(kind, reason)
 
@@ -533,43 +497,15 @@ class SessionRunner:
             self._supervisor.cancel()
         self._finished.set()
 
-    async def _settle_active(self, status: str) -> None:
-        for dev_id, ap in list(self._active.items()):
-            if ap.intent is not None and ap.progress.delivery_id is None:
-                try:  # a stop while the intent was being written: its id is needed to settle it
-                    ap.progress.delivery_id = await asyncio.wait_for(asyncio.shield(ap.intent), 2.0)
-                except Exception as exc:  # noqa: BLE001 - then the intent is not in the record
-                    log.warning("intent of %s not recorded: %s", ap.progress.point, exc)
-            if ap.settle is not None:
-                try:
-                    await asyncio.wait_for(ap.settle(status), 2.0)
-                except Exception as exc:  # noqa: BLE001 - the record notes it; the room is already safe
-                    log.warning("settling %s on %s failed: %s", ap.progress.point, dev_id, exc)
-            self._active.pop(dev_id, None)
-
     # ================================================================== running
-    def groups(self) -> list[list[Any]]:
-        """Steps in order; a step named by another's ``with`` runs alongside it, not alone."""
-        partners = {getattr(s, "with_", None) for s in self.program.steps} - {None}
-        out: list[list[Any]] = []
-        for s in self.program.steps:
-            if s.id in partners:
-                continue
-            group = [s]
-            w = getattr(s, "with_", None)
-            if w:
-                group.append(self.program_step(w))
-            out.append(group)
-        return out
-
     async def _run(self) -> None:
         try:
-            groups = self.groups()
+            groups = program_run.groups(self)
             while self.group_index < len(groups):
                 group = groups[self.group_index]
-                await self._run_group(group)
+                await program_run.run_group(self, group)
                 self.group_index += 1
-            self._stopping = True
+            self.machine.go(SessionState.STOPPING)
             await self._finish("completed", None)
         except asyncio.CancelledError:
             raise
@@ -605,71 +541,8 @@ class SessionRunner:
             log.exception("session %s: unexpected error", self.session_id)
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
 
-    async def _run_group(self, group: list[Any]) -> None:
-        from devicehub.runner import electroporation, exposure, injection
-
-        runners = {"injection": injection.run, "electroporation": electroporation.run,
-                   "led": exposure.run, "pemf": exposure.run,
-                   "confirm": lambda runner, step: runner._run_confirm(step)}
-        for step in group:
-            sp = self.progress.setdefault(step.id, StepProgress(step.id, step.kind))
-            if sp.status != "done":
-                sp.status = "active"
-        todo = [s for s in group if self.progress[s.id].status != "done"]
-        if not todo:
-            return
-        self.current_step = group[0].id
-        for s in todo:
-            if not self.progress[s.id].points and not self.progress[s.id].done_amounts:
-                await self.event("step_started", step=s.id, kind=s.kind, devices=self._step_device_list(s))
-        self.publish_state()
-        if len(todo) == 1:
-            await runners[todo[0].kind](self, todo[0])
-        else:
-            await self._run_alongside(todo, runners)
-        for s in todo:
-            self.progress[s.id].status = "done"
-            await self.event("step_done", step=s.id, kind=s.kind, devices=self._step_device_list(s),
-                             totals=self._step_totals(s))
-        self.publish_state()
-
-    async def _run_alongside(self, steps: list[Any], runners: dict[str, Any]) -> None:
-        """Run steps side by side; the first to fail cancels the others."""
-        self.start_marks = {}
-        n_exposures = sum(1 for s in steps if s.kind in ("led", "pemf"))
-        self.alongside_barrier = asyncio.Barrier(n_exposures) if n_exposures > 1 else None
-        tasks = [asyncio.ensure_future(runners[s.kind](self, s)) for s in steps]
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in pending:
-                t.cancel()
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.alongside_barrier = None
-        if len(self.start_marks) >= 2:
-            marks = sorted(self.start_marks.values())
-            await self.event("alongside_started", steps=[s.id for s in steps],
-                             skew_ms=round((marks[-1] - marks[0]) * 1000.0, 3))
-
-    def _step_device_list(self, step: Any) -> list[str]:
-        return [self.step_devices[step.id]] if step.id in self.step_devices else []
-
-    def _step_totals(self, step: Any) -> dict[str, float]:
-        sp = self.progress[step.id]
-        out: dict[str, float] = dict(sp.done_amounts)
-        for p in sp.points.values():
-            for k, v in p.delivered.items():
-                if not k.endswith("_sum"):  # bookkeeping (e.g. depth sums for averages), not a delivery
-                    out[k] = out.get(k, 0.0) + v
-        return {k: round(v, 6) for k, v in out.items()}
-
-    async def _run_confirm(self, step: Any) -> None:
+    async def run_confirm(self, step: Any) -> None:
+        """A confirm step: the prompt at the chair, until acknowledged."""
         loop = asyncio.get_running_loop()
         self._prompt = loop.create_future()
         self._prompt_step = step.id
@@ -684,28 +557,22 @@ class SessionRunner:
         await self.event("prompt_acknowledged", step=step.id, by=by)
 
     # ================================================================== accounting
-    async def begin_point(self, device_id: str, step: Any, pp: PointProgress,
-                          settle: Callable[[str], Awaitable[None]], *, planned: dict[str, Any]) -> None:
-        """Record the point's delivery intent and make it active, so that a stop at any moment
-        from here on (even during the intent's own write) settles it: no intent is ever left
-        without its result."""
-        ap = ActivePoint(step, pp, device_id, settle=settle)
-        self.set_active(device_id, ap)
-        if pp.delivery_id is None:
-            ap.intent = asyncio.ensure_future(self.store.delivery_intent(
-                self.session_id, step_id=step.id, zone=pp.zone, point=pp.point, device=device_id,
-                planned=planned))
-            pp.delivery_id = await asyncio.shield(ap.intent)
-        pp.status = "active"
+    async def open_delivery(self, device_id: str, step: Any, *, point: PointProgress | None,
+                            planned: dict[str, Any]) -> Delivery:
+        return await self.book.open_delivery(device_id, step, point=point, planned=planned)
 
-    def set_active(self, device_id: str, ap: ActivePoint | None) -> None:
-        if ap is None:
-            self._active.pop(device_id, None)
-        else:
-            self._active[device_id] = ap
+    async def delivery_started(self, delivery: Delivery) -> None:
+        await self.book.delivery_started(delivery)
 
-    def active(self, device_id: str) -> ActivePoint | None:
-        return self._active.get(device_id)
+    async def settle(self, delivery: Delivery, status: str = "done", **extra: Any) -> dict[str, float]:
+        return await self.book.settle(delivery, status, **extra)
+
+    def unsettled_devices(self) -> list[str]:
+        """Devices with a delivery of this session still open (a paused session cannot resume)."""
+        return self.book.unsettled_devices()
+
+    async def settle_pending(self, device_id: str) -> None:
+        await self.book.settle_pending(device_id)
 
     def account(self, device_id: str, point: PointProgress | None, **amounts: float) -> None:
         """The one place delivered amounts enter the session: progress, totals, caps."""
@@ -719,57 +586,6 @@ class SessionRunner:
             return
         self._last_progress_event[step_id] = now
         await self.event("exposure_progress", step=step_id, device=device_id, **data)
-
-    # ================================================================== supervision
-    async def _supervise(self) -> None:
-        """Watch every device's events for the whole session; trip the safe state on trouble."""
-        queues: list[tuple[str, asyncio.Queue[DeviceEvent]]] = []
-        async with contextlib.AsyncExitStack() as stack:
-            for dev_id, dev in self.devices.items():
-                q = await stack.enter_async_context(dev.subscribe())
-                queues.append((dev_id, q))
-            merged: asyncio.Queue[tuple[str, DeviceEvent]] = asyncio.Queue()
-
-            async def pump(dev_id: str, q: asyncio.Queue[DeviceEvent]) -> None:
-                while True:
-                    merged.put_nowait((dev_id, await q.get()))
-
-            pumps = [asyncio.ensure_future(pump(d, q)) for d, q in queues]
-            try:
-                while not self.finished:
-                    dev_id, ev = await merged.get()
-                    if ev.kind in SUPERVISED_EVENTS:
-                        await self._on_device_trouble(dev_id, ev)
-            finally:
-                for p in pumps:
-                    p.cancel()
-
-    async def _on_device_trouble(self, dev_id: str, ev: DeviceEvent) -> None:
-        if self.finished:
-            return
-        code = ev.data.get("code", ev.kind)
-        text = ev.data.get("text") or ev.data.get("error") or ev.kind
-        if ev.kind == "fault":
-            alarm_code = "watchdog" if str(code) in WATCHDOG_CODES else "device_fault"
-        else:
-            alarm_code = ev.kind
-        if self.state in ("running", "paused", "awaiting_confirmation", "preflight", "created"):
-            alarm = self.raise_alarm(source=dev_id, code=alarm_code, text=f"{dev_id}: {text} ({code})",
-                                     key=f"{dev_id}:{alarm_code}", device=dev_id, device_code=code)
-            recovery = self._recovery_for(dev_id, code, text) if ev.kind == "fault" else None
-            if recovery is not None:
-                if self.state == "running" and not self._stopping:
-                    await self._pause_for_fault(recovery, trigger=f"fault:{dev_id}", t_trigger=ev.t, alarm=alarm)
-                    return
-                if self._stopping or self.state == "paused":
-                    # the room is (being) made safe already: the fault is recorded, and a
-                    # paused session shows what to fix before it may resume
-                    await self.record_alarm(alarm)
-                    if self.state == "paused" and not self._stopping and self.recovery is None:
-                        self.recovery = recovery
-                        self.publish_state()
-                    return
-            await self.fail(f"{alarm_code}:{dev_id}", trigger=f"{ev.kind}:{dev_id}", t_trigger=ev.t, alarm=alarm)
 
     def _recovery_for(self, dev_id: str | None, code: Any, text: str = "") -> dict[str, Any] | None:
         from devicehub.runner.recovery import recovery_for

@@ -232,7 +232,15 @@ class Clinic:
         return [m for m in self.messages if m.topic == f"{self.root}/{suffix}"]
 
     def events(self, session: str) -> list[dict[str, Any]]:
-        return [m.body for m in self.messages if m.topic == f"{self.root}/sessions/{session}/events"]
+        """The session's events as a consumer keeps them: duplicates (a QoS 1 resend, the
+        outbox's replay after a restart) dropped by ``msg_id``, as shared/mqtt-api.md says."""
+        seen: set[str] = set()
+        out = []
+        for m in self.messages:
+            if m.topic == f"{self.root}/sessions/{session}/events" and m.body.get("msg_id") not in seen:
+                seen.add(m.body.get("msg_id"))
+                out.append(m.body)
+        return out
 
     async def wait_event(self, session: str, event: str, timeout: float = 30.0, start: int = 0) -> dict[str, Any]:
         topic = f"{self.root}/sessions/{session}/events"

@@ -28,6 +28,7 @@ from devicehub.room import Room
 from devicehub.runner.session import RunnerOptions, SessionRunner
 from simulators.simroom import ROOM, SimulatedRoom
 from simulators.control import ControlClient
+from tests.totals_check import assert_totals_match  # noqa: F401 - the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEVICES = tuple(d for d, _k in ROOM)  # epg-1, inj-1, led-1, pemf-1

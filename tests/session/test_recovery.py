@@ -19,6 +19,7 @@ from devicehub.room_api import CommandError
 
 from .conftest import DEVICES, Hub, open_hub, write_limits
 from .test_faults import DELIVERING, _mid_step
+from tests.totals_check import assert_totals_match
 
 #: what each simulator counts, in the record's quantities (record key, simulator key)
 COUNTERS = {
@@ -164,6 +165,7 @@ async def test_a_fourth_recoverable_fault_fails_the_session(hub: Hub) -> None:
 
 
 async def test_led_applicator_too_far_at_the_side_by_side_start_pauses_then_completes(hub: Hub) -> None:
+    before = await hub.sim_states()
     await hub.auto_trigger(20)
     await hub.control("led-1").set("distance_mm", 45.0)  # the applicator lifted off the scalp
     runner = await hub.start("demo", params={"light": {"duration_s": 2}, "field": {"duration_s": 2},
@@ -180,5 +182,5 @@ async def test_led_applicator_too_far_at_the_side_by_side_start_pauses_then_comp
     assert await hub.finish(runner, 60) == "completed"
     totals = hub.store.read_session(sid)["totals"]
     assert totals["led-1"]["exposure_s"] <= 2.0 + 0.1 and totals["pemf-1"]["field_time_s"] <= 2.0 + 0.1
-    # the LED's fluence against its own counter is held by the settlement tests (the record
-    # equals what the devices delivered, however the session ends)
+    # the refused LED start delivered nothing; the record equals what the devices counted
+    assert_totals_match(totals, await hub.sim_states(), before)
