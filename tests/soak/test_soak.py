@@ -9,8 +9,9 @@ Asserted here: the invariants that hold on today's code (2: the record's totals 
 the devices counted; 3: every record verifies and ends final, a hub restart marks its
 session failed with hub_restart; 4: the follower saw every message, no seq gap per
 boot), that the soak really ran its disturbances, and that every session ended.
-Invariants 1 and 5 are counted and printed; see bench/README.md for why their counts are
-not 0 yet.
+Invariants 1 and 5, and invariant 2's check of each exposure against its plan
+(``2_exposure_plan``), are counted and printed; see bench/README.md for why their counts
+are not 0 yet.
 """
 
 from __future__ import annotations
