@@ -17,13 +17,15 @@ Figures, per collector count, in the same run:
   ceiling without MQTT.
 
 Run: ``.venv/bin/python bench/site.py [--rooms 200] [--seconds 20] [--backlog 20000]``.
-The two real hubs the issue names are not part of this run (see bench/README.md).
+Two real hubs (``devicehub serve`` on simulated rooms) run demo sessions back to back
+beside the synthetic rooms during the sustained phase; their messages are counted apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -130,6 +132,63 @@ def publish(port: int, site: str, rooms: int, seconds: float, backlog: int) -> N
     print(json.dumps({"qos1": qos1, "qos0": qos0}), flush=True)
 
 
+# ------------------------------------------------------------------ two real hubs beside them
+class RealHubs:
+    """Two simulated rooms with ``devicehub serve`` each, running demo sessions back to back
+    (started over MQTT, confirmed and prompted at the chair, as tests/hub does) on a thread
+    of their own while the synthetic rooms publish."""
+
+    def __init__(self, port: int, site: str, tmp: Path) -> None:
+        from simulators.simroom import SimulatedRoom
+        from tests.hub.conftest import HubProcess
+
+        self.port, self.site = port, site
+        self.rooms = [SimulatedRoom(tmp / f"hub-{i}", site=site, room=f"hub-{i}", mqtt_port=port).start()
+                      for i in (1, 2)]
+        self.hubs = [HubProcess(r.config_path, r.directory / "hub.log").start() for r in self.rooms]
+        self.sessions = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "RealHubs":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(180)
+        for h in self.hubs:
+            h.terminate()
+        for r in self.rooms:
+            r.stop()
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._room(r) for r in self.rooms))
+
+    async def _room(self, room: Any) -> None:
+        from tests.hub.conftest import Clinic, ack_prompts, auto_trigger, console, root_of, run_to_awaiting
+
+        await auto_trigger(room, 20)
+        async with Clinic(self.port, root_of(self.site, room.room)) as clinic:
+            while not self._stop.is_set():
+                acks = None
+                try:
+                    sid = await run_to_awaiting(clinic)
+                    acks = asyncio.create_task(ack_prompts(clinic, room, sid))
+                    await console(room, "confirm", session=sid, by="bench")
+                    await clinic.wait_state("completed", session=sid, timeout=60)
+                    self.sessions += 1
+                except Exception as exc:  # a session that did not end: abort it and go on
+                    self.failures += 1
+                    print(f"real hub {room.room}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+                    with contextlib.suppress(Exception):
+                        await clinic.request("abort", {})
+                finally:
+                    if acks is not None:
+                        acks.cancel()
+
+
 # ------------------------------------------------------------------ the parent
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -143,6 +202,7 @@ class Bare:
         self.port, self.site = port, site
         self.client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
         self.count = 0
+        self.subscribed = False
         self.cpu = 0.0
         self.first = self.last = 0.0
         self._stop = threading.Event()
@@ -168,7 +228,9 @@ class Bare:
         async with aiomqtt.Client("127.0.0.1", self.port, identifier=self.client_id, clean_start=False,
                                   properties=props, protocol=aiomqtt.ProtocolVersion.V5,
                                   max_queued_incoming_messages=0) as client:
-            await client.subscribe(f"devicehub/v1/{self.site}/+/#", qos=1)
+            if not self.subscribed:  # the session keeps it; a resubscribe would wait behind the backlog
+                await client.subscribe(f"devicehub/v1/{self.site}/+/#", qos=1, timeout=60)
+                self.subscribed = True
             self._ready.set()
             reader = asyncio.ensure_future(self._read(client))
             while not self._stop.is_set():
@@ -185,6 +247,40 @@ class Bare:
                     self.first = self.last
 
 
+def bare_drain(port: int, site: str, client_id: str, expect: int, subscribe: bool) -> None:
+    """The child: a bare aiomqtt subscriber on a persistent session; counts ``expect`` QoS 1
+    messages and prints {"n", "seconds", "cpu_s"} from its first message to its last."""
+
+    async def run() -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_start=False, properties=props,
+                                  protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0) as client:
+            if subscribe:
+                await client.subscribe(f"devicehub/v1/{site}/+/#", qos=1, timeout=60)
+                print("subscribed", flush=True)
+                return
+            n, first, cpu0 = 0, 0.0, time.process_time()
+            async for m in client.messages:
+                if m.qos:
+                    n += 1
+                    if n == 1:
+                        first, cpu0 = time.perf_counter(), time.process_time()
+                    if n >= expect:
+                        break
+            print(json.dumps({"n": n, "seconds": time.perf_counter() - first,
+                              "cpu_s": time.process_time() - cpu0}), flush=True)
+
+    asyncio.run(run())
+
+
+def run_bare(port: int, site: str, client_id: str, expect: int = 0, subscribe: bool = False) -> str:
+    out = subprocess.run([sys.executable, __file__, "--bare", "--port", str(port), "--site", site, "--client-id",
+                          client_id, "--backlog", str(expect)] + (["--subscribe"] if subscribe else []),
+                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=600)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def run_publisher(port: int, site: str, rooms: int, seconds: float, backlog: int = 0) -> dict[str, int]:
     out = subprocess.run([sys.executable, __file__, "--publish", "--port", str(port), "--site", site,
                           "--rooms", str(rooms), "--seconds", str(seconds), "--backlog", str(backlog)],
@@ -192,9 +288,13 @@ def run_publisher(port: int, site: str, rooms: int, seconds: float, backlog: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_collector(cfg: Path, client_id: str, log: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "collect", "--config", str(cfg), "--client-id",
                              client_id], stdout=subprocess.PIPE, stderr=open(log, "a"), text=True, cwd=ROOT)
+    STARTED.append(proc)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("devicehub collecting"), line
     return proc
@@ -208,8 +308,9 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def count_messages(url: str) -> int:
+    """The synthetic rooms' messages stored (the real hubs' are counted apart)."""
     with psycopg.connect(url) as c:
-        return c.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return c.execute("SELECT count(*) FROM messages WHERE room LIKE 'room-%%'").fetchone()[0]
 
 
 def wait_count(url: str, n: int, timeout: float = 300) -> float:
@@ -235,43 +336,53 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
     bare = Bare(broker.port, site)
     bare.start()
-    # ---- sustained, at session rates
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-    t0 = time.monotonic()
-    sent = run_publisher(broker.port, site, args.rooms, args.seconds)
-    wait_count(url, sent["qos1"])
-    cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    # ---- sustained, at session rates, with two real hubs running sessions beside them
+    with RealHubs(broker.port, site, tmp / f"hubs-{site}") as hubs:
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        t0 = time.monotonic()
+        sent = run_publisher(broker.port, site, args.rooms, args.seconds)
+        wait_count(url, sent["qos1"])
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        hub_sessions, hub_failures = hubs.sessions, hubs.failures
     with psycopg.connect(url) as c:
-        lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages")]
+        lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages"
+                                        " WHERE room LIKE 'room-%%'")]
+        hub_lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages"
+                                            " WHERE room LIKE 'hub-%%' AND NOT historical")]
         telemetry = c.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+        hub_events = c.execute("SELECT count(*) FROM session_events WHERE room LIKE 'hub-%%'").fetchone()[0]
     sustained = {"qos1_sent": sent["qos1"], "telemetry_sent": sent["qos0"], "telemetry_kept": telemetry,
                  "msgs_per_s": round(sent["qos1"] / args.seconds, 1),
                  "lag_s": summary(lags), "collector_cpu_s_per_1000": round(1000 * cpu / sent["qos1"], 4),
-                 "bare_received": bare.count, "elapsed_s": round(time.monotonic() - t0, 2)}
+                 "bare_received": bare.count, "elapsed_s": round(time.monotonic() - t0, 2),
+                 "real_hubs": {"sessions_completed": hub_sessions, "sessions_not_ended": hub_failures, "events_stored": hub_events,
+                               "messages": len(hub_lags), "lag_s": summary(hub_lags)}}
     # ---- backlog drain: consumers away while it is published
     bare.stop()
     stop(procs)
     before = count_messages(url)
+    drain_id = f"bench-drain-{site}"
+    run_bare(broker.port, site, drain_id, subscribe=True)  # its session, then away
     backlog = run_publisher(broker.port, site, args.rooms, 0, backlog=args.backlog)["qos1"]
-    bare.count = 0
-    t = time.monotonic()
-    bare.start()
-    while bare.count < backlog and time.monotonic() - t < 300:
-        time.sleep(0.02)
-    bare_rate = bare.count / (bare.last - bare.first)  # first to last message, as for the collectors
-    bare.stop()
+    drained = json.loads(run_bare(broker.port, site, drain_id, expect=backlog))  # a process of its own
+    bare_rate = drained["n"] / max(drained["seconds"], 1e-3)  # first to last message, as for the collectors
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)  # the start (imports, migrations) not counted
+    # from the collectors' ready line (subscribed; the process start, imports and migrations
+    # not counted) to the last row stored: the first message's delivery counts against them
+    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
     wait_count(url, before + backlog)
     cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    with psycopg.connect(url) as c:
+        # from the first batch's transaction (a collector takes queued messages before it says
+        # it is subscribed, so its ready line is too late) to now, all stored
+        span = c.execute("SELECT extract(epoch FROM clock_timestamp() - min(received_at))::float8 FROM messages"
+                         " WHERE boot = 2 AND room LIKE 'room-%%'").fetchone()[0]
     stop(procs)
-    with psycopg.connect(url) as c:  # from the first batch's transaction to the last (not the process start)
-        span = c.execute("SELECT extract(epoch FROM max(received_at) - min(received_at))::float8 FROM messages"
-                         " WHERE boot = 2").fetchone()[0]
-    rate = backlog / max(span, 1e-3)
+    rate = backlog / span
     return {"collectors": n_collectors, "rooms": args.rooms, "sustained": sustained,
             "backlog": {"messages": backlog, "collector_msgs_per_s": round(rate, 1),
                         "bare_subscriber_msgs_per_s": round(bare_rate, 1),
+                        "bare_subscriber_cpu_s_per_1000": round(1000 * drained["cpu_s"] / max(drained["n"], 1), 4),
                         "ratio_to_bare": round(rate / bare_rate, 3),
                         "collector_cpu_s_per_1000": round(1000 * cpu / backlog, 4)}}
 
@@ -304,7 +415,13 @@ def main() -> int:
     ap.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--site", help=argparse.SUPPRESS)
+    ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--subscribe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--client-id", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare:
+        bare_drain(args.port, args.site, args.client_id, args.backlog, args.subscribe)
+        return 0
     if args.publish:
         publish(args.port, args.site, args.rooms, args.seconds, args.backlog)
         return 0
@@ -320,6 +437,10 @@ def main() -> int:
         doc = {"machine": machine_info(), "rooms": args.rooms, "seconds": args.seconds, "runs": runs,
                "copy_baseline": copy_baseline(pg, args.backlog)}
     finally:
+        for proc in STARTED:  # whatever failed above, no collector outlives the run
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         broker.stop()
         pg.destroy()
     path = write_results("site", doc)

@@ -6,11 +6,11 @@ reply per request: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {..
 
 Requests: ``{"op": <verb>, ...members}``, every verb of the room's command table that
 the console may use (``devicehub.control``: programs, program, status, session, check,
-start, preflight, confirm, pause, resume, abort, prompt_ack, alarm_ack, ...), validated
-by the same models as over MQTT. ``abort`` brings the room to its safe state before
-anything else, whatever else is wrong with the line. ``watch``: after its reply the
-connection streams every hub message as ``{"kind": ..., "data": ...}`` lines (the
-console's live view).
+start, preflight, confirm, pause, resume, abort, prompt_ack, alarm_ack, report, verify,
+adverse_event, ...), validated by the same models as over MQTT. ``abort`` brings the room
+to its safe state before anything else, whatever else is wrong with the line. ``watch``: after its reply the
+connection streams every hub message as ``{"kind": ..., "data": ..., "ts": ...}`` lines
+(the console's live view; ``ts`` is when the hub published it, RFC 3339 UTC).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from devicehub.control.table import CONSOLE, Caller, dispatch, validate
 from devicehub.room_api import CommandError
+from devicehub.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class ConsoleServer:
                 msg = await sub.get()
                 if msg.kind == "session.event" and msg.data.get("event") == "created" and room.current is not None:
                     await self._send(writer, {"kind": "program", "data": room.current.program_json or {}})
-                await self._send(writer, {"kind": msg.kind, "data": msg.data})
+                await self._send(writer, {"kind": msg.kind, "data": msg.data, "ts": rfc3339(msg.ts)})
 
     async def handle(self, line: bytes) -> tuple[dict[str, Any], bool]:
         """One request line -> (reply, whether the connection now streams the hub's messages)."""

@@ -26,10 +26,11 @@ def register(sub: Any) -> None:
     c.add_argument("--by", default=None, help="who confirms (default: the logged-in user)")
     c.set_defaults(func=confirm_main)
 
-    k = sub.add_parser("console", help="attach to the running hub: live view, pause, resume, abort")
+    k = sub.add_parser("console", help="the technician's console on the running hub (full screen); "
+                                       "flags for one-shot actions in scripts")
     k.add_argument("--config", default="configs/hub.yaml")
     k.add_argument("--by", default=None, help="who is at the console (default: the logged-in user)")
-    k.add_argument("--plain", action="store_true", help="plain event lines instead of the live view")
+    k.add_argument("--plain", action="store_true", help="plain event lines instead of the full-screen console")
     k.add_argument("--pause", metavar="SESSION", help="pause the session and exit")
     k.add_argument("--resume", metavar="SESSION", help="resume the session (confirmed by --by) and exit")
     k.add_argument("--abort", nargs="?", const="", metavar="SESSION", help="abort (the active session) and exit")
@@ -148,13 +149,16 @@ def console_main(args: argparse.Namespace) -> int:
         return asyncio.run(_one(config, "alarm_ack"))
     if args.clear_fault:
         return asyncio.run(_clear_fault(config, args.clear_fault, by))
-    return asyncio.run(_watch(config, by, args.plain))
+    if args.plain or not sys.stdout.isatty():
+        return asyncio.run(_watch(config))
+    from devicehub.console.app import run
+
+    return run(config.console_socket, by)  # the full-screen console (devicehub/console/)
 
 
-async def _watch(config: Any, by: str, plain: bool) -> int:
-    """The live view of the hub's session; Ctrl-C leaves (it does not abort: use --abort)."""
-    from rich.live import Live
-
+async def _watch(config: Any) -> int:
+    """The plain line-by-line view of the hub's session (``--plain``, or not on a terminal);
+    Ctrl-C leaves (it does not abort: use --abort)."""
     from devicehub.console_view import SessionView
     from devicehub.local_console import ConsoleClient
 
@@ -163,7 +167,7 @@ async def _watch(config: Any, by: str, plain: bool) -> int:
             reply = await c.request("watch")
             if not reply.get("ok"):
                 return _print_reply(reply)
-            view = SessionView(plain=plain or None)
+            view = SessionView(plain=True)
 
             async def feed() -> None:
                 async for m in c.messages():
@@ -172,14 +176,7 @@ async def _watch(config: Any, by: str, plain: bool) -> int:
                     else:
                         view.feed(m.get("kind", ""), m.get("data") or {})
 
-            if view.plain:
-                await feed()
-            else:
-                task = asyncio.ensure_future(feed())
-                with Live(view.render(), console=view.console, refresh_per_second=4) as live:
-                    while not task.done():
-                        await asyncio.wait([task], timeout=0.25)
-                        live.update(view.render())
+            await feed()
             return 0
     except (FileNotFoundError, ConnectionError, PermissionError) as exc:
         print(f"the hub is not reachable at {config.console_socket}: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@ prints ``devicehub collecting as <client id>`` once the schema is migrated and M
 starting. ``site rooms|sessions|patient P|alarms --config configs/site.yaml [--json]``:
 a table on a terminal, JSON with ``--json``.
 
-Exit codes: 0 success; 2 a bad config or arguments, or the database unreachable.
+Exit codes: 0 success; 2 a bad config or arguments, a schema this devicehub cannot use, or (for
+``site``) the database unreachable. ``collect`` waits for a database that is not there yet.
 """
 
 from __future__ import annotations
@@ -63,9 +64,8 @@ def _load(path: str) -> Any:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    import psycopg
-
     from devicehub.site.collector import Collector
+    from devicehub.site.schema import MigrationError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -81,9 +81,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     threading.Thread(target=lambda: ready.wait() and print(
         f"devicehub collecting as {config.mqtt_client_id}", flush=True), daemon=True).start()
     try:
-        return collector.run(ready)
-    except psycopg.OperationalError as exc:
-        print(f"devicehub collect: the database is not reachable: {exc}", file=sys.stderr)
+        return collector.run(ready)  # waits for the database when it is not there yet
+    except MigrationError as exc:
+        print(f"devicehub collect: {exc}", file=sys.stderr)
         return 2
 
 

@@ -56,6 +56,9 @@ class ConsoleStartFields(StartFields):
         None, description="who acknowledged each soft limit (id -> name); recorded with the session")
     preflight_done_by: Name | None = Field(
         None, description="every preflight item taken as done by this person (recorded as such)")
+    wait_for_start: bool = Field(
+        False, description="with the checklist done, wait in awaiting_confirmation for the chair's "
+                           "start (a confirm) instead of running at once (the console's start button)")
 
 
 class CheckFields(Fields):

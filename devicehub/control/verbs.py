@@ -59,7 +59,7 @@ async def start(room: Any, m: Any, caller: Caller) -> Any:
     if caller.origin != MQTT:
         # at the chair: who acknowledged what, and the checklist taken as done when asked
         at_chair = {"acknowledged_by": m.acknowledged_by, "preflight_done_by": m.preflight_done_by,
-                    "confirmation_required": False, "t_arrival": caller.t_arrival}
+                    "confirmation_required": m.wait_for_start, "t_arrival": caller.t_arrival}
     return await room.start(program=m.program, patient_ref=m.patient_ref, operator=m.operator, params=m.params,
                              acknowledge=m.acknowledge, origin=caller.origin, **at_chair)
 
@@ -144,3 +144,6 @@ async def recover(room: Any, m: Any, caller: Caller) -> Any:
 
 # the clinical verbs (adverse_event, course, enrol, course_end) register themselves too
 from devicehub.clinical import verbs as _clinical  # noqa: E402,F401
+
+# verbs of the console whose logic lives in a module of their own
+from devicehub.control import record_check  # noqa: E402,F401

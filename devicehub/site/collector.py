@@ -19,7 +19,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+
+import psycopg
 
 from devicehub.site.config import SiteConfig
 from devicehub.site.gaps import GapFiller
@@ -45,8 +46,6 @@ class Collector:
         self.thinned = 0
         self.refused = 0
         self.acked = 0
-        self.lags: list[float] = []  # seconds from the envelope ts to commit (kept when ``keep_lags``)
-        self.keep_lags = False
 
     def _on_message(self, item: Incoming) -> None:
         """paho's thread: keep it short."""
@@ -57,6 +56,15 @@ class Collector:
                 self.thinned += 1
                 return
             self._last_reading[device] = item.received
+        # parsed here, on paho's thread, while the writer waits for PostgreSQL
+        try:
+            env = parse(item.topic, item.payload)
+            item.rows, item.ts = rows_of(env), env["_ts"]
+        except BadMessage as exc:
+            self.refused += 1
+            log.warning("message on %s not stored: %s", item.topic, exc)
+            self.acked += self.link.ack([item])  # nothing to store: sending it again changes nothing
+            return
         self.queue.put(item)
 
     def _take(self) -> list[Incoming]:
@@ -77,24 +85,36 @@ class Collector:
                 break
         return batch
 
-    def _rows(self, batch: list[Incoming]) -> tuple[Rows, list[Any]]:
-        rows, stamps = Rows(), []
+    @staticmethod
+    def _rows(batch: list[Incoming]) -> Rows:
+        rows = Rows()
         for item in batch:
+            rows.extend(item.rows)
+        return rows
+
+    def _open_database(self) -> bool:
+        """Connect and migrate, retrying while PostgreSQL is not there (False: stopped first)."""
+        delay = 0.2
+        while True:
             try:
-                env = parse(item.topic, item.payload)
-                rows.extend(rows_of(env))
-                stamps.append(env["_ts"])
-            except BadMessage as exc:
-                self.refused += 1
-                log.warning("message on %s not stored: %s", item.topic, exc)
-        return rows, stamps
+                self.writer.open()
+                return True
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("database not reachable (%s); retrying in %.1f s", str(exc).strip(), delay)
+                if self.stop_event.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
 
     def run(self, ready: threading.Event | None = None) -> int:
         """Serve until :meth:`stop`; returns an exit code."""
-        self.writer.open()  # the schema first: a collector with no database does not subscribe
+        if not self._open_database():  # the schema first: a collector with no database does not subscribe
+            return 0
         self.link.start()
         filler = threading.Thread(target=self.gaps.run, args=(self.stop_event,), name="gaps", daemon=True)
         filler.start()
+        while not self.link.subscribed.wait(0.2):  # "collecting" once the broker holds the subscriptions
+            if self.stop_event.is_set():
+                break
         if ready is not None:
             ready.set()
         try:
@@ -103,13 +123,10 @@ class Collector:
                 if not batch:
                     continue
                 self.received += len(batch)
-                rows, stamps = self._rows(batch)
+                rows = self._rows(batch)
                 if len(rows) and not self.writer.write_until_done(rows, self.stop_event):
                     break  # stopped while the database was away: nothing of this batch acknowledged
                 self.committed += len(batch)
-                if self.keep_lags:
-                    now = time.time()
-                    self.lags.extend(now - ts.timestamp() for ts in stamps)
                 self.acked += self.link.ack(batch)
         finally:
             self.link.stop()

@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 _PASS_LOCK = 0x64686770  # "dhgp"
 PAGE = 1000
 
+#: the holes of one boot from seq ``holes_upto`` on (the row at it gives the first ``prev``)
 _HOLES = """
 SELECT prev, seq FROM (
-    SELECT seq, COALESCE(lag(seq) OVER (ORDER BY seq), 0) AS prev, received_at
-    FROM messages WHERE site = %s AND room = %s AND boot = %s AND seq IS NOT NULL) t
+    SELECT seq, COALESCE(lag(seq) OVER (ORDER BY seq), 0) AS prev
+    FROM messages WHERE site = %s AND room = %s AND boot = %s AND seq IS NOT NULL AND seq >= %s) t
 WHERE seq > prev + 1"""
 
 
@@ -84,10 +85,18 @@ class GapFiller:
     # ---- seq gaps ---------------------------------------------------------------------
     def _seq_gaps(self, db: psycopg.Connection[Any]) -> None:
         after = self.config.gap_fill_after_s
-        for site, room, boot in db.execute("SELECT site, room, boot FROM boots WHERE seqs < max_seq").fetchall():
-            for prev, seq in db.execute(_HOLES, (site, room, boot)).fetchall():
+        # only boots with seq numbers missing and new messages since their last scan, and
+        # only from where that scan ended: a long boot is not read again every pass
+        for site, room, boot, upto, top in db.execute(
+                "SELECT site, room, boot, holes_upto, max_seq FROM boots"
+                " WHERE seqs < max_seq AND max_seq > holes_upto").fetchall():
+            for prev, seq in db.execute(_HOLES, (site, room, boot, upto)).fetchall():
+                if upto and prev == 0:
+                    continue  # the scan's first row: no predecessor in this window
                 db.execute("INSERT INTO gaps (site, room, boot, after_seq, before_seq) VALUES (%s,%s,%s,%s,%s)"
                            " ON CONFLICT DO NOTHING", (site, room, boot, prev, seq))
+            db.execute("UPDATE boots SET holes_upto = GREATEST(holes_upto, %s) WHERE site = %s AND room = %s"
+                       " AND boot = %s", (top, site, room, boot))
         due = db.execute(
             "SELECT site, room, boot, after_seq, before_seq FROM gaps WHERE closed_at IS NULL"
             " AND found_at < now() - make_interval(secs => %s) ORDER BY found_at", (after,)).fetchall()
@@ -128,11 +137,14 @@ class GapFiller:
         # newest event is older than the fill delay (a lost tail shows no seq gap until
         # the hub publishes again; a session waiting long for the chair costs one request
         # per delay)
+        # (an unended session quiet for a day is left alone: its hub is gone or the session
+        # waits; the hub's next message about it, a failed hub_restart at the latest, wakes it)
         due = db.execute(
-            "SELECT session, site, room FROM sessions WHERE (events < last_index OR incomplete OR ended IS NULL)"
+            "SELECT session, site, room FROM sessions WHERE (events < last_index OR incomplete"
+            " OR (ended IS NULL AND last_event_at > now() - interval '1 day'))"
             " AND last_event_at < now() - make_interval(secs => %s)"
-            " AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => %s))",
-            (after, after)).fetchall()
+            " AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => %s))"
+            " ORDER BY last_event_at DESC LIMIT 100", (after, after)).fetchall()
         for session, site, room in due:
             self.fill(db, site, room, session)
 

@@ -47,6 +47,8 @@ class Incoming:
     qos: int
     generation: int
     received: float  # time.time() at arrival
+    rows: Any = None  # what it writes (the collector parses on arrival)
+    ts: Any = None  # its envelope's ts
 
 
 def subscriptions(config: SiteConfig) -> list[tuple[str, int]]:
@@ -79,10 +81,13 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
         self._lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()
+        #: set once the broker acknowledged the subscriptions (of any connection)
+        self.subscribed = threading.Event()
         self.connects = 0
         self._replies: dict[bytes, tuple[threading.Event, list[Any]]] = {}
         self._n = itertools.count(1)
@@ -115,6 +120,12 @@ class MqttLink:
         client.subscribe(subs)
         log.info("MQTT connected as %s (session present: %s)", self.client_id, flags.session_present)
         self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("subscriptions refused by the broker: %s", failed)
+        self.subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._lock:

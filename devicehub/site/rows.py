@@ -8,8 +8,9 @@ leaves the database as once. Statements run in the order of :data:`ORDER`.
 
 from __future__ import annotations
 
-import json
 import re
+
+import orjson
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +106,7 @@ class Rows:
 
 
 def _j(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _text(value: Any) -> str | None:
@@ -119,8 +120,8 @@ def _int(value: Any) -> int | None:
 def parse(topic: str, payload: bytes) -> dict[str, Any]:
     """The envelope of a message on ``topic``; :class:`BadMessage` says why not."""
     try:
-        env = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        env = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise BadMessage("not JSON") from None
     if not isinstance(env, dict) or env.get("v") != 1:
         raise BadMessage("not a version 1 envelope")

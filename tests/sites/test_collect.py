@@ -18,9 +18,9 @@ from tests.sites.conftest import assert_same_events, collectors, query, until_db
 pytestmark = pytest.mark.timeout(240)
 
 
-async def run_session(clinic: Clinic, room, *, until: str = "completed") -> str:
+async def run_session(clinic: Clinic, room, *, until: str = "completed", **start) -> str:
     """A demo session started over MQTT, confirmed and prompted at the chair, run to its end."""
-    sid = await run_to_awaiting(clinic)
+    sid = await run_to_awaiting(clinic, **start)
     acks = asyncio.create_task(ack_prompts(clinic, room, sid))
     try:
         assert (await console(room, "confirm", session=sid, by="tech"))["ok"]
@@ -57,7 +57,12 @@ async def test_two_hubs_every_event_once(site_broker, database, tmp_path: Path) 
                 await hub2.astart()
                 await auto_trigger(one, 20)
                 await auto_trigger(two, 20)
-                sid1, sid2 = await asyncio.gather(run_session(c1, one), run_session(c2, two))
+                # room-1's patient is in a course (room-1 holds it): the session's place in it is kept
+                enrolled = await c1.request("enrol", {"patient_ref": "P-COURSE-1", "course": "demo-course",
+                                                      "by": "dr-a"})
+                assert enrolled["ok"], enrolled
+                sid1, sid2 = await asyncio.gather(run_session(c1, one, patient_ref="P-COURSE-1"),
+                                                  run_session(c2, two))
 
                 await until_db(database, all_stored(database, c1, sid1), what="room-1's events")
                 await until_db(database, all_stored(database, c2, sid2), what="room-2's events")
@@ -93,6 +98,22 @@ async def test_two_hubs_every_event_once(site_broker, database, tmp_path: Path) 
                                                  str(cfg), "--json")).stdout)
                 assert [s["session"] for s in patient["sessions"]] == [sid1]
                 assert patient["sessions"][0]["adverse_events"] == []
+
+                # a follow-up after the end: the hub's adverse event reaches the patient's view
+                ae = await c1.request("adverse_event", {"session": sid1, "kind": "redness", "severity": "mild",
+                                                        "by": "dr-b", "note": "next visit"})
+                assert ae["ok"] and ae["data"]["action"] == "recorded", ae
+                await until_db(database, lambda q: q("SELECT count(*) AS n FROM adverse_events WHERE session = %s",
+                                                     sid1)[0]["n"] == 1, what="the adverse event stored")
+                patient = json.loads((await acli("site", "patient", listed[sid1]["patient_ref"], "--config",
+                                                 str(cfg), "--json")).stdout)
+                created1 = next(e["data"] for e in wire_events(c1, sid1).values() if e["data"]["event"] == "created")
+                assert created1["course"] and patient["sessions"][0]["course"] == created1["course"]
+                assert patient["sessions"][0]["course"]["course"] == "demo-course"
+                assert [(a["index"], a["kind"], a["severity"], a["by"], a["note"])
+                        for a in patient["sessions"][0]["adverse_events"]] == \
+                    [(ae["data"]["index"], "redness", "mild", "dr-b", "next visit")]
+                assert patient["sessions"][0]["complete"] is True
 
                 rooms = json.loads((await acli("site", "rooms", "--config", str(cfg), "--json")).stdout)
                 assert [(r["site"], r["room"], r["status"]) for r in rooms] == \

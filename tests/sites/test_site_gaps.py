@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devicehub.site.schema import MIGRATIONS, MigrationError, migrate, migrations
+from devicehub.mqtt.envelope import new_ulid
 from tests.hub.conftest import (Clinic, acli, auto_trigger, console, hub_in, new_site, root_of, run_to_awaiting,
                                 simulated_room)
 from tests.sites.conftest import collectors, query, until_db, write_site_config
@@ -101,9 +102,10 @@ async def test_bad_input_is_stored_nowhere_and_stops_nothing(site_broker, databa
 
 def test_migrations_are_applied_once_and_never_edited(database, tmp_path: Path) -> None:
     with psycopg.connect(database) as conn:
-        assert migrate(conn) == len(migrations()) == 1
-        assert migrate(conn) == 1  # again: nothing to do
-        assert conn.execute("SELECT version, name FROM schema_version").fetchall() == [(1, "0001_initial.sql")]
+        assert migrate(conn) == len(migrations()) == 2
+        assert migrate(conn) == 2  # again: nothing to do
+        assert conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall() == \
+            [(1, "0001_initial.sql"), (2, "0002_boots_holes_upto.sql")]
         edited = tmp_path / "migrations"
         shutil.copytree(MIGRATIONS, edited)
         (edited / "0001_initial.sql").write_text((edited / "0001_initial.sql").read_text() + "\n-- edited\n")
@@ -112,3 +114,39 @@ def test_migrations_are_applied_once_and_never_edited(database, tmp_path: Path) 
         (edited / "0001_initial.sql").unlink()
         with pytest.raises(MigrationError):
             migrate(conn, edited)  # no file 1: the numbering has a gap
+
+    # a database made by version 1 alone is brought to version 2
+    only_first = tmp_path / "v1"
+    only_first.mkdir()
+    shutil.copy(MIGRATIONS / "0001_initial.sql", only_first)
+    with psycopg.connect(database, autocommit=True) as c:
+        c.execute("CREATE DATABASE v1_upgrade")
+    url = database.rsplit("/", 1)[0] + "/v1_upgrade"
+    with psycopg.connect(url) as conn:
+        assert migrate(conn, only_first) == 1
+        assert migrate(conn) == 2
+        assert conn.execute("SELECT holes_upto FROM boots").fetchall() == []
+
+
+async def test_collector_waits_for_a_database_that_is_not_there_yet(site_broker, database, postgres,
+                                                                     tmp_path: Path) -> None:
+    site = new_site()
+    cfg = write_site_config(tmp_path / "site.yaml", database=database, port=site_broker.port, site=site)
+    async with collectors(cfg, tmp_path) as make:
+        await asyncio.to_thread(postgres.stop)
+        try:
+            starting = asyncio.create_task(make("collector-a").astart())  # ready once the schema is there
+            log = tmp_path / "collector-collector-a.log"
+            while "database not reachable" not in (log.read_text() if log.exists() else ""):
+                await asyncio.sleep(0.05)  # poll the log for the collector's retry
+            assert not starting.done()
+        finally:
+            await asyncio.to_thread(postgres.start)
+        collector = await starting
+        env = {"v": 1, "type": "status", "site": site, "room": "room-1", "boot": 1, "seq": 1, "msg_id": new_ulid(),
+               "ts": "2026-12-01T10:00:00.000000Z", "historical": False, "data": {"state": "online"}}
+        async with aiomqtt.Client("127.0.0.1", site_broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.publish(f"{root_of(site, 'room-1')}/status", json.dumps(env), qos=1)
+        await until_db(database, lambda q: q("SELECT status FROM rooms WHERE site = %s", site)
+                       == [{"status": "online"}], what="stored once the database came")
+        assert collector.proc.poll() is None

@@ -155,4 +155,5 @@ async def test_withheld_messages_filled_through_events(site_broker, database, tm
         assert {w["data"]["index"] for w in withheld if w["session"] == sid} <= filled
         await until_db(database, lambda q: not q("SELECT count(*) AS n FROM gaps WHERE site = %s AND closed_at IS NULL",
                                                  site)[0]["n"], what="every gap closed")
-        assert query(database, "SELECT incomplete FROM sessions WHERE session = %s", sid)[0]["incomplete"] is False
+        await until_db(database, lambda q: q("SELECT incomplete FROM sessions WHERE session = %s",
+                                             sid)[0]["incomplete"] is False, what="the session not incomplete")
