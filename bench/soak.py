@@ -41,7 +41,7 @@ from bench.soaklib.plan import draw  # noqa: E402
 from bench.soaklib.procs import Broker, Hub, Simulators, TcpProxy, proxied, upstream_of, write_hub_config  # noqa: E402
 from bench.soaklib.session import Room, prepare_room, run_session  # noqa: E402
 
-INVARIANTS = ("1_safe_state", "2_delivered", "3_record", "4_seq", "5_resources")
+INVARIANTS = ("1_safe_state", "2_delivered", "2_exposure_plan", "3_record", "4_seq", "5_resources")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,8 +88,9 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             v1, times = checks.invariant_1(out)
             safe_ms += times
             v2 = checks.invariant_2(out, room)
+            v2x = checks.invariant_2_exposures(out)
             v3 = checks.invariant_3(out, room)
-            for key, found in (("1_safe_state", v1), ("2_delivered", v2), ("3_record", v3)):
+            for key, found in (("1_safe_state", v1), ("2_delivered", v2), ("2_exposure_plan", v2x), ("3_record", v3)):
                 violations[key] += [f"#{i} {out.session}: {v}" for v in found]
             samples.append(hub.resources())
             outcomes.append({"index": i, "program": out.program, "origin": out.origin, "session": out.session,
@@ -98,8 +99,10 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             end = out.reason if out.session else f"refused: {out.refused}"
             print(f"#{i:<4} {out.program:<18} {out.origin:<7} {out.state:<10} {str(end or ''):<28} "
                   f"{','.join(out.faults) or '-':<40} v1={len(v1)} v2={len(v2)} v3={len(v3)}", flush=True)
-            for v in v1 + v2 + v3:
+            for v in v1 + v2 + v2x + v3:
                 print(f"        {v}", flush=True)
+            for note in out.notes:
+                print(f"        note: {note}", flush=True)
             await prepare_room(room)
             i += 1
         await asyncio.sleep(3.0)  # the outbox drains: replays reach the follower
@@ -107,6 +110,13 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         follower.dump(directory / "follower.jsonl")
         if seq["gaps"] or seq["duplicates"]:
             violations["4_seq"].append(f"{seq['gaps']} missing seq, {seq['duplicates']} duplicates: {seq['gap_at']}")
+        # the end, at rest: the fewest descriptors of a few looks (one may catch a reconnect)
+        quiet = []
+        for _ in range(5):
+            quiet.append(hub.resources())
+            await asyncio.sleep(0.3)
+        if quiet and quiet[0]:
+            samples.append(min(quiet, key=lambda q: q.get("fds", 0)))
         v5, res = checks.resources(samples)
         violations["5_resources"] += v5
     finally:

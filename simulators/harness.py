@@ -54,6 +54,12 @@ class SimulatorThread:
         async def _close() -> None:
             for s in self._served:
                 await s.close()
+            # connections still open (a control client the test did not close) end here,
+            # on a running loop, not as coroutines collected after the loop has closed
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(_close(), self.loop).result(10)

@@ -51,6 +51,8 @@ def invariant_1(out: Outcome) -> tuple[list[str], list[float]]:
         if on:
             bad.append(f"{stop.kind}: {', '.join(on)} still on when the stop returned")
         changed = _changed_after(stop.states, stop.t_trigger, skip)
+        if stop.from_device_clock:  # the faulting device itself went off first: time the others
+            changed.pop(stop.kind.split(":")[1], None)
         if changed:
             ms = (max(changed.values()) - stop.t_trigger) * 1000.0
             times.append(ms)
@@ -104,6 +106,36 @@ def invariant_2(out: Outcome, room: Room) -> list[str]:
     return bad
 
 
+def invariant_2_exposures(out: Outcome) -> list[str]:
+    """Invariant 2 for LED-1 and PEMF-1, counted apart: what each emitter delivered in the
+    session (its own totals) never beyond the step's plan (no second exposure after a
+    pause, a resume, a recovery or a reconnect)."""
+    bad: list[str] = []
+    if out.session is None:
+        return bad
+    for dev, st_key, planned in _planned_exposures(out):
+        got = float(out.after[dev].get(st_key) or 0) - float(out.before[dev].get(st_key) or 0)
+        if got > planned + (0.15 if st_key == "elapsed_s" else 0.01 * planned):  # 0.1 s registers; 1 % light noise
+            bad.append(f"{dev} delivered {got:g} {st_key}, the program plans {planned:g}")
+    return bad
+
+
+def _planned_exposures(out: Outcome) -> list[tuple[str, str, float]]:
+    """(device, simulator total, planned amount) of the session's LED and PEMF steps, from the plan."""
+    found = []
+    for step in out.steps:
+        p = out.params.get(step["id"], {})
+        if step["kind"] == "led":
+            if "duration_s" in p or "duration_s" in step:
+                found.append(("led-1", "elapsed_s", float(p.get("duration_s", step.get("duration_s", 0)))))
+            else:
+                found.append(("led-1", "fluence_mj_cm2",
+                              1000.0 * float(p.get("fluence_j_cm2", step.get("fluence_j_cm2", 0)))))
+        elif step["kind"] == "pemf":
+            found.append(("pemf-1", "elapsed_s", float(p.get("duration_s", step.get("duration_s", 0)))))
+    return found
+
+
 def invariant_3(out: Outcome, room: Room) -> list[str]:
     if out.session is None:
         return []
@@ -113,7 +145,7 @@ def invariant_3(out: Outcome, room: Room) -> list[str]:
         bad.append(f"record does not verify: {check.message}")
     if out.state not in FINAL:
         bad.append(f"ended in {out.state}, not a final state")
-    if out.hub_killed and out.state != "completed" and (out.state, out.reason) != ("failed", "hub_restart"):
+    if out.interrupted_by_kill and (out.state, out.reason) != ("failed", "hub_restart"):
         bad.append(f"hub restart: ended {out.state} ({out.reason}), not failed (hub_restart)")
     return bad
 
@@ -137,5 +169,6 @@ def resources(samples: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]
     if end["rss_kb"] - base["rss_kb"] > 10 * 1024:
         bad.append(f"RSS grew {(end['rss_kb'] - base['rss_kb']) / 1024:.1f} MB")
     if end["fds"] > fds_base:
-        bad.append(f"open fds grew from at most {fds_base} to {end['fds']}")
+        bad.append(f"open fds grew from at most {fds_base} to {end['fds']} "
+                   f"(after 10: {base.get('fd_kinds')}; end: {end.get('fd_kinds')})")
     return bad, info

@@ -55,6 +55,7 @@ class SessionPlan:
     params: dict[str, dict[str, Any]]
     preflight: list[str]
     actions: list[Action]
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the program's steps as written
 
 
 def _program(pid: str) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def draw(seed: int, index: int) -> SessionPlan:
         actions.append(_action(rng, ("pause", rng.choice(("mqtt", "console")))))
     actions.sort(key=lambda a: a.at_s)
     return SessionPlan(index, program, origin, short_params(doc), [i["id"] for i in doc.get("preflight", [])],
-                       actions)
+                       actions, steps=list(doc.get("steps", [])))
 
 
 def _action(rng: random.Random, what: tuple[str, ...]) -> Action:

@@ -234,11 +234,38 @@ class Hub:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
+        kinds: dict[str, int] = {}
         try:
-            fds = len(os.listdir(f"/proc/{pid}/fd"))
+            names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
-            fds = -1
-        return {"pid": pid, "rss_kb": rss, "fds": fds}
+            names = []
+        peers = _socket_peers(pid)
+        for name in names:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+                if target.startswith("socket:["):  # which socket: its TCP peer port or unix path
+                    kind = "socket " + peers.get(target[8:-1], "?")
+                else:
+                    kind = target.split(":")[0] if ":" in target else ("file:" + Path(target).name)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return {"pid": pid, "rss_kb": rss, "fds": len(names) if names else -1, "fd_kinds": kinds}
+
+
+def _socket_peers(pid: int) -> dict[str, str]:
+    """Socket inode -> "tcp :PORT->:PORT STATE" or "unix PATH", from /proc (for a leak's post-mortem)."""
+    out: dict[str, str] = {}
+    states = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                local, remote = int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16)
+                out[f[9]] = f"tcp :{local}->:{remote} {states.get(f[3], f[3])}"
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+            f = line.split()
+            out[f[6]] = "unix " + (Path(f[7]).name if len(f) > 7 else "(unnamed)")
+    return out
 
 
 def write_hub_config(directory: Path, endpoints: dict[str, str], mqtt_port: int, site: str) -> Path:

@@ -71,11 +71,15 @@ class Outcome:
     faults: list[str] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)  # stalled or cut in this session
     hub_killed: bool = False
+    #: the record showed the session unfinished once the killed hub was gone
+    interrupted_by_kill: bool = False
     notes: list[str] = field(default_factory=list)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0) -> Outcome:
-    out = Outcome(plan.index, plan.program, plan.origin)
+    out = Outcome(plan.index, plan.program, plan.origin, params=plan.params, steps=plan.steps)
     out.before = await room.world.states()
     sid = await _start(room, plan, out)
     if sid is None:
@@ -90,9 +94,12 @@ async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0
                 if left > 0 and await _wait_state(room, sid, FINAL, left) in FINAL:
                     break
                 await _act(room, sid, action, out)
-        state = await _wait_state(room, sid, FINAL, timeout_s)
+        state = await _until_final(room, sid, out, timeout_s)
         if state not in FINAL:
-            out.notes.append(f"stuck in {state}: aborted at the console")
+            events = await room.aread("events", sid)
+            last = [f"{e['event']}{'(' + str(e['data'].get('reason')) + ')' if e['data'].get('reason') else ''}"
+                    for e in events[-4:]]
+            out.notes.append(f"stuck in {state} (last events {last}): aborted at the console")
             await room.tech.request("abort", session=sid, reason="soak: stuck")
             await _wait_state(room, sid, FINAL, 30.0)
     finally:
@@ -161,6 +168,50 @@ async def _ack_prompts(room: Room, sid: str) -> None:
         await asyncio.sleep(0.2)
 
 
+async def _until_final(room: Room, sid: str, out: Outcome, timeout: float) -> str | None:
+    """Wait for the end; a session a recoverable fault paused is recovered at the chair
+    (the cause removed, ``recover``, then resumed) as a technician would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await _wait_state(room, sid, (*FINAL, "paused"), max(0.0, deadline - time.monotonic()))
+        if state != "paused" or time.monotonic() >= deadline:
+            return state
+        events = await room.aread("events", sid)
+        paused = next((e["data"] for e in reversed(events) if e["event"] == "paused"), {})
+        recovery = paused.get("recovery")
+        if not recovery:  # paused by someone else (the soak resumes its own pauses): go on waiting
+            await asyncio.sleep(0.2)
+            continue
+        await _recover(room, sid, recovery, out)
+
+
+async def _recover(room: Room, sid: str, recovery: dict[str, Any], out: Outcome) -> None:
+    dev = recovery.get("device", "")
+    states = await room.world.states()
+    # the trigger by the faulting device's own clock: when it switched itself off
+    t_dev = (states.get(dev) or {}).get("output_changed_at")
+    last = next((s for s in reversed(out.stops) if s.kind.startswith("fault:") and not s.states), None)
+    if t_dev is not None and last is not None and t_dev >= last.t_trigger:
+        out.stops.append(Stop(f"fault-pause:{dev}", t_dev, states, from_device_clock=True))
+    out.notes.append(f"recovered {dev} fault {recovery.get('code')}")
+    room.marks.append((round(time.monotonic(), 6), f"recover {dev} {sid}"))
+    with contextlib.suppress(Exception):
+        await room.world.call(dev, "clear")  # the technician removes the cause
+    for _ in range(20):  # a hot part cools for a moment before the device takes its clear
+        reply = await room.tech.request("recover", session=sid, by="tech")
+        if reply and reply.get("ok"):
+            break
+        await asyncio.sleep(0.3)
+    else:
+        out.notes.append(f"recover of {dev} refused: aborted")
+        await _abort(room, sid, "console", out)
+        return
+    reply = await room.tech.request("resume", session=sid, by="tech")
+    if not (reply and reply.get("ok")):
+        out.notes.append(f"resume after recovery refused: {(reply or {}).get('error', {}).get('code')}; aborted")
+        await _abort(room, sid, "console", out)
+
+
 async def _wait_state(room: Room, sid: str, states: tuple[str, ...], timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     state = None
@@ -205,6 +256,8 @@ async def _act(room: Room, sid: str, action: Action, out: Outcome) -> None:
         out.unreachable.update(DEVICE_FAULTS)  # nobody commands the devices: their watchdogs do
         out.stops.append(Stop("hub_kill", time.monotonic()))
         room.hub.kill()
+        summary = await room.aread("session", sid) or {}  # as the dead hub left it
+        out.interrupted_by_kill = out.interrupted_by_kill or summary.get("state") not in FINAL
         await asyncio.sleep(0.3)
         await asyncio.to_thread(room.hub.start)
         room.marks.append((round(time.monotonic(), 6), f"hub started, boot {room.hub.boot}"))

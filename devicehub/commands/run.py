@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -129,15 +130,47 @@ async def run_session(config: Any, args: argparse.Namespace, params: dict[str, A
         return EXIT_ROOM_HELD
 
 
+#: stdin bytes read but not yet asked for (a pipe may hand over several answers at once)
+_stdin_pending = bytearray()
+_stdin_lock = threading.Lock()
+
+
+def _read_answer() -> str:
+    """One line of stdin ("" at its end), read with ``os.read`` on the raw descriptor.
+
+    Not ``input()``: a daemon thread blocked inside it holds stdin's buffer lock, and an
+    interpreter that exits meanwhile (the session ended, aborted at the console) dies
+    with "Fatal Python error: _enter_buffered_busy" (seen under load in
+    tests/hub/test_room_owner.py). A thread blocked in ``os.read`` holds no such lock.
+    """
+    fd = sys.stdin.fileno()
+    while True:
+        with _stdin_lock:
+            i = _stdin_pending.find(b"\n")
+            if i >= 0:
+                line = bytes(_stdin_pending[:i])
+                del _stdin_pending[: i + 1]
+                return line.decode(errors="replace").rstrip("\r")
+        chunk = os.read(fd, 4096)
+        with _stdin_lock:
+            if not chunk:  # end of input: what is left is the last answer
+                line = bytes(_stdin_pending)
+                _stdin_pending.clear()
+                return line.decode(errors="replace")
+            _stdin_pending.extend(chunk)
+
+
 async def _ask(prompt: str) -> str:
-    """``input()`` off the event loop, on a daemon thread: an abort never waits for a keypress."""
+    """A line of stdin off the event loop, on a daemon thread: an abort never waits for a keypress."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[str] = loop.create_future()
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
 
     def read() -> None:
         try:
-            text = input(prompt)
-        except EOFError:
+            text = _read_answer()
+        except (OSError, ValueError):
             text = ""
         loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(text))
 

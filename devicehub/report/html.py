@@ -113,6 +113,13 @@ def render(data: dict[str, Any]) -> str:
     out.append(_table(["device", "quantity", "planned", "delivered (device read-back)"], rows, num=(2, 3))
                if rows else _none("Nothing planned or delivered."))
 
+    timing = [[d["step_id"], d["zone"], d["point"], d["delivered"].get("timing_error_us"), d["status"]]
+              for d in data["deliveries"] if isinstance(d.get("delivered"), dict)
+              and "timing_error_us" in d["delivered"]]
+    if timing:  # EP: each train's largest pulse interval error, by the EPG-1's own offsets
+        out.append("<h2>Pulse timing (electroporation)</h2>")
+        out.append(_table(["step", "zone", "point", "timing error (us)", "status"], timing, num=(3,)))
+
     out.append("<h2>Timeline</h2>")
     out.append(_table(["time", "what", "details"], timeline(data, t)))
     if data["safe_states"]:

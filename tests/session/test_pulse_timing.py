@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 
 from devicehub.records.report import render_report
+from devicehub.report.collect import collect
+from devicehub.report.html import render as render_html
 
 from .conftest import DEVICES, FAST_DEMO, Hub
 
@@ -60,3 +62,6 @@ async def test_soft_pulse_timing_raises_one_medium_alarm_and_the_session_goes_on
     report = await hub.store.call(render_report, sid)
     section = report.split("## Pulse timing (electroporation)", 1)[1].split("##", 1)[0]
     assert f"| ep | left | left-r1c1 | {errors[0]} | done |" in section
+    page = render_html(await hub.store.call(collect, sid))
+    section = page.split("<h2>Pulse timing (electroporation)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert f'<td>left-r1c1</td><td class="num">{errors[0]}</td><td>done</td>' in section
