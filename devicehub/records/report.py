@@ -9,7 +9,6 @@ the head kept outside the store, which exposes even a rewrite of the whole chain
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -171,19 +170,7 @@ def render_report(store: RecordStore, session_id: str) -> str:
 
 def write_report(store: RecordStore, session_id: str, directory: str | os.PathLike[str]) -> Path:
     """Write ``<directory>/<session_id>.md`` (atomically: never a half-written report)."""
+    from devicehub.report.files import write_file
+
     check_session_id(session_id)
-    text = render_report(store, session_id)
-    target_dir = Path(directory)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{session_id}.md"
-    fd, tmp = tempfile.mkstemp(prefix=f".{session_id}.", suffix=".tmp", dir=target_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_file(render_report(store, session_id), Path(directory) / f"{session_id}.md")
