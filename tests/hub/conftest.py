@@ -375,7 +375,7 @@ def start_body(**extra: Any) -> dict[str, Any]:
 async def run_to_awaiting(clinic: Clinic, **extra: Any) -> str:
     """start + both preflight items over MQTT; returns the session id (awaiting_confirmation)."""
     reply = await clinic.request("start", start_body(**extra))
-    assert reply["ok"], reply
+    assert reply["ok"], reply.get("error")
     sid = reply["data"]["session"]
     for item in ("consent", "scalp_cleansed"):
         r = await clinic.request("preflight", {"session": sid, "item": item, "done": True, "by": "nurse"})
