@@ -154,6 +154,17 @@ async def abort_rounds(room: Room, port: int, rounds: int) -> dict[str, Any]:
     hub_ms: list[float] = []
     async with _client(port, f"bench-clinic-{uuid.uuid4().hex[:6]}") as clinic, \
             ConsoleClient(room.directory / "devicehub.sock") as chair:
+        await clinic.subscribe(f"{root}/sessions/+/events", qos=1)
+        finals: dict[str, dict[str, Any]] = {}
+
+        async def follow() -> None:
+            async for msg in clinic.messages:
+                env = orjson.loads(msg.payload)
+                data = env.get("data") or {}
+                if data.get("event") in ("aborted", "completed", "failed"):
+                    finals[env.get("session")] = data
+
+        follower = asyncio.ensure_future(follow())
         for i in range(rounds):
             started = await chair.request("start", program="bench-exposure", patient_ref=f"B-{i}",
                                           operator="bench", preflight_done_by="bench")
@@ -178,19 +189,19 @@ async def abort_rounds(room: Room, port: int, rounds: int) -> dict[str, Any]:
             for d in per_device:
                 per_device[d].append((states[d]["output_changed_at"] - t_sent) * 1000.0)
             latencies.append(max(per_device[d][-1] for d in per_device))
-            # the session's end is recorded before the next start; its safe_state_ms is the hub's clock
-            final = await _until(lambda: _final(chair, started["data"]["session"]))
+            # the session's end is published before the next start; its safe_state_ms is the hub's clock
+            sid = started["data"]["session"]
+
+            async def final_seen() -> dict[str, Any] | None:
+                return finals.get(sid)
+
+            final = await _until(final_seen)
             if isinstance(final.get("safe_state_ms"), (int, float)):
                 hub_ms.append(float(final["safe_state_ms"]))
+        follower.cancel()
     return {"to_outputs_off_ms": summary(latencies),
             "per_device_ms": {d: summary(v) for d, v in per_device.items()},
             "hub_safe_state_ms": summary(hub_ms) if hub_ms else None}
-
-
-async def _final(chair: ConsoleClient, sid: str) -> dict[str, Any] | None:
-    reply = await chair.request("session", session=sid)
-    data = reply.get("data") or {}
-    return data if data.get("state") in ("aborted", "completed", "failed") else None
 
 
 async def broker_rounds(port: int, rounds: int) -> dict[str, Any]:
