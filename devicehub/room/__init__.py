@@ -26,7 +26,7 @@ from devicehub.bus import Bus
 from devicehub.devices import DeviceManager
 from devicehub.room.lifetime import RoomLifetime
 from devicehub.room.safe_state import RoomSafeState
-from devicehub.room.starting import SESSION_CAPS, RoomStarting  # noqa: F401 - SESSION_CAPS re-exported
+from devicehub.room.starting import SESSION_CAPS, STOPPING_WAIT_S, RoomStarting  # noqa: F401 - re-exported
 from devicehub.room.supervision import RoomSupervision
 from devicehub.room.verbs import RoomVerbs
 from devicehub.room_api import CommandError

@@ -4,6 +4,7 @@ limits, the course, the runtime caps, busy, admission, the devices), then the ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +12,9 @@ from devicehub.control.dry_run import finding_detail, params_error
 from devicehub.room_api import CommandError
 from devicehub.runner.session import SessionRunner
 from devicehub.timefmt import parse_ts
+
+#: how long a start waits for a session that is stopping to end before it says ``busy``
+STOPPING_WAIT_S = 5.0
 
 #: runtime cap quantity -> (limits.session field, factor from the limit's unit to the runner's)
 SESSION_CAPS = {
@@ -92,6 +96,18 @@ class RoomStarting:
             caps[quantity] = float(value) * factor
         return caps
 
+    async def _let_a_stopping_session_end(self) -> None:
+        """A session whose stop is under way (outputs off, its final event recorded and
+        published, its state not yet) ends within moments: a start that arrives then, e.g.
+        from clinic software that saw the final event, waits for it rather than hearing
+        ``busy``; a stop that takes longer than STOPPING_WAIT_S is still ``busy``."""
+        cur = self.current
+        if cur is None or cur.finished or not cur.stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOPPING_WAIT_S):
+                await cur.wait()
+
     async def start_session(self, *, program: str, patient_ref: str, operator: str,
                             params: dict[str, Any] | None = None, acknowledge: list[str] | None = None,
                             origin: str = "mqtt", preflight_done_by: str | None = None,
@@ -119,6 +135,9 @@ class RoomStarting:
                                                     operator=operator, origin=origin, code=exc.code,
                                                     details=exc.details)
                 raise
+            await self._let_a_stopping_session_end()
+            if self._abort_epoch != epoch:
+                raise CommandError("invalid_state", "an abort arrived while this start waited: nothing was started")
             if self.active_session() is not None:
                 raise CommandError("busy", f"session {self.current.session_id} is {self.current.state} in this room")
             for check in self.admission_checks:
