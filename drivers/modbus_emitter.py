@@ -27,6 +27,7 @@ Behaviour:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import abstractmethod
@@ -63,6 +64,8 @@ PROGRESS_INTERVAL_S = 0.5
 #: how often STATE and FAULT are read while the output is on (a 2-register read takes
 #: about 10 ms at 19200 baud on RTU, well under 1 ms over TCP)
 WATCH_INTERVAL_S = 0.02
+#: how long a safe state tries to open a lost connection again before it says unconfirmed
+SAFE_STATE_CONNECT_S = 0.5
 
 
 def heartbeat_interval_for(watchdog_ms: int) -> float:
@@ -198,6 +201,13 @@ class ModbusEmitter(Device):
         return await timed_safe_state(self._raw_safe_state)
 
     async def _raw_safe_state(self) -> tuple[bool, str]:
+        if not self.link.is_open:
+            # a connection lost (or closed) since: one attempt to open it again, as INJ-1's
+            # driver does, so a device that answers again is switched off and confirmed
+            try:
+                await asyncio.wait_for(self.link.open(), SAFE_STATE_CONNECT_S)
+            except (DriverError, asyncio.TimeoutError) as exc:
+                return False, f"not connected: {exc}"
         write_error: DriverError | None = None
         try:
             await self.link.write_coil_urgent(COIL_OUTPUT, False)
