@@ -41,11 +41,42 @@ class SafeStateReport:
 
 async def _one(device: Device, timeout: float) -> SafeStateResult:
     try:
-        return await asyncio.wait_for(device.safe_state(), timeout)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: no task of its own, so the device's off command is
+        # written in the same turn of the loop as this task's first step
+        async with asyncio.timeout(timeout):
+            return await device.safe_state()
+    except TimeoutError:
         return SafeStateResult(False, timeout * 1000.0, "no confirmation in time")
     except Exception as exc:  # noqa: BLE001 - safe_state must never take the room down with it
         return SafeStateResult(False, 0.0, f"{type(exc).__name__}: {exc}")
+
+
+def begin_safe_state(
+    devices: Mapping[str, Device],
+    trigger: str,
+    *,
+    t_trigger: float | None = None,
+    timeout: float = CONFIRM_TIMEOUT_S,
+) -> "asyncio.Future[SafeStateReport]":
+    """Every device's safe state scheduled now, one task each, so that every off command is
+    written in the loop's next turn, before whatever the caller awaits; the future is the
+    report once every device has confirmed or timed out. ``t_trigger``: ``time.monotonic()``."""
+    t0 = time.monotonic() if t_trigger is None else t_trigger
+    ids = list(devices)
+    tasks = [asyncio.ensure_future(_one(devices[i], timeout)) for i in ids]
+
+    async def report() -> SafeStateReport:
+        results = await asyncio.gather(*tasks)
+        ms = (time.monotonic() - t0) * 1000.0
+        return SafeStateReport(
+            trigger=trigger,
+            ms=ms,
+            devices={i: ("off" if r.confirmed else "unconfirmed") for i, r in zip(ids, results)},
+            details={i: r.detail for i, r in zip(ids, results) if r.detail and not r.confirmed},
+            device_ms={i: round(r.ms, 3) for i, r in zip(ids, results)},
+        )
+
+    return asyncio.ensure_future(report())
 
 
 async def safe_state_all(
@@ -56,14 +87,4 @@ async def safe_state_all(
     timeout: float = CONFIRM_TIMEOUT_S,
 ) -> SafeStateReport:
     """Command every device off concurrently; ``t_trigger`` is a ``time.monotonic()`` stamp."""
-    t0 = time.monotonic() if t_trigger is None else t_trigger
-    ids = list(devices)
-    results = await asyncio.gather(*(_one(devices[i], timeout) for i in ids))
-    ms = (time.monotonic() - t0) * 1000.0
-    return SafeStateReport(
-        trigger=trigger,
-        ms=ms,
-        devices={i: ("off" if r.confirmed else "unconfirmed") for i, r in zip(ids, results)},
-        details={i: r.detail for i, r in zip(ids, results) if r.detail and not r.confirmed},
-        device_ms={i: round(r.ms, 3) for i, r in zip(ids, results)},
-    )
+    return await begin_safe_state(devices, trigger, t_trigger=t_trigger, timeout=timeout)

@@ -284,7 +284,12 @@ class MqttFrontend(FrontendPublishing):
             req = IncomingRequest(topic=message.topic.value, payload=payload, retain=bool(message.retain),
                                   response_topic=response_topic, correlation_data=correlation)
             if self.topics.verb_of(req.topic) == "abort":
-                # an abort never waits behind another request, nor for this connection to live
+                # the off commands are scheduled here, as the message is read; the request's
+                # own path (and the room's abort) joins this safe state. An abort never waits
+                # behind another request, nor for this connection to live
+                begin = getattr(self.room, "begin_safe_state", None)
+                if begin is not None and not req.retain:
+                    begin("abort", req.t_arrival)
                 task = asyncio.create_task(self._handle(req), name="mqtt-abort")
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from devicehub.safety import SafeStateReport, safe_state_all
+from devicehub.safety import SafeStateReport, begin_safe_state
 
 
 class RoomSafeState:
@@ -23,20 +23,26 @@ class RoomSafeState:
         from this caller's ``t_trigger`` (a ``time.monotonic()`` stamp of the trigger's arrival).
         """
         t0 = time.monotonic() if t_trigger is None else t_trigger
-        off = self._off
-        if off is None or (off.done() and self._off_for != t0):
-            self._off_for = t0
-            async def reach() -> tuple[SafeStateReport, float]:
-                report = await safe_state_all(self.devices.devices, trigger, t_trigger=t0)
-                return report, time.monotonic()
-
-            off = self._off = asyncio.ensure_future(reach())
+        off = self.begin_safe_state(trigger, t0)
+        started_for = self._off_for  # the trigger time the report's ms counts from
 
         async def joined() -> SafeStateReport:
-            report, done_at = await asyncio.shield(off)
+            report = await asyncio.shield(off)
+            done_at = started_for + report.ms / 1000.0
             return dataclasses.replace(report, trigger=trigger, ms=max(0.0, (done_at - t0) * 1000.0))
 
         return joined()
+
+    def begin_safe_state(self, trigger: str, t_trigger: float) -> "asyncio.Future[SafeStateReport]":
+        """What :meth:`safe_state_now` starts, without a coroutine to await: every device's
+        off command scheduled now (written in the loop's next turn), or the safe state under
+        way joined. A front end calls it the moment a stop arrives (the MQTT reader, before
+        it hands the request on); the stop path's ``safe_state_now`` then joins it."""
+        off = self._off
+        if off is None or (off.done() and self._off_for != t_trigger):
+            self._off_for = t_trigger
+            off = self._off = begin_safe_state(self.devices.devices, trigger, t_trigger=t_trigger)
+        return off
 
     async def abort(self, *, session: str | None = None, reason: str | None = None,
                     t_trigger: float | None = None) -> dict[str, Any]:
