@@ -16,18 +16,14 @@ CPU, bounded in time). Targets: p99 < 5 ms unloaded, < 20 ms loaded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import multiprocessing
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import summary  # noqa: E402
 from devicehub.local_console import ConsoleClient  # noqa: E402
-from simulators.control import ControlClient  # noqa: E402
+from simulators.devsupport.clinic import NODELAY, sim_states  # noqa: E402
+from simulators.devsupport.processes import hub_in  # noqa: E402
+from simulators.devsupport.waiting import poll  # noqa: E402
 from simulators.local_broker import LocalBroker  # noqa: E402
 from simulators.simroom import ROOT, SimulatedRoom  # noqa: E402
 
@@ -81,45 +79,14 @@ def cpus_loaded(seconds: float) -> Iterator[None]:
             p.join()
 
 
-async def _states(room: SimulatedRoom) -> dict[str, dict[str, Any]]:
-    out = {}
-    for dev in DEVICES:
-        async with ControlClient(room.sims[dev].control) as c:
-            out[dev] = await c.state()
-    return out
-
-
 async def _until(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("the room did not get there in time")
-        await asyncio.sleep(0.025)  # poll interval: the simulators share this process's GIL
+    # poll interval: the simulators share this process's GIL
+    return await poll(check, timeout=timeout, interval=0.025, what="the room's state")
 
 
 def _client(port: int, ident: str) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", port, identifier=ident, protocol=aiomqtt.ProtocolVersion.V5,
-                          socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
-
-
-@contextlib.asynccontextmanager
-async def hub_process(room: SimulatedRoom) -> AsyncIterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "serve", "--config", str(room.config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    try:
-        line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
-        if not line.startswith("devicehub serving"):
-            raise RuntimeError(f"the hub did not start: {line!r}")
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+                          socket_options=(NODELAY,))
 
 
 async def abort_rounds(room: SimulatedRoom, port: int, rounds: int) -> dict[str, Any]:
@@ -134,7 +101,7 @@ async def abort_rounds(room: SimulatedRoom, port: int, rounds: int) -> dict[str,
                 raise RuntimeError(f"start refused: {started}")
 
             async def exposing() -> bool:
-                s = await _states(room)
+                s = await sim_states(room)
                 return s["led-1"]["output_on"] and s["pemf-1"]["output_on"]
 
             await _until(exposing)
@@ -143,7 +110,7 @@ async def abort_rounds(room: SimulatedRoom, port: int, rounds: int) -> dict[str,
             await clinic.publish(f"{root}/cmd/abort", body, qos=1)
 
             async def all_off() -> dict[str, Any] | None:
-                s = await _states(room)
+                s = await sim_states(room)
                 return None if any(v["output_on"] for v in s.values()) else s
 
             states = await _until(all_off)
@@ -181,7 +148,8 @@ async def measure(rounds: int) -> dict[str, Any]:
         room = SimulatedRoom(directory / "room", site="bench", mqtt_port=broker.port,
                              programs=_exposure_program(directory))
         with room:
-            async with hub_process(room):
+            async with hub_in(room) as hub_proc:
+                await hub_proc.astart()
                 for label in ("unloaded", "loaded"):
                     load = cpus_loaded(600.0) if label == "loaded" else contextlib.nullcontext()
                     with load:
