@@ -31,7 +31,7 @@ from simulators.devsupport.clinic import (DEVICES, SHORT_DEMO, Clinic, ack_promp
                                           run_to_awaiting, sim_states, start_body, wait_all_off)
 from simulators.devsupport.processes import ROOT
 from simulators.devsupport.processes import ServeProcess as HubProcess
-from simulators.devsupport.processes import hub_in
+from simulators.devsupport.processes import SimulatedRoomProcess, hub_in
 from simulators.simroom import SimulatedRoom
 
 
@@ -79,9 +79,13 @@ class Setup:
 
 @contextlib.contextmanager
 def simulated_room(directory: Path, port: int, *, room: str = "room-1", site: str | None = None,
-                   remote_confirmation: bool = True) -> Iterator[SimulatedRoom]:
-    with SimulatedRoom(directory, site=site or new_site(), room=room, mqtt_port=port,
-                       remote_confirmation=remote_confirmation) as sr:
+                   remote_confirmation: bool = True, own_process: bool = False) -> Iterator[SimulatedRoom]:
+    """The four simulators and the hub's config; ``own_process``: the simulators in a process
+    of their own, out of reach of this process's GIL (a test whose process is busy beside a
+    session: a simulator held up past the hub's reply deadline is a device not answering)."""
+    kind = SimulatedRoomProcess if own_process else SimulatedRoom
+    with kind(directory, site=site or new_site(), room=room, mqtt_port=port,
+              remote_confirmation=remote_confirmation) as sr:
         yield sr
 
 

@@ -28,7 +28,8 @@ async def test_unanswered_gap_marks_the_session_incomplete(site_broker, database
     group = f"g{uuid.uuid4().hex[:8]}"
     cfg = write_site_config(tmp_path / "site.yaml", database=database, port=site_broker.port, site=site,
                             group=group, events_timeout_s=1.0)
-    with simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1") as room:
+    with simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1",
+                        own_process=True) as room:
         async with collectors(cfg, tmp_path) as make, hub_in(room) as hub, \
                 Clinic(site_broker.port, root_of(site, "room-1")) as clinic:
             await make("collector-a").astart()

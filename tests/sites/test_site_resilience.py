@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @contextlib.asynccontextmanager
 async def one_room(tmp_path: Path, port: int, site: str):
-    with simulated_room(tmp_path / "room-1", port, site=site, room="room-1") as room:
+    with simulated_room(tmp_path / "room-1", port, site=site, room="room-1",
+                        own_process=True) as room:
         async with hub_in(room) as hub, Clinic(port, root_of(site, "room-1")) as clinic:
             await hub.astart()
             await auto_trigger(room, 20)
