@@ -1,14 +1,21 @@
 """An abort over MQTT, end to end: publish -> every simulator output off.
 
 The room's daemon (``devicehub serve``) runs as its own process on four simulated
-devices, with a private Mosquitto (TCP_NODELAY on both ends). Each round starts a
+devices, which run in a third process (``python -m simulators room``: they share no
+interpreter lock with this one or the hub), with a private Mosquitto (TCP_NODELAY on
+both ends). Each round starts a
 session at the console whose program is one long LED + PEMF exposure side by side,
 waits until both simulators report their output on, then a clinic client publishes
 ``cmd/abort`` (QoS 1, MQTT 5) and the round is timed from ``time.monotonic()`` just
 before the publish to the last simulator's ``output_changed_at`` (the simulators stamp
 it at the change itself, on the same CLOCK_MONOTONIC). The baseline in the same run is
 the bare broker: a raw aiomqtt publish -> a raw subscriber's receipt on the same broker,
-so the ratio shows what the hub and the devices add to the message's own trip.
+so the ratio shows what the hub and the devices add to the message's own trip. Per
+round it also keeps each emitter's own lag and the hub's ``safe_state_ms`` (from the
+request's arrival to every device confirmed off, by the hub's clock), which split the
+trip into broker + hub + device.
+
+    .venv/bin/python bench/safety_mqtt.py --rounds 100     # this part alone
 
 Run twice: unloaded, and with both CPUs kept busy by other processes (one busy loop per
 CPU, bounded in time). Targets: p99 < 5 ms unloaded, < 20 ms loaded.
@@ -16,6 +23,7 @@ CPU, bounded in time). Targets: p99 < 5 ms unloaded, < 20 ms loaded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -33,13 +41,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary  # noqa: E402
+from bench.common import summary, write_results  # noqa: E402
+from bench.soaklib.procs import Simulators, write_hub_config  # noqa: E402
 from devicehub.local_console import ConsoleClient  # noqa: E402
-from simulators.devsupport.clinic import NODELAY, sim_states  # noqa: E402
+from simulators.control import ControlClient  # noqa: E402
+from simulators.devsupport.clinic import NODELAY  # noqa: E402
 from simulators.devsupport.processes import hub_in  # noqa: E402
 from simulators.devsupport.waiting import poll  # noqa: E402
 from simulators.local_broker import LocalBroker  # noqa: E402
-from simulators.simroom import ROOT, SimulatedRoom  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_P99_MS = {"unloaded": 5.0, "loaded": 20.0}
 DEVICES = ("epg-1", "inj-1", "led-1", "pemf-1")
@@ -79,9 +90,32 @@ def cpus_loaded(seconds: float) -> Iterator[None]:
             p.join()
 
 
+class Room:
+    """The simulators (a child process), the hub's config and its console socket."""
+
+    def __init__(self, directory: Path, sims: Simulators, config: Path) -> None:
+        self.directory = directory
+        self.sims = sims
+        self.config_path = config
+        self.site, self.room = "bench", "room-1"
+        self._controls: dict[str, ControlClient] = {}
+
+    async def states(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for dev in DEVICES:
+            if dev not in self._controls:
+                self._controls[dev] = ControlClient(self.sims.controls[dev])
+            out[dev] = await self._controls[dev].state()
+        return out
+
+    async def close(self) -> None:
+        for c in self._controls.values():
+            await c.close()
+        self._controls.clear()
+
+
 async def _until(check: Any, timeout: float = 30.0) -> Any:
-    # poll interval: the simulators share this process's GIL
-    return await poll(check, timeout=timeout, interval=0.025, what="the room's state")
+    return await poll(check, timeout=timeout, interval=0.01, what="the room's state")
 
 
 def _client(port: int, ident: str) -> aiomqtt.Client:
@@ -89,11 +123,24 @@ def _client(port: int, ident: str) -> aiomqtt.Client:
                           socket_options=(NODELAY,))
 
 
-async def abort_rounds(room: SimulatedRoom, port: int, rounds: int) -> dict[str, Any]:
+async def abort_rounds(room: Room, port: int, rounds: int) -> dict[str, Any]:
     root = f"devicehub/v1/{room.site}/{room.room}"
     latencies: list[float] = []
+    per_device: dict[str, list[float]] = {"led-1": [], "pemf-1": []}
+    hub_ms: list[float] = []
     async with _client(port, f"bench-clinic-{uuid.uuid4().hex[:6]}") as clinic, \
             ConsoleClient(room.directory / "devicehub.sock") as chair:
+        await clinic.subscribe(f"{root}/sessions/+/events", qos=1)
+        finals: dict[str, dict[str, Any]] = {}
+
+        async def follow() -> None:
+            async for msg in clinic.messages:
+                env = orjson.loads(msg.payload)
+                data = env.get("data") or {}
+                if data.get("event") in ("aborted", "completed", "failed"):
+                    finals[env.get("session")] = data
+
+        follower = asyncio.ensure_future(follow())
         for i in range(rounds):
             started = await chair.request("start", program="bench-exposure", patient_ref=f"B-{i}",
                                           operator="bench", preflight_done_by="bench")
@@ -101,29 +148,36 @@ async def abort_rounds(room: SimulatedRoom, port: int, rounds: int) -> dict[str,
                 raise RuntimeError(f"start refused: {started}")
 
             async def exposing() -> bool:
-                s = await sim_states(room)
+                s = await room.states()
                 return s["led-1"]["output_on"] and s["pemf-1"]["output_on"]
 
             await _until(exposing)
-            body = orjson.dumps({"request_id": uuid.uuid4().hex, "session": started["data"]["session"]})
+            request_id = uuid.uuid4().hex
+            body = orjson.dumps({"request_id": request_id, "session": started["data"]["session"]})
             t_sent = time.monotonic()
             await clinic.publish(f"{root}/cmd/abort", body, qos=1)
 
             async def all_off() -> dict[str, Any] | None:
-                s = await sim_states(room)
+                s = await room.states()
                 return None if any(v["output_on"] for v in s.values()) else s
 
             states = await _until(all_off)
-            changed = [states[d]["output_changed_at"] for d in ("led-1", "pemf-1")]
-            latencies.append((max(changed) - t_sent) * 1000.0)
-            # the session's end is recorded before the next start
-            await _until(lambda: _final(chair, started["data"]["session"]))
-    return summary(latencies)
+            for d in per_device:
+                per_device[d].append((states[d]["output_changed_at"] - t_sent) * 1000.0)
+            latencies.append(max(per_device[d][-1] for d in per_device))
+            # the session's end is published before the next start; its safe_state_ms is the hub's clock
+            sid = started["data"]["session"]
 
+            async def final_seen() -> dict[str, Any] | None:
+                return finals.get(sid)
 
-async def _final(chair: ConsoleClient, sid: str) -> bool:
-    reply = await chair.request("session", session=sid)
-    return (reply.get("data") or {}).get("state") in ("aborted", "completed", "failed")
+            final = await _until(final_seen)
+            if isinstance(final.get("safe_state_ms"), (int, float)):
+                hub_ms.append(float(final["safe_state_ms"]))
+        follower.cancel()
+    return {"to_outputs_off_ms": summary(latencies),
+            "per_device_ms": {d: summary(v) for d, v in per_device.items()},
+            "hub_safe_state_ms": summary(hub_ms) if hub_ms else None}
 
 
 async def broker_rounds(port: int, rounds: int) -> dict[str, Any]:
@@ -145,9 +199,13 @@ async def measure(rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
         directory = Path(tmp)
-        room = SimulatedRoom(directory / "room", site="bench", mqtt_port=broker.port,
-                             programs=_exposure_program(directory))
-        with room:
+        sims = Simulators(directory, seed=1).start()
+        try:
+            config = write_hub_config(directory, sims.endpoints, broker.port, "bench")
+            doc = yaml.safe_load(config.read_text())
+            doc.update(programs=str(_exposure_program(directory)), remote_confirmation=False)
+            config.write_text(yaml.safe_dump(doc, sort_keys=False))
+            room = Room(directory, sims, config)
             async with hub_in(room) as hub_proc:
                 await hub_proc.astart()
                 for label in ("unloaded", "loaded"):
@@ -155,8 +213,33 @@ async def measure(rounds: int) -> dict[str, Any]:
                     with load:
                         hub = await abort_rounds(room, broker.port, rounds)
                         raw = await broker_rounds(broker.port, rounds)
-                    results[label] = {"abort_publish_to_outputs_off_ms": hub, "raw_publish_to_receipt_ms": raw,
-                                      "ratio_p50": round(hub["p50"] / raw["p50"], 2) if raw["p50"] else None,
+                    total = hub["to_outputs_off_ms"]
+                    results[label] = {"abort_publish_to_outputs_off_ms": total, "raw_publish_to_receipt_ms": raw,
+                                      "per_device_ms": hub["per_device_ms"],
+                                      "hub_safe_state_ms": hub["hub_safe_state_ms"],
+                                      "ratio_p50": round(total["p50"] / raw["p50"], 2) if raw["p50"] else None,
                                       "target_p99_ms": TARGET_P99_MS[label],
-                                      "met": hub["p99"] < TARGET_P99_MS[label]}
+                                      "met": total["p99"] < TARGET_P99_MS[label]}
+            await room.close()
+        finally:
+            sims.stop()
     return results
+
+
+def main() -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=100)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    results = {"benchmark": "safety-abort-mqtt", "rounds": args.rounds, **asyncio.run(measure(args.rounds))}
+    print(json.dumps(results, indent=1))
+    if not args.no_write:
+        print(f"results: {write_results('safety-abort-mqtt', results, None)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

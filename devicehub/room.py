@@ -33,6 +33,9 @@ from devicehub.safety_watch import RuntimeLimitWatch
 log = logging.getLogger(__name__)
 
 #: runtime cap quantity -> (limits.session field, factor from the limit's unit to the runner's)
+#: how long a start waits for a session that is stopping to end before it says ``busy``
+STOPPING_WAIT_S = 5.0
+
 SESSION_CAPS = {
     "volume_ul": ("injection_volume_ul", 1.0),
     "charge_uc": ("ep_charge_uc", 1.0),
@@ -230,6 +233,18 @@ class Room:
         """A start is being checked or its session created right now."""
         return self._start_lock.locked()
 
+    async def _let_a_stopping_session_end(self) -> None:
+        """A session whose stop is under way (outputs off, its final event recorded and
+        published, its state not yet) ends within moments: a start that arrives then, e.g.
+        from clinic software that saw the final event, waits for it rather than hearing
+        ``busy``; a stop that takes longer than STOPPING_WAIT_S is still ``busy``."""
+        cur = self.current
+        if cur is None or cur.finished or not cur.stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOPPING_WAIT_S):
+                await cur.wait()
+
     def active_session(self) -> SessionRunner | None:
         return self.current if self.current is not None and not self.current.finished else None
 
@@ -337,6 +352,9 @@ class Room:
                                                     operator=operator, origin=origin, code=exc.code,
                                                     details=exc.details)
                 raise
+            await self._let_a_stopping_session_end()
+            if self._abort_epoch != epoch:
+                raise CommandError("invalid_state", "an abort arrived while this start waited: nothing was started")
             if self.active_session() is not None:
                 raise CommandError("busy", f"session {self.current.session_id} is {self.current.state} in this room")
             for check in self.admission_checks:

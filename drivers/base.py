@@ -123,6 +123,16 @@ class Device(ABC):
     #: how often the heartbeat is sent while energised, seconds
     heartbeat_interval: ClassVar[float] = 0.2
 
+    @property
+    def tick_interval(self) -> float:
+        """How often the background loop runs while energised: the heartbeat's period,
+        unless a driver watches its device more often than it must keep it alive."""
+        return self.heartbeat_interval
+
+    async def tick(self) -> None:
+        """One turn of the background loop while energised: by default one heartbeat."""
+        await self.heartbeat()
+
     def __init__(self, endpoint: Endpoint | str, *, device_id: str | None = None) -> None:
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
         self.device_id = device_id or self.kind
@@ -223,11 +233,11 @@ class Device(ABC):
     async def _heartbeat_loop(self) -> None:
         try:
             while self._energised and self.connected:
-                await asyncio.sleep(self.heartbeat_interval)
+                await asyncio.sleep(self.tick_interval)
                 if not self._energised:
                     break
                 try:
-                    await self.heartbeat()
+                    await self.tick()
                 except DriverError as exc:  # reported, never raised from a background task
                     log.warning("%s: heartbeat failed: %s", self.device_id, exc)
                     self._emit("heartbeat_failed", error=str(exc))

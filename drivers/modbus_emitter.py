@@ -13,15 +13,21 @@ Behaviour:
 - While energised, the heartbeat writes a changing HEARTBEAT value every quarter of
   WATCHDOG_MS (at most 0.25 s), reads the input registers and emits ``progress``
   (at most every 0.5 s), ``exposure_done`` when STATE turns done and ``fault`` when it
-  turns fault; either ends the energised period.
+  turns fault; either ends the energised period. Between heartbeats the driver watches
+  STATE and FAULT every ``watch_interval`` (20 ms): an emitter that faults switches
+  itself off, and the hub must switch the room's other outputs off within 50 ms of
+  that (bench/soak.py, invariant 1), not at the next heartbeat. A watch read that gets
+  no reply is skipped (the next heartbeat decides); its link time is one reply timeout.
 - ``safe_state`` stops the heartbeat first (so if the device cannot be reached, its
-  own watchdog turns the output off within WATCHDOG_MS), writes OUTPUT=0 once and then
+  own watchdog turns the output off within WATCHDOG_MS), writes OUTPUT=0 once (over TCP
+  on a connection of its own if a request is waiting for its reply) and then
   confirms by reading coil 0 and STATE, even when the write's reply was lost (a
   dropped reply still turned the output off). Never raises; idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import abstractmethod
@@ -33,6 +39,7 @@ from drivers.base import (
     Device,
     DeviceFault,
     DeviceStatus,
+    DeviceTimeout,
     DriverError,
     Identity,
     ProtocolError,
@@ -54,6 +61,11 @@ INPUT_FIRMWARE = 101
 
 MAX_HEARTBEAT_S = 0.25
 PROGRESS_INTERVAL_S = 0.5
+#: how often STATE and FAULT are read while the output is on (a 2-register read takes
+#: about 10 ms at 19200 baud on RTU, well under 1 ms over TCP)
+WATCH_INTERVAL_S = 0.02
+#: how long a safe state tries to open a lost connection again before it says unconfirmed
+SAFE_STATE_CONNECT_S = 0.5
 
 
 def heartbeat_interval_for(watchdog_ms: int) -> float:
@@ -94,8 +106,11 @@ class ModbusEmitter(Device):
         device_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         read_retries: int = 1,
+        watch_interval: float = WATCH_INTERVAL_S,
     ) -> None:
         super().__init__(endpoint, device_id=device_id)
+        self.watch_interval = watch_interval
+        self._last_keepalive = 0.0
         self.link = ModbusLink(self.endpoint, timeout=timeout, read_retries=read_retries,
                                on_lost=self._connection_lost)
         self.heartbeat_interval = heartbeat_interval_for(2000)  # type: ignore[misc]
@@ -166,7 +181,7 @@ class ModbusEmitter(Device):
     async def start(self) -> None:
         await self.link.write_coil(COIL_OUTPUT, True)
         self._last_state = None
-        self._last_progress = time.monotonic()
+        self._last_progress = self._last_keepalive = time.monotonic()
         self._set_energised(True)
         regs = await self.link.read_input(0, self.input_count)
         self._track(regs)
@@ -186,9 +201,16 @@ class ModbusEmitter(Device):
         return await timed_safe_state(self._raw_safe_state)
 
     async def _raw_safe_state(self) -> tuple[bool, str]:
+        if not self.link.is_open:
+            # a connection lost (or closed) since: one attempt to open it again, as INJ-1's
+            # driver does, so a device that answers again is switched off and confirmed
+            try:
+                await asyncio.wait_for(self.link.open(), SAFE_STATE_CONNECT_S)
+            except (DriverError, asyncio.TimeoutError) as exc:
+                return False, f"not connected: {exc}"
         write_error: DriverError | None = None
         try:
-            await self.link.write_coil(COIL_OUTPUT, False)
+            await self.link.write_coil_urgent(COIL_OUTPUT, False)
         except DriverError as exc:  # e.g. the reply was dropped: the read-back decides
             write_error = exc
         coil = (await self.link.read_coils(COIL_OUTPUT, 1, retries=0))[0]
@@ -220,8 +242,27 @@ class ModbusEmitter(Device):
 
     async def heartbeat(self) -> None:
         self._hb_value = (self._hb_value + 1) & 0xFFFF
+        self._last_keepalive = time.monotonic()
         await self.link.write_register(self.heartbeat_register, self._hb_value)
         await self.poll()
+
+    @property
+    def tick_interval(self) -> float:
+        return min(self.watch_interval, self.heartbeat_interval)
+
+    async def tick(self) -> None:
+        """The heartbeat when it is due, else a watch of STATE and FAULT; a change reads
+        everything, so ``fault`` and ``exposure_done`` carry the device's figures."""
+        if time.monotonic() - self._last_keepalive >= self.heartbeat_interval - self.tick_interval / 2:
+            await self.heartbeat()
+            return
+        try:
+            state, _fault = await self.link.read_input(0, 2, retries=0)
+        except DeviceTimeout:  # one lost watch is not a fault: the heartbeat's own read decides
+            log.info("%s: a watch read got no reply", self.device_id)
+            return
+        if state != ON:
+            await self.poll()
 
     async def poll(self) -> list[int]:
         """Read the input registers once and emit whatever changed."""

@@ -51,6 +51,8 @@ EXCEPTION_NAMES = {
 }
 
 DEFAULT_TIMEOUT = 0.3
+#: how long an urgent write waits for a request in flight before it takes its own connection
+URGENT_WAIT_S = 0.01
 
 
 def to_u32(value: int) -> list[int]:
@@ -95,6 +97,9 @@ class ModbusLink:
         self._on_lost = on_lost
         self._closing = False
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ------------------------------------------------------------------ lifetime
     @property
@@ -166,6 +171,8 @@ class ModbusLink:
                 raise NotConnected(f"{self.endpoint}: link is closed")
             if not self._client.connected:
                 await self._connect()
+            self._in_flight += 1
+            self._idle.clear()
             try:
                 # a guard above pymodbus' own timeout; asyncio.timeout runs the call in this
                 # task (wait_for would add a task and loop iterations to every request)
@@ -185,6 +192,10 @@ class ModbusLink:
                 raise ProtocolError(f"{self.endpoint}: {what}: {exc}") from exc
             except ModbusException as exc:
                 raise ProtocolError(f"{self.endpoint}: {what}: {exc}") from exc
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
             if rr is None:
                 raise ProtocolError(f"{self.endpoint}: {what}: empty reply")
             if isinstance(rr, ExceptionResponse) or rr.isError():
@@ -231,6 +242,48 @@ class ModbusLink:
         what = f"write coil {address}={int(value)}"
         rr = await self._call(what, "write_coil", address, bool(value))
         self._check_fc(rr, 0x05, what)
+
+    async def write_coil_urgent(self, address: int, value: bool) -> None:
+        """``write_coil`` that does not queue behind a request in flight: pymodbus sends one
+        request at a time, and a request whose reply was lost holds the link for a whole
+        reply timeout. Over TCP, when the link is not free within ``URGENT_WAIT_S`` (a reply
+        that comes takes a millisecond or two), the write goes on a connection of its own,
+        opened for it (a Modbus TCP server serves several); on RTU there is one bus, so it waits."""
+        if self._in_flight and self.endpoint.scheme == "modbus-tcp":
+            try:
+                async with asyncio.timeout(URGENT_WAIT_S):
+                    await self._idle.wait()
+            except TimeoutError:
+                await self._write_coil_on_own_connection(address, value)
+                return
+        await self.write_coil(address, value)
+
+    async def _write_coil_on_own_connection(self, address: int, value: bool) -> None:
+        what = f"write coil {address}={int(value)} (own connection)"
+        side = AsyncModbusTcpClient(self.endpoint.host, port=self.endpoint.port, timeout=self.timeout,
+                                    retries=0, reconnect_delay=0)
+        try:
+            try:
+                ok = await asyncio.wait_for(side.connect(), self.timeout + 1.0)
+            except (asyncio.TimeoutError, OSError, ModbusException) as exc:
+                raise NotConnected(f"cannot connect to {self.endpoint}: {exc}") from exc
+            if not ok:
+                raise NotConnected(f"cannot connect to {self.endpoint}")
+            try:
+                async with asyncio.timeout(self.timeout * 2 + 0.5):
+                    rr = await side.write_coil(address, bool(value), device_id=self.unit)
+            except TimeoutError as exc:
+                raise DeviceTimeout(f"{self.endpoint}: {what}: no reply") from exc
+            except ModbusIOException as exc:
+                raise DeviceTimeout(f"{self.endpoint}: {what}: {exc}") from exc
+            except ModbusException as exc:
+                raise ProtocolError(f"{self.endpoint}: {what}: {exc}") from exc
+            if rr is None or isinstance(rr, ExceptionResponse) or rr.isError():
+                code = int(getattr(rr, "exception_code", 0) or 0)
+                raise DeviceRefused(code, EXCEPTION_NAMES.get(code, "modbus exception"))
+            self._check_fc(rr, 0x05, what)
+        finally:
+            side.close()
 
     async def write_register(self, address: int, value: int) -> None:
         what = f"write register {address}={value}"

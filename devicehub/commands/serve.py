@@ -65,6 +65,27 @@ def _who(by: str | None) -> str:
         return os.environ.get("USER", "technician")
 
 
+async def _serve_frozen(serve: Any, config: Any) -> int:
+    """``serve``, with everything alive once the room is open moved out of the garbage
+    collector's reach (``gc.freeze``): what start-up loaded (pydantic, the drivers,
+    matplotlib's modules) is never scanned again, so a full collection during a session
+    is short and does not stand between an abort and the devices (docs/decisions/0011)."""
+    import gc
+
+    ready = asyncio.Event()
+
+    async def freeze_when_ready() -> None:
+        await ready.wait()
+        gc.collect()
+        gc.freeze()
+
+    freezer = asyncio.ensure_future(freeze_when_ready())
+    try:
+        return await serve(config, ready=ready)
+    finally:
+        freezer.cancel()
+
+
 def serve_main(args: argparse.Namespace) -> int:
     from devicehub.daemon import serve
 
@@ -76,7 +97,7 @@ def serve_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(_serve_frozen(serve, config))
     except RoomHeld as exc:
         print(f"devicehub serve: not started: {exc.line()}", file=sys.stderr)
         return EXIT_ROOM_HELD

@@ -38,11 +38,15 @@ def _plan(runner: Any, step: Any) -> tuple[Any, float, dict[str, float]] | None:
         if fluence_j:
             left_mj = fluence_j * 1000.0 - done.get("fluence_j_cm2", 0.0) * 1000.0
             left_mj = min(left_mj, runner.totals.remaining("fluence_j_cm2") * 1000.0)
+            # FLUENCE_TARGET is whole mJ/cm2 and the FLUENCE counter truncates: the device
+            # may have delivered up to 1 mJ/cm2 more than it said, so what is owed is
+            # rounded down, never up (over any pause the device's resolution, not more)
+            left_mj = math.floor(left_mj + 1e-6)
             if left_mj < 1.0:
                 return None
             expected = left_mj / step.irradiance_mw_cm2 / (getattr(step, "duty_pct", 100) / 100.0)
             params = LedExposure(wavelength_nm=step.wavelength_nm, irradiance_mw_cm2=step.irradiance_mw_cm2,
-                                 duration_s=0, fluence_mj_cm2=int(round(left_mj)),
+                                 duration_s=0, fluence_mj_cm2=int(left_mj),
                                  pulse_hz=getattr(step, "pulse_hz", 0), duty_pct=getattr(step, "duty_pct", 100),
                                  watchdog_ms=WATCHDOG_MS)
             return params, expected, {"fluence_j_cm2": left_mj / 1000.0}

@@ -52,58 +52,77 @@ async def run(runner: StepContext, step: Any) -> None:
                 pp = sp.point(pt.id, zone)
                 if pp.status in ("done", "skipped"):
                     continue
-                rest = step.dose_ul - pp.get("volume_ul")
-                if pp.get("volume_ul") >= step.dose_ul * (1 - tol) or rest < MIN_SHOT_UL:
+                if _point_complete(step, pp, tol):
                     await _point_done(runner, step, dev_id, pp)
                     continue
-                # a point resumed with less than a shot to go gets a shot of exactly the rest
-                this_shot = shot_ul if rest >= shot_ul - 1e-9 else int(rest * 10 + 1e-6) / 10.0
-                if abs(this_shot - configured) > 1e-9:
-                    if armed:
-                        await gun.stop()  # the gun takes new parameters only when disarmed
-                        armed = False
-                    await gun.configure(_params(step, this_shot))
-                    configured = this_shot
                 # the intent, with the gun's totals before it; from here on any stop settles it
                 delivery = await runner.open_delivery(dev_id, step, point=pp, planned={
                     "volume_ul": step.dose_ul, "depth_mm": step.depth_mm, "shot_ul": shot_ul, "mode": step.mode})
-                point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
-                session_room = runner.totals.remaining("volume_ul")
-                cap = min(point_room, session_room)
-                if cap + 1e-9 < this_shot:
-                    raise StepFailure("dose_cap_reached", f"session volume cap leaves {session_room:.1f} uL, "
-                                      f"less than one {this_shot:.1f} uL shot", alarm="dose_cap_reached")
-                await gun.set_cap(cap)
-                runner.publish_state()
-                if not armed:
-                    await gun.start()
-                    armed = True
-                while pp.get("volume_ul") < step.dose_ul * (1 - tol):
-                    ev = await q.get()
-                    if ev.kind == "shot":
-                        vol = float(ev.data.get("volume_ul", 0.0))
-                        pp.delivered.setdefault("depth_mm_sum", 0.0)
-                        pp.delivered["depth_mm_sum"] += float(ev.data.get("depth_mm", 0.0))
-                        pp.delivered["depth_shots_sum"] = pp.delivered.get("depth_shots_sum", 0.0) + 1
-                        for k, v in (("volume_ul", vol), ("shots", 1.0)):
-                            delivery.accounted[k] = delivery.accounted.get(k, 0.0) + v
-                        runner.account(dev_id, pp, volume_ul=vol, shots=1)
-                        if vol > configured * (1 + opts.shot_overreport):
-                            raise StepFailure("device_overreport",
-                                              f"{dev_id} reported {vol:.1f} uL for a {configured:.1f} uL shot",
-                                              alarm="dose_cap_reached")
-                        if pp.get("volume_ul") > step.dose_ul * (1 + tol) + 1e-9:
-                            raise StepFailure("dose_cap_reached",
-                                              f"{pt.id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
-                                              alarm="dose_cap_reached")
-                    elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
-                        raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
-                                          device=dev_id, code=7)
+                while not _point_complete(step, pp, tol):
+                    # a point with less than a shot to go (resumed after a pause, or after a
+                    # shot cut short) gets a shot of exactly the rest: the gun refuses a shot
+                    # larger than what is left of its cap, so the technician could pull forever
+                    rest = step.dose_ul - pp.get("volume_ul")
+                    this_shot = shot_ul if rest >= shot_ul - 1e-9 else int(rest * 10 + 1e-6) / 10.0
+                    if abs(this_shot - configured) > 1e-9:
+                        if armed:
+                            await gun.stop()  # the gun takes new parameters only when disarmed
+                            armed = False
+                        await gun.configure(_params(step, this_shot))
+                        configured = this_shot
+                    point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
+                    session_room = runner.totals.remaining("volume_ul")
+                    cap = min(point_room, session_room)
+                    if cap + 1e-9 < this_shot:
+                        raise StepFailure("dose_cap_reached", f"session volume cap leaves {session_room:.1f} uL, "
+                                          f"less than one {this_shot:.1f} uL shot", alarm="dose_cap_reached")
+                    await gun.set_cap(cap)
+                    runner.publish_state()
+                    if not armed:
+                        await gun.start()
+                        armed = True
+                    # shots until the dose is reached, or the gun would refuse the shot set
+                    # (more than what is left of its cap): then a shot of the rest, above
+                    while not _point_complete(step, pp, tol) and min(
+                            step.dose_ul * (1 + tol) - pp.get("volume_ul"),
+                            runner.totals.remaining("volume_ul")) >= configured - 1e-9:
+                        ev = await q.get()
+                        if ev.kind == "shot":
+                            _count_shot(runner, dev_id, step, pt.id, pp, delivery, ev, configured)
+                        elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
+                            raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
+                                              device=dev_id, code=7)
                 await gun.set_cap(0.0)
                 await runner.settle(delivery, "done", **_depth(pp))
                 _drop_shot_events(q)  # their shots are in the gun's totals just read
                 await _point_done(runner, step, dev_id, pp)
     await gun.stop()
+
+
+def _point_complete(step: Any, pp: Any, tol: float) -> bool:
+    """The point has its dose (within the tolerance), or less than the gun's smallest shot to go."""
+    got = pp.get("volume_ul")
+    return got >= step.dose_ul * (1 - tol) or step.dose_ul - got < MIN_SHOT_UL
+
+
+def _count_shot(runner: Any, dev_id: str, step: Any, point_id: str, pp: Any, delivery: Any, ev: Any,
+                configured: float) -> None:
+    """A shot the gun reported: into the point, the delivery and the session's totals; a gun
+    that reports more than it was set to, or a point past its dose, stops the step."""
+    opts = runner.options
+    vol = float(ev.data.get("volume_ul", 0.0))
+    pp.delivered.setdefault("depth_mm_sum", 0.0)
+    pp.delivered["depth_mm_sum"] += float(ev.data.get("depth_mm", 0.0))
+    pp.delivered["depth_shots_sum"] = pp.delivered.get("depth_shots_sum", 0.0) + 1
+    for k, v in (("volume_ul", vol), ("shots", 1.0)):
+        delivery.accounted[k] = delivery.accounted.get(k, 0.0) + v
+    runner.account(dev_id, pp, volume_ul=vol, shots=1)
+    if vol > configured * (1 + opts.shot_overreport):
+        raise StepFailure("device_overreport", f"{dev_id} reported {vol:.1f} uL for a {configured:.1f} uL shot",
+                          alarm="dose_cap_reached")
+    if pp.get("volume_ul") > step.dose_ul * (1 + opts.dose_tolerance) + 1e-9:
+        raise StepFailure("dose_cap_reached", f"{point_id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
+                          alarm="dose_cap_reached")
 
 
 def _drop_shot_events(q: Any) -> None:

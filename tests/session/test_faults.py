@@ -111,3 +111,24 @@ async def test_fault_mid_step_fails_session_with_everything_off(hub: Hub, dev: s
     # the stop's delivery_settled follow its final event (the contract orders the stop's own)
     recorded = [e for e in recorded if e != "delivery_settled"]
     assert recorded[-2:] == ["failed", "state"]
+
+
+EMITTER_FAULTS = [("led-1", "led_open", "pemf-1"), ("pemf-1", "coil_open", "led-1")]
+
+
+@pytest.mark.parametrize("dev,fault,other", EMITTER_FAULTS, ids=[f"{d}-{f}" for d, f, _ in EMITTER_FAULTS])
+async def test_an_emitter_that_switches_itself_off_takes_the_other_output_with_it(
+        hub: Hub, dev: str, fault: str, other: str) -> None:
+    # light and field side by side; the faulting emitter switches itself off at once, and
+    # the hub must switch the other off within 50 ms of that, by the devices' own clocks
+    # (soak invariant 1): it watches an emitter's STATE between heartbeats
+    await hub.auto_trigger(20)
+    runner = await hub.start("demo", params=PARAMS["other"])
+    await hub.wait_sim(dev, DELIVERING[dev], what=f"{dev} delivering")
+    await hub.wait_sim(other, DELIVERING[other], what=f"{other} delivering")
+    await hub.control(dev).inject(fault, count=-1)
+    assert await hub.finish(runner, 15) == "failed"
+    states = await hub.wait_all_off(timeout=3.0)
+    assert states[dev]["state"] == "fault", states[dev]
+    lag = states[other]["output_changed_at"] - states[dev]["output_changed_at"]
+    assert 0 <= lag < 0.050, (lag, states[dev], states[other])

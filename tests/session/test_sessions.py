@@ -8,6 +8,8 @@ be off at the end.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .conftest import FAST_DEMO, Hub
@@ -106,3 +108,21 @@ async def test_complete_session_matches_the_devices(hub: Hub, program: str) -> N
     check = await hub.store.verify(sid)
     assert check.ok, check.message
     assert check.events == len(recorded) and check.deliveries == 2 * len(deliveries)
+
+
+@pytest.mark.parametrize("how", ["aborted", "completed"])
+async def test_the_room_is_free_once_a_session_has_announced_its_end(hub: Hub, how: str) -> None:
+    # clinic software starts the next session the moment it sees the last one's final
+    # event: the room must not answer busy because the runner was still winding down
+    await hub.auto_trigger(20)
+    runner = await hub.start("demo", params=FAST_DEMO)
+    if how == "aborted":
+        await hub.wait_sim("led-1", lambda s: s["output_on"], what="light on")
+        abort = asyncio.ensure_future(hub.room.abort(session=runner.session_id))
+    await hub.next_event(how, timeout=60)
+    nxt = await hub.start("demo", params=FAST_DEMO, patient="P-2")
+    assert nxt.session_id != runner.session_id
+    if how == "aborted":
+        await abort
+    await hub.room.abort(session=nxt.session_id)
+    assert await hub.finish(nxt) == "aborted"
