@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 
 
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Returns when the peer closes its end (what it sends after ``watch`` is ignored)."""
+    with contextlib.suppress(ConnectionError, asyncio.LimitOverrunError, ValueError):
+        while await reader.read(4096):
+            pass
+
+
 class ConsoleServer:
     def __init__(self, room: Any, path: str | os.PathLike[str]) -> None:
         self.room = room
@@ -76,7 +83,7 @@ class ConsoleServer:
                 reply, watch = await self.handle(line)
                 await self._send(writer, reply)
                 if watch:
-                    await self._stream(writer)
+                    await self._stream(reader, writer)
                     break
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -90,7 +97,17 @@ class ConsoleServer:
         writer.write(json.dumps(obj, default=str).encode() + b"\n")
         await writer.drain()
 
-    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The hub's messages until the client goes: its end of the line (EOF) is watched
+        too, so a watcher that leaves while the room is quiet does not hold its socket
+        until the next message."""
+        gone = asyncio.ensure_future(_until_eof(reader))
+        try:
+            await self._stream_until(writer, gone)
+        finally:
+            gone.cancel()
+
+    async def _stream_until(self, writer: asyncio.StreamWriter, gone: asyncio.Future[None]) -> None:
         room = self.room
         async with room.bus.subscription(lossy=True, maxsize=2000) as sub:
             runner = room.current
@@ -101,7 +118,12 @@ class ConsoleServer:
                 await self._send(writer, {"kind": "device.state", "data": dev})
             await self._send(writer, {"kind": "alarms", "data": {"alarms": room.alarms.active()}})
             while True:
-                msg = await sub.get()
+                nxt = asyncio.ensure_future(sub.get())
+                await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    return
+                msg = nxt.result()
                 if msg.kind == "session.event" and msg.data.get("event") == "created" and room.current is not None:
                     await self._send(writer, {"kind": "program", "data": room.current.program_json or {}})
                 await self._send(writer, {"kind": msg.kind, "data": msg.data, "ts": rfc3339(msg.ts)})

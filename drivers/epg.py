@@ -16,47 +16,32 @@ out request is therefore never taken as the reply to the next one.
 ``safe_state`` does not queue behind a stuck request: it writes ``OUTP:STOP`` at
 once, makes the request in flight give up (DeviceTimeout "preempted"), then confirms
 with a probe and ``OUTP:STAT?`` sent together, all within about one reply timeout.
+
+The request/reply pairing is in ``drivers.epg_lines``, the train and its report in
+``drivers.epg_train``; this module holds the driver's lifetime and device commands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
-from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
 from drivers.base import (
     Device,
-    DeviceRefused,
     DeviceStatus,
-    DeviceTimeout,
     Identity,
-    NotConnected,
     ProtocolError,
     SafeStateResult,
     timed_safe_state,
 )
 from drivers.endpoints import Endpoint
-from drivers.line_protocol import (
-    MAX_LINE,
-    DoneEvent,
-    FaultEvent,
-    LineSplitter,
-    PulseEvent,
-    decode_line,
-    parse_err,
-    parse_error_entry,
-    parse_number,
-)
+from drivers.epg_lines import _LOST, _PREEMPT, REPLY_TIMEOUT, EpgLines  # noqa: F401 - REPLY_TIMEOUT re-exported
+from drivers.epg_train import EpgTrain, TrainReport  # noqa: F401 - EpgTrain re-exported
+from drivers.line_protocol import LineSplitter, parse_error_entry, parse_number
 from drivers.reply_timer import ReplyQueue
 from drivers.serial_link import SerialLink
 
-log = logging.getLogger(__name__)
-
-REPLY_TIMEOUT = 0.25
 STATES = ("IDLE", "ARMED", "RUNNING", "FAULT")
 #: codes of the ICD's "fault" kind (the rest are command errors)
 FAULT_CODES = frozenset({-301, -302, -303, -310})
@@ -70,65 +55,7 @@ RECOVERY_HINTS: dict[int, str] = {
 MAX_ERROR_READS = 20
 
 
-class EpgTrain(BaseModel):
-    """One pulse train as the device's capability ranges allow it (clinical limits live elsewhere)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    amplitude_v: float = Field(ge=1, le=150, description="pulse amplitude, volts, in 0.5 V steps")
-    width_ms: float = Field(ge=0.05, le=20, description="pulse width, milliseconds")
-    period_ms: float = Field(ge=1, le=2000, description="start-to-start period, milliseconds")
-    pulses: int = Field(ge=1, le=10_000)
-    polarity: Literal["mono", "bip"] = "mono"
-    current_limit_ma: float = Field(default=20, ge=1, le=100)
-
-    @field_validator("amplitude_v")
-    @classmethod
-    def _half_volt_steps(cls, v: float) -> float:
-        if abs(v * 2 - round(v * 2)) > 1e-9:
-            raise ValueError("amplitude must be a multiple of 0.5 V")
-        return v
-
-    @model_validator(mode="after")
-    def _period_holds_two_widths(self) -> "EpgTrain":
-        if self.period_ms < 2 * self.width_ms:
-            raise ValueError("period must be at least 2 x width")
-        return self
-
-
-@dataclass
-class TrainReport:
-    pulses: int
-    charge_uc: float
-    energy_mj: float
-    peak_ma: float
-
-
-# what the reply to a line looks like, for choosing a probe that cannot be confused with it
-_KIND_OF = {"*IDN?": "idn", "PULS:POL?": "pol", "TRAIN:REP?": "report", "OUTP:STAT?": "state"}
-_PROBES = (
-    ("*IDN?", "idn", re.compile(r"[^,]*,EPG-1,[^,]*,[^,]*")),
-    ("PULS:POL?", "pol", re.compile(r"MONO|BIP", re.IGNORECASE)),
-    ("TRAIN:REP?", "report", re.compile(r"\d+,[\d.]+,[\d.]+,[\d.]+")),
-)
-
-
-def _kind(line: str) -> str:
-    return _KIND_OF.get(line.strip().split(" ", 1)[0].upper(), "other")
-
-
-class _Signal:
-    """Wakes a waiting request without a reply: safe_state took over, or the link is gone."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-_PREEMPT = _Signal("preempted by safe_state")
-_LOST = _Signal("connection lost")
-
-
-class EpgDriver(Device):
+class EpgDriver(EpgLines, Device):
     kind = "epg"
     heartbeat_interval = 0.15
     recovery_hints = RECOVERY_HINTS
@@ -167,130 +94,6 @@ class EpgDriver(Device):
             link.close()
         self._replies.put_nowait(_LOST)
         self._replies.close()
-
-    # ================================================================== bytes in
-    def _on_data(self, data: bytes) -> None:
-        for raw in self._splitter.feed(data):
-            try:
-                msg = decode_line(raw)
-            except ProtocolError as exc:
-                if raw.startswith(b"!"):  # a broken event is not a reply: nobody waits for it
-                    log.warning("%s: %s", self.device_id, exc)
-                else:
-                    self._replies.put_nowait(exc)
-                continue
-            if isinstance(msg, str):
-                self._replies.put_nowait(msg)
-            else:
-                self._on_event(msg)
-
-    def _on_event(self, ev: PulseEvent | DoneEvent | FaultEvent) -> None:
-        if isinstance(ev, PulseEvent):
-            self._emit("pulse", index=ev.index, t_us=ev.t_us, peak_ma=ev.peak_ma)
-        elif isinstance(ev, DoneEvent):
-            self._energised = False  # the device is idle again: no more heartbeats
-            self._emit("train_done", pulses=ev.pulses, charge_uc=ev.charge_uc, energy_mj=ev.energy_mj)
-        else:
-            self._energised = False
-            self._last_fault = (ev.code, ev.text)
-            self._emit("fault", code=ev.code, text=ev.text)
-
-    def _on_lost(self, exc: Exception | None) -> None:
-        was = self.connected
-        self.connected = False
-        self._energised = False
-        self._link = None
-        self._replies.put_nowait(_LOST)
-        if was:
-            self._emit("connection_lost", error=str(exc) if exc else "")
-
-    # ================================================================== request / reply
-    def _drain(self) -> None:
-        while not self._replies.empty():
-            item = self._replies.get_nowait()
-            if not isinstance(item, _Signal):
-                log.debug("%s: discarding stray %r", self.device_id, item)
-
-    def _write(self, text: str) -> None:
-        if not self.connected or self._link is None:
-            raise NotConnected(f"{self.endpoint}: not connected")
-        self._link.write(text.encode("ascii"))
-
-    def _owe(self, kind: str) -> None:
-        self._desynced = True
-        self._stale.add(kind)
-
-    async def _next(self, deadline: float) -> str | ProtocolError:
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms")
-        try:
-            # one lazily re-armed timer, not a timeout per reply (see drivers/reply_timer.py)
-            item = await self._replies.get(remaining)
-        except TimeoutError:
-            raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms") from None
-        if item is _PREEMPT:
-            raise DeviceTimeout(f"{self.device_id}: {_PREEMPT.name}")
-        if item is _LOST:
-            raise NotConnected(f"{self.device_id}: connection lost")
-        assert not isinstance(item, _Signal)
-        return item
-
-    def _check_usable(self) -> None:
-        if not self.connected:
-            raise NotConnected(f"{self.endpoint}: not connected")
-        if self._preempting:
-            raise DeviceTimeout(f"{self.device_id}: {_PREEMPT.name}")
-
-    async def _resync(self, deadline: float, then: str = "") -> None:
-        """Send a probe (and ``then`` right behind it); discard everything up to the probe's reply."""
-        probe, kind, pattern = next((p for p in _PROBES if p[1] not in self._stale), _PROBES[0])
-        self._drain()
-        self._write(probe + "\n" + then)
-        self._owe(kind)
-        while True:
-            item = await self._next(deadline)
-            if isinstance(item, str) and pattern.fullmatch(item):
-                self._desynced = False
-                self._stale.clear()
-                return
-
-    async def _request(self, line: str) -> str:
-        """Send one line and return its reply line (``!`` events are routed meanwhile)."""
-        if "\n" in line or "\r" in line or len(line.encode("ascii", "replace")) > MAX_LINE or not line.isascii():
-            raise ValueError(f"not a single ASCII line of at most {MAX_LINE} bytes: {line!r}")
-        kind = _kind(line)
-        async with self._lock:
-            self._check_usable()
-            loop = asyncio.get_running_loop()
-            if self._desynced:
-                await self._resync(loop.time() + REPLY_TIMEOUT)
-                self._check_usable()
-            self._drain()
-            self._write(line + "\n")
-            try:
-                item = await self._next(loop.time() + REPLY_TIMEOUT)
-            except BaseException:  # timeout, preemption, cancellation: the reply is still owed
-                self._owe(kind)
-                raise
-            if isinstance(item, ProtocolError):
-                self._owe(kind)  # noise may have been extra, not instead of the reply
-                raise ProtocolError(f"{self.device_id}: reply to {line!r}: {item}")
-            return item
-
-    async def _value(self, line: str) -> str:
-        """A query's reply; an ``ERR`` reply raises DeviceRefused."""
-        reply = await self._request(line)
-        err = parse_err(reply)
-        if err is not None:
-            raise DeviceRefused(*err)
-        return reply
-
-    async def _command(self, line: str) -> None:
-        reply = await self._value(line)
-        if reply != "OK":
-            raise ProtocolError(f"{self.device_id}: expected OK to {line!r}, got {reply!r}")
 
     # ================================================================== the device
     async def query(self, line: str) -> str:

@@ -18,6 +18,7 @@ the driver's job: the link hands every chunk to ``on_data``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -60,11 +61,10 @@ class SerialLink:
         self._pending.clear()
         if ep.scheme == "socket":
             try:
-                sock = await asyncio.wait_for(
-                    asyncio.to_thread(socket.create_connection, (ep.host, ep.port), timeout), timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
+                async with asyncio.timeout(timeout):
+                    sock = await _connect_tcp(self._loop, ep.host, ep.port)
+            except (OSError, TimeoutError) as exc:
                 raise NotConnected(f"cannot open {ep}: {exc}") from exc
-            sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover
@@ -77,9 +77,12 @@ class SerialLink:
                                              stopbits=ep.stopbits, bytesize=8, timeout=0, write_timeout=0,
                                              exclusive=True)
 
+            opening = self._loop.run_in_executor(None, _open)
             try:
-                self._ser = await asyncio.wait_for(asyncio.to_thread(_open), timeout)
+                self._ser = await asyncio.wait_for(asyncio.shield(opening), timeout)
             except (OSError, ValueError, serial.SerialException, asyncio.TimeoutError) as exc:
+                # a port that opens after the wait gave up belongs to nobody: close it then
+                opening.add_done_callback(_close_late_port)
                 raise NotConnected(f"cannot open {ep}: {exc}") from exc
             self._fd = self._ser.fileno()
             os.set_blocking(self._fd, False)
@@ -178,3 +181,30 @@ def _quiet_close(ser: serial.SerialBase) -> None:
         ser.close()
     except Exception:  # pragma: no cover
         pass
+
+
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket connected on the loop: the socket is this coroutine's
+    from the start, so a timeout or a cancel closes it (a connect on a worker thread that
+    finished after its caller gave up left a socket nobody closed)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, type_, proto, _name, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last or OSError(f"no address for {host}:{port}")
+
+
+def _close_late_port(opening: "asyncio.Future[serial.SerialBase]") -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        with contextlib.suppress(Exception):
+            opening.result().close()

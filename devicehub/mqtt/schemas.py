@@ -1,4 +1,4 @@
-"""Writes the JSON Schemas of the MQTT interface from devicehub/mqtt/payloads.py.
+"""Writes the JSON Schemas of the MQTT interface from devicehub/mqtt/payloads/.
 
     python -m devicehub.mqtt.schemas docs/schemas          # write
     python -m devicehub.mqtt.schemas docs/schemas --check  # exit 1 if they differ

@@ -12,15 +12,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")  # no display: files only (before pyplot is imported)
-
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from devicehub.report.collect import STATE_LABELS, STATES, DoseStep  # noqa: E402
+from devicehub.report.collect import STATE_LABELS, STATES, DoseStep
 
 #: state -> RGB (0-255); distinct from each other, from white and from black text
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -48,7 +44,7 @@ def draw(step: DoseStep) -> Figure:
     widths = [max(z["columns"], 2) for z in zones]
     fig_w = max(6.5, CELL_IN * (sum(widths) + len(zones)) + 0.6)
     fig_h = CELL_IN * max_rows + 1.45
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=DPI)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)  # not pyplot's: no global figure registry, no GUI backend
     grid = fig.add_gridspec(1, len(zones), width_ratios=widths, left=0.03, right=0.97,
                             top=1 - 0.55 / fig_h, bottom=0.8 / fig_h, wspace=0.25)
     by_zone: dict[str, list[Any]] = {}
@@ -88,9 +84,7 @@ def draw(step: DoseStep) -> Figure:
 def png(step: DoseStep) -> bytes:
     """The dose map as PNG bytes."""
     fig = draw(step)
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,11 +63,53 @@ def write_from_path(store_path: str | os.PathLike[str], session_id: str, directo
         return write_report(store, session_id, directory, "html", options)
 
 
-async def write_in_thread(config: Any, session_id: str) -> Path | None:
-    """The HTML report of a session that ended, written beside the record off the loop."""
+#: a report not written by then is given up (logged); the child is killed
+CHILD_TIMEOUT_S = 300.0
+
+
+async def write_in_child(config: Any, session_id: str) -> Path | None:
+    """The HTML report of a session that ended, written beside the record by a child process.
+
+    Not in the hub's own process: matplotlib, its fonts and the Agg buffers of every dose map
+    would stay in the hub's memory (tens of MB, and growing with each report rendered in a
+    worker thread: per-thread font objects, text-metric caches, allocator arenas), and the
+    drawing would hold the GIL the room's event loop needs. The child
+    (``python -m devicehub.report``) reads the record read-only and exits; the hub never
+    imports matplotlib. Returns the report's path, or None (logged) when it was not written."""
+    options = ReportOptions.from_config(config)
+    args = [str(config.store), session_id, str(report_dir(config)),
+            json.dumps({"timezone": options.timezone, "aftercare": options.aftercare, "room": options.room})]
+    root = str(Path(__file__).resolve().parents[2])  # where the devicehub package is, for the child's imports
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        return await asyncio.to_thread(write_from_path, config.store, session_id, report_dir(config),
-                                       ReportOptions.from_config(config))
-    except Exception:  # noqa: BLE001 - a report that cannot be written never disturbs the room
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "devicehub.report", *args,
+                                                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, env=env)
+    except OSError:
         log.exception("report of session %s not written", session_id)
         return None
+    try:
+        async with asyncio.timeout(CHILD_TIMEOUT_S):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        await _reap(proc)
+        log.error("report of session %s not written: no answer in %.0f s", session_id, CHILD_TIMEOUT_S)
+        return None
+    except BaseException:  # the room closing: the child does not outlive the wait
+        await _reap(proc)
+        raise
+    if proc.returncode != 0:
+        log.error("report of session %s not written (exit %s): %s", session_id, proc.returncode,
+                  err.decode(errors="replace").strip()[-2000:])
+        return None
+    return Path(out.decode().strip())
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await asyncio.shield(proc.wait())
+
+
+#: the name room.py imports
+write_in_thread = write_in_child

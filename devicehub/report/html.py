@@ -43,6 +43,20 @@ ul.advice li { margin: 2px 0; }
 """
 
 
+#: decimals a recorded quantity is shown with: its unit's resolution at the device
+#: (shared/icd: 0.1 uL, whole mJ/cm2 = 0.001 J/cm2, 0.1 s), not the float's digits
+DECIMALS = {"volume_ul": 1, "shots": 0, "pulses": 0, "field_pulses": 0, "charge_uc": 3, "energy_mj": 3,
+            "fluence_j_cm2": 3, "exposure_s": 1, "field_time_s": 1}
+
+
+def amount(quantity: str, value: Any) -> Any:
+    """``value`` of ``quantity`` as the report shows it: 0.049999 J/cm2 is 0.050."""
+    places = DECIMALS.get(quantity)
+    if places is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return f"{value:.{places}f}"
+
+
 def _e(value: Any) -> str:
     if value is None:
         return "-"
@@ -109,7 +123,7 @@ def render(data: dict[str, Any]) -> str:
     for dev in sorted(set(totals) | set(data["planned"])):
         planned, got = data["planned"].get(dev, {}), totals.get(dev, {}) if isinstance(totals.get(dev), dict) else {}
         for q in sorted(set(planned) | set(got)):
-            rows.append([dev, q, planned.get(q), got.get(q)])
+            rows.append([dev, q, amount(q, planned.get(q)), amount(q, got.get(q))])
     out.append(_table(["device", "quantity", "planned", "delivered (device read-back)"], rows, num=(2, 3))
                if rows else _none("Nothing planned or delivered."))
 

@@ -9,6 +9,10 @@ state at once (``devicehub.safety.safe_state_all``), and the time it took is rec
 with the ``safe_state`` event. Then every open delivery is settled from the device's
 own counters (``devicehub.runner.deliveries``); delivered amounts enter progress,
 totals and the runtime caps in one place (:meth:`SessionRunner.account`).
+
+This module drives the lifecycle (open, preflight, confirm, pause, resume, abort) and
+the run; the stop path is in ``stopping.py`` and what the session shows and records
+(snapshot, events, alarms) in ``session_info.py``.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from devicehub.alarms import AlarmBoard
-from devicehub.bus import Bus, HubMessage, rfc3339, utcnow
+from devicehub.bus import Bus, rfc3339, utcnow
 from devicehub.runner import program_run
 from devicehub.runner.deliveries import DeliveryBook
 from devicehub.runner.context import RunnerOptions, StepFailure
 from devicehub.runner.progress import PointProgress, StepProgress
+from devicehub.runner.session_info import SessionInfo
 from devicehub.runner.settlement import Delivery
 from devicehub.runner.supervision import supervise
 from devicehub.runner.states import SessionState, StateMachine
+from devicehub.runner.stopping import StopPath
 from devicehub.runner.totals import CapExceeded, Totals
-from devicehub.safety import SafeStateReport, safe_state_all
+from devicehub.safety import SafeStateReport
 from drivers.base import Device, DeviceFault, DriverError
 
 __all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "NotFound"]
@@ -37,8 +43,7 @@ __all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "Not
 log = logging.getLogger(__name__)
 
 
-
-class SessionRunner:
+class SessionRunner(SessionInfo, StopPath):
     def __init__(
         self,
         *,
@@ -122,125 +127,6 @@ class SessionRunner:
         self.chair_confirmation = False
         self.start_marks: dict[str, float] = {}
         self.alongside_barrier: asyncio.Barrier | None = None
-
-    # ================================================================== info
-    @property
-    def state(self) -> str:
-        """The published state (shared/mqtt-api.md); ``stopping`` shows the state it stops from."""
-        published = self.machine.published
-        return published.value if published is not None else "new"
-
-    @property
-    def stopping(self) -> bool:
-        """A pause, an abort or a failure is under way (outputs going off, the record following)."""
-        return self.machine.stopping
-
-    @property
-    def finished(self) -> bool:
-        return self.machine.final
-
-    def required_preflight(self) -> list[str]:
-        return [item.id for item in self.program.preflight if getattr(item, "required", True)]
-
-    def pending_preflight(self) -> list[str]:
-        return [i for i in self.required_preflight() if not self.preflight_done.get(i, {}).get("done")]
-
-    def snapshot(self) -> dict[str, Any]:
-        """The retained ``session`` topic's data."""
-        points_done = sum(1 for sp in self.progress.values() for p in sp.points.values() if p.status in ("done", "skipped"))
-        data: dict[str, Any] = {
-            "session": self.session_id,
-            "state": self.state,
-            "program": self.program.id,
-            "version": self.program.version,
-            "patient_ref": self.patient_ref,
-            "operator": self.operator,
-            "step": self.current_step,
-            "steps_total": len(self.program.steps),
-            "steps_done": sum(1 for sp in self.progress.values() if sp.status == "done"),
-            "points_done": points_done,
-            "points_planned": self.points_planned(),
-            "totals": self.totals.as_dict(),
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "pending_items": self.pending_preflight() if self.state in ("created", "preflight") else [],
-        }
-        if self.reason:
-            data["reason"] = self.reason
-        if self._prompt_step is not None:
-            data["prompt"] = {"step": self._prompt_step, "text": self.program_step(self._prompt_step).prompt}
-        if self.state == "paused":
-            data["recovery"] = self.recovery
-        return data
-
-    def points_planned(self) -> int:
-        n = 0
-        for step in self.program.steps:
-            if step.kind in ("injection", "electroporation"):
-                n += sum(len(self.program.points(z)) for z in step.zones)
-        return n
-
-    def program_step(self, step_id: str) -> Any:
-        for s in self.program.steps:
-            if s.id == step_id:
-                return s
-        raise KeyError(step_id)
-
-    def devices_needed(self) -> list[str]:
-        """The devices the rest of the session needs (steps not done yet)."""
-        out: list[str] = []
-        for step in self.program.steps:
-            sp = self.progress.get(step.id)
-            if sp is not None and sp.status == "done":
-                continue
-            dev = self.step_devices.get(step.id)
-            if dev is not None and dev not in out:
-                out.append(dev)
-        return sorted(out)
-
-    def device_for(self, step: Any) -> tuple[str, Device]:
-        dev_id = self.step_devices[step.id]
-        return dev_id, self.devices[dev_id]
-
-    # ================================================================== records
-    async def event(self, name: str, **data: Any) -> int:
-        """Append one event to the record (awaited: written before we go on) and publish it."""
-        async with self._event_lock:  # one writer, so indices and publication order agree
-            ts = utcnow()
-            idx = await self.store.append_event(self.session_id, name, data, ts)
-            self.bus.publish(HubMessage("session.event", {"event": name, "index": idx, **data},
-                                        session=self.session_id, ts=ts))
-        return idx
-
-    def publish_state(self) -> None:
-        self.bus.emit("session.state", self.snapshot(), session=self.session_id)
-
-    def raise_alarm(self, *, code: str, text: str, source: str, priority: str = "high", key: str | None = None,
-                    latched: bool | None = None, **extra: Any) -> dict[str, Any]:
-        """Raise an alarm of this session on the room's board; returns it as the session's
-        ``alarm`` event carries it (the alarm itself, shared/mqtt-api.md, plus ``extra``)."""
-        alarm = self.alarms.raise_alarm(priority=priority, source=source, code=code, text=text, latched=latched,
-                                        session=self.session_id, key=key)
-        return {**alarm.to_dict(), **extra}
-
-    async def record_alarm(self, alarm: dict[str, Any]) -> None:
-        """The ``alarm`` event, once per alarm id (an alarm raised again is the same alarm)."""
-        alarm_id = alarm.get("id")
-        if alarm_id is not None:
-            if alarm_id in self._alarms_recorded:
-                return
-            self._alarms_recorded.add(alarm_id)
-        await self.event("alarm", **alarm)
-
-    async def _set_state(self, state: str, reason: str | None = None) -> None:
-        previous = self.state
-        self.machine.go(state)
-        self.reason = reason  # a reason belongs to the state it came with
-        data: dict[str, Any] = {"state": state, "previous": previous}
-        if reason:
-            data["reason"] = reason
-        await self.event("state", **data)
-        self.publish_state()
 
     # ================================================================== lifecycle
     async def open(self) -> None:
@@ -395,110 +281,6 @@ class SessionRunner:
     @property
     def prompt_pending(self) -> str | None:
         return self._prompt_step
-
-    # ================================================================== stopping
-    async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
-                    alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
-                    recovery: dict[str, Any] | None = None,
-                    before_record: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Pause, abort or fail: outputs off first, then the record (the alarm that caused it first)."""
-        t0 = t_trigger if t_trigger is not None else time.monotonic()
-        if self.machine.state is SessionState.NEW:
-            return  # its record was never created: nothing ran, nothing to end
-        if self.finished or (self.machine.stopping and kind == "paused"):
-            return
-        if self.machine.stopping:
-            # already stopping (e.g. a fault during an abort): that path finishes first, and a
-            # failure outranks an abort or a pause in its final state; an abort that arrived
-            # during a pause then ends the paused session itself (an abort is never lost)
-            if kind == "failed":
-                self._escalate = (reason, trigger)
-                if alarm is not None:
-                    await self.record_alarm(alarm)
-            await self._stop_idle.wait()
-            if kind == "aborted" and not self.finished:
-                await self._stop(kind, trigger=trigger, reason=reason, t_trigger=t0)
-            return
-        self.machine.go(SessionState.STOPPING)
-        self._stop_idle.clear()
-        self._escalate = None
-        try:
-            await self._stop_now(kind, trigger=trigger, reason=reason, t0=t0, alarm=alarm, first=first,
-                                 recovery=recovery, before_record=before_record)
-        finally:
-            self._stop_idle.set()
-
-    async def _stop_now(self, kind: str, *, trigger: str, reason: str | None, t0: float,
-                        alarm: dict[str, Any] | None, first: SafeStateReport | None = None,
-                        recovery: dict[str, Any] | None = None,
-                        before_record: Callable[[], Awaitable[None]] | None = None) -> None:
-        task = self._run_task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-        report = first if first is not None else await safe_state_all(
-            self.devices, trigger, t_trigger=t0, timeout=self.options.safe_state_timeout_s)
-        self.last_safe_state = report
-        if before_record is not None:  # the trigger's own event, first in the record
-            await before_record()
-        if alarm is not None:  # recorded once the room is safe, never before
-            await self.record_alarm(alarm)
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            # the step outlived the safe state: it may have commanded a device since, so it
-            # is cancelled until it ends (one cancel can be swallowed by a wait_for whose
-            # inner future completes at the same moment, Python 3.11) and the room is made
-            # safe again behind it
-            await self._end_task(task)
-            again = await safe_state_all(self.devices, trigger, timeout=self.options.safe_state_timeout_s)
-            if not again.confirmed:
-                report = SafeStateReport(trigger=report.trigger, ms=report.ms,
-                                         devices={d: ("off" if report.devices.get(d) == "off" and s == "off"
-                                                      else "unconfirmed") for d, s in again.devices.items()},
-                                         details={**report.details, **again.details}, device_ms=report.device_ms)
-                self.last_safe_state = report
-        await self.book.settle_open("interrupted" if kind == "paused" else kind, t_stopped=t0, report=report)
-        await self.event("safe_state", **report.event_data())
-        if not report.confirmed:
-            bad = [d for d, s in report.devices.items() if s != "off"]
-            await self.record_alarm(self.raise_alarm(source=",".join(bad), code="safe_state_unconfirmed",
-                                                     text=f"safe state not confirmed by {', '.join(bad)}"))
-            if kind != "failed":
-                kind, reason = "failed", "safe_state_unconfirmed"
-        if self._escalate is not None and kind != "failed":
-            kind, reason = "failed", self._escalate[0]
-        if kind == "paused":
-            self.recovery = recovery
-            await self.event("paused", **({"reason": reason} if reason else {}),
-                             **({"recovery": recovery} if recovery is not None else {}))
-            await self._set_state("paused", reason=None)
-            await self.book.announce_deferred()  # after paused and its state
-            return
-        await self._finish(kind, reason)
-
-    @staticmethod
-    async def _end_task(task: asyncio.Task[Any], timeout: float = 2.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not task.done() and loop.time() < deadline:
-            task.cancel()
-            await asyncio.wait([task], timeout=0.05)
-        if not task.done():
-            log.error("the step task did not end after its cancellation: %r", task)
-
-    async def _finish(self, final: str, reason: str | None) -> None:
-        self.ended_at = rfc3339(utcnow())
-        self.current_step = None
-        data: dict[str, Any] = {"totals": self.totals.as_dict(),
-                                "steps": [sp.summary() for sp in self.progress.values()]}
-        if reason:
-            data["reason"] = reason
-        if self.last_safe_state is not None:
-            data["safe_state_ms"] = round(self.last_safe_state.ms, 3)
-        await self.event(final, **data)
-        await self.book.announce_deferred()  # after the final event, before the state is published
-        await self._set_state(final, reason=reason)
-        if self._supervisor is not None and self._supervisor is not asyncio.current_task():
-            self._supervisor.cancel()
-        self._finished.set()
 
     # ================================================================== running
     async def _run(self) -> None:

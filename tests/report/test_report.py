@@ -202,3 +202,23 @@ def test_times_are_shown_in_the_clinics_zone(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "2026-01-05 10:00:00 CET" in out.stdout and "times in Europe/Paris" in out.stdout  # 09:00 UTC
     assert "clinic-a/room-9" in out.stdout
+
+
+def test_amounts_are_shown_to_their_units_resolution(tmp_path: Path) -> None:
+    """A fluence summed in floats (0.049999 J/cm2) reads 0.050: whole mJ/cm2, as the LED-1 counts."""
+    with RecordStore(tmp_path / "r.sqlite") as store:
+        sid, t = "S-AMOUNTS", day(0)
+        store.create_session(sid, program_id="demo", program_version="1", program_sha256="ab" * 32,
+                             program_json=demo_program(), patient_ref="P-1", operator="dr-a", origin="mqtt",
+                             params={}, acknowledgements=[], created_at=t)
+        store.append_event(sid, "state", {"state": "running", "previous": "created"}, t)
+        store.append_event(sid, "failed", {"reason": "soak", "totals": {
+            "led-1": {"fluence_j_cm2": 0.049999, "exposure_s": 0.30000000000000004},
+            "inj-1": {"volume_ul": 92.49999999}}}, t + timedelta(minutes=30))
+        path = write_report(store, sid, tmp_path / "reports")
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    cells = [t.strip() for t in page.text if t.strip()]
+    for quantity, shown in (("fluence_j_cm2", "0.050"), ("exposure_s", "0.3"), ("volume_ul", "92.5")):
+        assert any(c == quantity and shown in cells[i + 1:i + 3] for i, c in enumerate(cells)), quantity
+    assert "0.049999" not in cells and "0.30000000000000004" not in cells
