@@ -50,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from bench.common import ROOT, machine_info, median, pinned, quiet_logging, summary, table, write_results  # noqa: E402
+from simulators.devsupport.processes import ServeProcess  # noqa: E402
 
 TARGET_RATIO = 0.7
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -445,31 +446,11 @@ class _Client:
         return (t1 - t0) * 1000.0, reply
 
 
-class _Hub:
-    """``devicehub serve`` as a process; its log (warnings and up) goes to ``hub.log`` beside its config."""
-
-    def __init__(self, config: Path) -> None:
-        self.log = config.parent / "hub.log"
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "serve", "--config", str(config)],
-                                         stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("devicehub serving"):
-            self.stop()
-            raise RuntimeError(f"the hub did not start: {line!r}\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _hub(config: Path) -> ServeProcess:
+    """``devicehub serve`` as a process, started; its log (warnings and up) goes to ``hub.log`` beside its config."""
+    log = config.parent / "hub.log"
+    log.write_text("")
+    return ServeProcess(config, log).start()
 
 
 async def bench_latency(port: int, directory: Path, seconds: float) -> dict[str, Any]:
@@ -500,7 +481,7 @@ async def bench_latency(port: int, directory: Path, seconds: float) -> dict[str,
         echo.wait(5)
 
     with SimulatedRoom(directory / "latency", site="bench", room="lat", mqtt_port=port) as room:
-        hub = _Hub(room.config_path)
+        hub = _hub(room.config_path)
         try:
             async with _Client(port, "devicehub/v1/bench/lat") as c:
                 for _ in range(20):  # warm-up
@@ -513,12 +494,12 @@ async def bench_latency(port: int, directory: Path, seconds: float) -> dict[str,
                     lat.append(ms)
                 out["status_ms"] = summary(lat)
         finally:
-            hub.stop()
+            hub.terminate()
     out["status_over_raw_p50"] = round(out["status_ms"]["p50"] / out["raw_echo_ms"]["p50"], 2)
     return out
 
 
-async def _reply(fut: asyncio.Future[Any], hub: _Hub, what: str) -> Any:
+async def _reply(fut: asyncio.Future[Any], hub: ServeProcess, what: str) -> Any:
     try:
         return await asyncio.wait_for(fut, 15)
     except asyncio.TimeoutError:
@@ -543,7 +524,7 @@ async def bench_start(port: int, directory: Path, samples: int) -> dict[str, Any
     to_command, to_armed, to_reply, poll = [], [], [], []
     with SimulatedRoom(directory / "start", site="bench", room="start", mqtt_port=port, remote_confirmation=False,
                        programs=programs) as room:
-        hub = _Hub(room.config_path)
+        hub = _hub(room.config_path)
         try:
             async with _Client(port, "devicehub/v1/bench/start") as c, \
                     ControlClient(room.sims["inj-1"].control) as inj:
@@ -578,7 +559,7 @@ async def bench_start(port: int, directory: Path, samples: int) -> dict[str, Any
                         to_reply.append((t_reply - t0) * 1000.0)
                         poll.append(poll_ms)
         finally:
-            hub.stop()
+            hub.terminate()
     return {"samples": samples, "start_to_first_command_ms": summary(to_command),
             "start_to_armed_ms": summary(to_armed), "start_to_reply_ms": summary(to_reply),
             "poll_round_trip_ms": summary(poll),

@@ -27,14 +27,11 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +45,9 @@ from bench.common import summary, write_results  # noqa: E402
 from bench.soaklib.procs import Simulators, write_hub_config  # noqa: E402
 from devicehub.local_console import ConsoleClient  # noqa: E402
 from simulators.control import ControlClient  # noqa: E402
+from simulators.devsupport.clinic import NODELAY  # noqa: E402
+from simulators.devsupport.processes import hub_in  # noqa: E402
+from simulators.devsupport.waiting import poll  # noqa: E402
 from simulators.local_broker import LocalBroker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,36 +115,12 @@ class Room:
 
 
 async def _until(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("the room did not get there in time")
-        await asyncio.sleep(0.01)
+    return await poll(check, timeout=timeout, interval=0.01, what="the room's state")
 
 
 def _client(port: int, ident: str) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", port, identifier=ident, protocol=aiomqtt.ProtocolVersion.V5,
-                          socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
-
-
-@contextlib.asynccontextmanager
-async def hub_process(room: Room) -> AsyncIterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "serve", "--config", str(room.config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    try:
-        line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
-        if not line.startswith("devicehub serving"):
-            raise RuntimeError(f"the hub did not start: {line!r}")
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+                          socket_options=(NODELAY,))
 
 
 async def abort_rounds(room: Room, port: int, rounds: int) -> dict[str, Any]:
@@ -230,7 +206,8 @@ async def measure(rounds: int) -> dict[str, Any]:
             doc.update(programs=str(_exposure_program(directory)), remote_confirmation=False)
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             room = Room(directory, sims, config)
-            async with hub_process(room):
+            async with hub_in(room) as hub_proc:
+                await hub_proc.astart()
                 for label in ("unloaded", "loaded"):
                     load = cpus_loaded(600.0) if label == "loaded" else contextlib.nullcontext()
                     with load:

@@ -4,7 +4,7 @@ Each synthetic room publishes what a hub publishes during a session, built with 
 hub's own envelope code (devicehub.mqtt.envelope.EnvelopeFactory), at a session's rates:
 2 session events/s (+ the session state after each), a device state every 2 s, and
 4 devices' telemetry at 2 Hz (QoS 0; the collector keeps one reading per device per 10 s).
-A private Mosquitto and a private PostgreSQL (the tests' own, tests/sites/pg.py).
+A private Mosquitto and a private PostgreSQL (the tests' own, simulators/devsupport/postgres.py).
 
 Figures, per collector count, in the same run:
 - sustained: every room at session rates for ``--seconds``; messages/s ingested, lag from
@@ -47,7 +47,8 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from simulators.local_broker import LocalBroker  # noqa: E402
 from devicehub.mqtt.envelope import EnvelopeFactory, new_ulid  # noqa: E402
-from tests.sites.pg import PrivatePostgres  # noqa: E402
+from simulators.devsupport.postgres import PrivatePostgres  # noqa: E402
+from simulators.devsupport.processes import CollectorProcess, ServeProcess  # noqa: E402
 
 BROKER_CONF = "max_inflight_messages 0\nmax_queued_bytes 0\nmax_queued_messages 1000000\n"
 DEVICES = ("epg-1", "inj-1", "led-1", "pemf-1")
@@ -135,17 +136,17 @@ def publish(port: int, site: str, rooms: int, seconds: float, backlog: int) -> N
 # ------------------------------------------------------------------ two real hubs beside them
 class RealHubs:
     """Two simulated rooms with ``devicehub serve`` each, running demo sessions back to back
-    (started over MQTT, confirmed and prompted at the chair, as tests/hub does) on a thread
+    (started over MQTT, confirmed and prompted at the chair, as tests/hub does, with the same
+    simulators/devsupport helpers) on a thread
     of their own while the synthetic rooms publish."""
 
     def __init__(self, port: int, site: str, tmp: Path) -> None:
         from simulators.simroom import SimulatedRoom
-        from tests.hub.conftest import HubProcess
 
         self.port, self.site = port, site
         self.rooms = [SimulatedRoom(tmp / f"hub-{i}", site=site, room=f"hub-{i}", mqtt_port=port).start()
                       for i in (1, 2)]
-        self.hubs = [HubProcess(r.config_path, r.directory / "hub.log").start() for r in self.rooms]
+        self.hubs = [ServeProcess(r.config_path, r.directory / "hub.log").start() for r in self.rooms]
         self.sessions = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -167,7 +168,7 @@ class RealHubs:
         await asyncio.gather(*(self._room(r) for r in self.rooms))
 
     async def _room(self, room: Any) -> None:
-        from tests.hub.conftest import Clinic, ack_prompts, auto_trigger, console, root_of, run_to_awaiting
+        from simulators.devsupport.clinic import Clinic, ack_prompts, auto_trigger, console, root_of, run_to_awaiting
 
         await auto_trigger(room, 20)
         async with Clinic(self.port, root_of(self.site, room.room)) as clinic:
@@ -288,23 +289,22 @@ def run_publisher(port: int, site: str, rooms: int, seconds: float, backlog: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-STARTED: list[subprocess.Popen[str]] = []
+STARTED: list[CollectorProcess] = []
 
 
-def start_collector(cfg: Path, client_id: str, log: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "collect", "--config", str(cfg), "--client-id",
-                             client_id], stdout=subprocess.PIPE, stderr=open(log, "a"), text=True, cwd=ROOT)
-    STARTED.append(proc)
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("devicehub collecting"), line
-    return proc
+def start_collector(cfg: Path, client_id: str, log: Path) -> CollectorProcess:
+    collector = CollectorProcess(cfg, client_id, log)
+    STARTED.append(collector)
+    collector.start()
+    return collector
 
 
-def stop(procs: list[subprocess.Popen[str]]) -> None:
+def stop(procs: list[CollectorProcess]) -> None:
+    for p in procs:  # all told first, then each awaited: they stop side by side
+        if p.proc is not None:
+            p.proc.terminate()
     for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(30)
+        p.terminate(30)
 
 
 def count_messages(url: str) -> int:
@@ -338,11 +338,11 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     bare.start()
     # ---- sustained, at session rates, with two real hubs running sessions beside them
     with RealHubs(broker.port, site, tmp / f"hubs-{site}") as hubs:
-        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        cpu0 = sum(cpu_seconds(p.proc.pid) for p in procs)
         t0 = time.monotonic()
         sent = run_publisher(broker.port, site, args.rooms, args.seconds)
         wait_count(url, sent["qos1"])
-        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        cpu = sum(cpu_seconds(p.proc.pid) for p in procs) - cpu0
         hub_sessions, hub_failures = hubs.sessions, hubs.failures
     with psycopg.connect(url) as c:
         lags = [r[0] for r in c.execute("SELECT extract(epoch FROM received_at - ts)::float8 FROM messages"
@@ -369,9 +369,9 @@ def one_setup(pg: PrivatePostgres, broker: LocalBroker, n_collectors: int, args:
     procs = [start_collector(cfg, cid, tmp / f"{cid}.log") for cid in ids]
     # from the collectors' ready line (subscribed; the process start, imports and migrations
     # not counted) to the last row stored: the first message's delivery counts against them
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+    cpu0 = sum(cpu_seconds(p.proc.pid) for p in procs)
     wait_count(url, before + backlog)
-    cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    cpu = sum(cpu_seconds(p.proc.pid) for p in procs) - cpu0
     with psycopg.connect(url) as c:
         # from the first batch's transaction (a collector takes queued messages before it says
         # it is subscribed, so its ready line is too late) to now, all stored
@@ -437,10 +437,8 @@ def main() -> int:
         doc = {"machine": machine_info(), "rooms": args.rooms, "seconds": args.seconds, "runs": runs,
                "copy_baseline": copy_baseline(pg, args.backlog)}
     finally:
-        for proc in STARTED:  # whatever failed above, no collector outlives the run
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for collector in STARTED:  # whatever failed above, no collector outlives the run
+            collector.kill()
         broker.stop()
         pg.destroy()
     path = write_results("site", doc)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,8 +22,7 @@ from paho.mqtt.properties import Properties
 from devicehub.local_console import ConsoleClient
 from drivers.registry import create_driver
 from simulators.control import ControlClient
-
-NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+from simulators.devsupport.clinic import NODELAY, reply_properties
 
 
 @dataclass
@@ -178,9 +176,7 @@ class Clinic:
             return None
         n = next(self._n)
         topic = f"{self.root}/reply/{self.client_id}/{n}"
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = topic
-        props.CorrelationData = f"c{n}".encode()
+        props = reply_properties(topic, f"c{n}".encode())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[topic] = fut
         payload = {"request_id": f"soak-{uuid.uuid4().hex}", **body}

@@ -5,67 +5,45 @@
   device's TCP connection (the hub sees the link drop and reconnects through it).
 - ``Broker``: a private Mosquitto with persistence, stopped and started on the same port.
 - ``Hub``: ``devicehub serve`` as a process; SIGKILLed and started again on the same config.
+
+The simulators' and the hub's processes are simulators/devsupport's, as in the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from simulators.devsupport.processes import ServeProcess, SimulatorsProcess
 from simulators.local_broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = (("epg-1", "epg"), ("inj-1", "inj"), ("led-1", "led"), ("pemf-1", "pemf"))
 
 
-class Simulators:
-    """The four simulators in one child process; ``endpoints`` and ``controls`` by device id."""
+class Simulators(SimulatorsProcess):
+    """The four simulators in one child process, seeded; ``endpoints`` and ``controls`` by device id."""
 
     def __init__(self, directory: Path, seed: int) -> None:
-        self.directory = directory
+        super().__init__(directory, [{"id": d, "type": k, "seed": (seed * 31 + i) & 0xFFFFFFFF}
+                                     for i, (d, k) in enumerate(DEVICES)], directory / "sims.log")
         self.seed = seed
-        self.proc: subprocess.Popen[str] | None = None
-        self.endpoints: dict[str, str] = {}
-        self.controls: dict[str, str] = {}
 
-    def start(self) -> "Simulators":
-        cfg = self.directory / "sim-room.yaml"
-        cfg.write_text(yaml.safe_dump({"devices": [
-            {"id": d, "type": k, "seed": (self.seed * 31 + i) & 0xFFFFFFFF} for i, (d, k) in enumerate(DEVICES)]}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulators", "room", "--config", str(cfg)],
-                                     stdout=subprocess.PIPE, stderr=open(self.directory / "sims.log", "a"),  # noqa: SIM115
-                                     text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        for _ in DEVICES:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the simulators exited before announcing themselves")
-            ann = json.loads(line)
-            self.endpoints[ann["id"]] = ann["endpoint"]
-            self.controls[ann["id"]] = ann["control"]
-        return self
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {d: a["endpoint"] for d, a in self.announced.items()}
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    @property
+    def controls(self) -> dict[str, str]:
+        return {d: a["control"] for d, a in self.announced.items()}
 
 
 class TcpProxy:
@@ -178,51 +156,24 @@ class Broker:
         self.restarts += 1
 
 
-class Hub:
-    """``devicehub serve --config CFG`` as a child process; ready once it prints its line."""
+class Hub(ServeProcess):
+    """``devicehub serve --config CFG`` as a child process (simulators/devsupport); its kills counted."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-        self.boot = 0
+        super().__init__(config, log)
         self.kills = 0
 
-    def start(self, timeout: float = 60.0) -> None:
-        err = open(self.log, "a")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "devicehub.cli", "serve", "--config", str(self.config)],
-                                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        err.close()
-        line: list[str] = []
-        proc = self.proc
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""),
-                                  daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not line or not line[0].startswith("devicehub serving"):
-            self.kill()
-            raise RuntimeError(f"the hub did not get ready: {line!r}")
-        self.boot = int(line[0].split(" boot ")[1].split(";")[0])
+    def start(self, timeout: float = 60.0) -> "Hub":
+        super().start(timeout)
+        return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        if self.alive():
+            super().kill()
             self.kills += 1
 
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+    def terminate(self, timeout: float = 20.0) -> int | None:
+        return super().terminate(timeout)
 
     def resources(self) -> dict[str, Any]:
         """RSS (kB) and open file descriptors of the hub process, from /proc."""

@@ -1,66 +1,28 @@
 """The technician's console driven by Textual's pilot against a real daemon and the simulators.
 
 The hub's fixtures (a simulated room, ``devicehub serve`` as a process, Mosquitto) are
-those of tests/hub, with the simulators in a process of their own. ``until`` awaits what the screen shows, polling the app between
+those of tests/hub, with the simulators in a process of their own (simulators/devsupport's
+``SimulatedRoomProcess``). ``until`` awaits what the screen shows, polling the app between
 frames: there is no sleep that orders events.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
-import subprocess
-import sys
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devicehub.console.app import ConsoleApp
-from simulators.harness import SimHandle
-from simulators.simroom import ROOM, SimulatedRoom
-from tests.hub.conftest import ROOT, Setup, hub_in, new_site
+from simulators.devsupport.processes import SimulatedRoomProcess as RoomProcess
+from tests.hub.conftest import Setup, hub_in, new_site
 
 SIZE = (150, 52)
-
-
-class RoomProcess(SimulatedRoom):
-    """The simulated room of tests/hub (its config, its ``sims[...].control``), with the four
-    simulators in a process of their own (``python -m simulators room``): the console's
-    drawing in the test's process never holds up their replies and heartbeats."""
-
-    proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> "RoomProcess":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        spec = self.directory / "sim-room.yaml"
-        spec.write_text(yaml.safe_dump({"devices": [
-            {"id": d, "type": k, "seed": zlib.crc32(d.encode()) & 0xFFFF} for d, k in ROOM]}))
-        log = open(self.directory / "simulators.log", "w")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulators", "room", "--config", str(spec)],
-                                     stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-        log.close()
-        assert self.proc.stdout is not None
-        for _ in ROOM:  # one announcement line per device, then they serve
-            line = json.loads(self.proc.stdout.readline())
-            self.sims[line.get("id", line["device"])] = SimHandle(line["device"], line["endpoint"], line["control"])
-        self.write_config()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

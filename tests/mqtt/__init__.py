@@ -29,6 +29,7 @@ from devicehub.mqtt.frontend import MqttFrontend
 from devicehub.mqtt.idempotency import IdempotencyStore
 from devicehub.mqtt.outbox import Outbox
 from devicehub.room_api import CommandError
+from simulators.devsupport.proxy import CutProxy
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _ids = itertools.count(1)
@@ -330,53 +331,10 @@ class Requester:
 
 
 # ---- a TCP proxy, to cut a connection abruptly -------------------------------------------
-class Proxy:
-    """Forwards a local port to the broker; :meth:`cut` aborts every connection (no DISCONNECT).
-
-    While ``swallow_downstream`` is true, what the broker sends (CONNACK, PUBACK, PINGRESP)
-    is dropped on the floor: a broker that keeps the link up and never answers.
-    """
+class Proxy(CutProxy):
+    """Forwards a local port to the broker; :meth:`cut` aborts every connection (no DISCONNECT);
+    ``swallow_downstream``: a broker that keeps the link up and never answers."""
 
     def __init__(self, broker: Any) -> None:
+        super().__init__(broker.port, broker.host)
         self.broker = broker
-        self.swallow_downstream = False
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._transports: list[asyncio.WriteTransport] = []
-
-    async def __aenter__(self) -> "Proxy":
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-
-    def cut(self) -> None:
-        for t in self._transports:
-            t.abort()
-        self._transports.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
-        except OSError:
-            writer.transport.abort()
-            return
-        for w in (writer, up_writer):
-            w.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._transports.append(w.transport)
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, downstream: bool) -> None:
-            with contextlib.suppress(Exception):
-                while data := await r.read(65536):
-                    if downstream and self.swallow_downstream:
-                        continue
-                    w.write(data)
-                    await w.drain()
-            w.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from devicehub.room import Room
 from devicehub.runner.session import RunnerOptions, SessionRunner
 from simulators.simroom import ROOM, SimulatedRoom
 from simulators.control import ControlClient
+from simulators.devsupport.waiting import poll
 from tests.totals_check import assert_totals_match  # noqa: F401 - the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -36,19 +36,6 @@ SHIPPED_LIMITS = ROOT / "configs" / "limits.yaml"
 
 #: demo sped up: trains of 10 pulses at 10 ms, 1 s of light and field alongside
 FAST_DEMO = {"ep": {"period_ms": 10}, "light": {"duration_s": 1}, "field": {"duration_s": 1}}
-
-
-async def poll(check: Callable[[], Awaitable[Any]], *, timeout: float, interval: float = 0.02,
-               what: str = "condition") -> Any:
-    """Call ``check`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.1f} s (last: {value!r})")
-        await asyncio.sleep(interval)
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,6 @@
 """Fixtures of the site tests: a private PostgreSQL per test session (a database per
 test), a private Mosquitto that lets a collector hold many unacknowledged messages, the
-collector as a ``devicehub collect`` process, and waiting on the database.
+collector as a ``devicehub collect`` process (simulators/devsupport), and waiting on the database.
 
 Every process is stopped at the end, also when a test fails (fixtures' finally blocks;
 the collector processes are killed by id).
@@ -11,24 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import signal
-import subprocess
-import sys
-import threading
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import psycopg
 import pytest
 import yaml
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg.rows import dict_row
 
+from simulators.devsupport.postgres import PrivatePostgres
+from simulators.devsupport.processes import CollectorProcess
+from simulators.devsupport.proxy import CutProxy
 from simulators.local_broker import LocalBroker
-from tests.sites.pg import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the broker a collector needs: unacknowledged messages are many while a batch commits
@@ -76,51 +76,6 @@ def write_site_config(path: Path, *, database: str, port: int, site: str, group:
     return path
 
 
-class CollectorProcess:
-    """``devicehub collect --config CFG --client-id ID`` as a child process."""
-
-    def __init__(self, config: Path, client_id: str, log: Path) -> None:
-        self.config = config
-        self.client_id = client_id
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 30.0) -> "CollectorProcess":
-        err = open(self.log, "a")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devicehub.cli", "collect", "--config", str(self.config),
-             "--client-id", self.client_id], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        err.close()
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not line or not line[0].startswith("devicehub collecting"):
-            self.kill()
-            raise RuntimeError(f"the collector did not start: {line!r}; log:\n{self.log.read_text()[-3000:]}")
-        return self
-
-    async def astart(self) -> "CollectorProcess":
-        return await asyncio.to_thread(self.start)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-
 @contextlib.asynccontextmanager
 async def collectors(config: Path, directory: Path) -> AsyncIterator[Callable[[str], CollectorProcess]]:
     """``make(client_id)`` gives a collector process (not started); all are stopped at the end."""
@@ -136,6 +91,27 @@ async def collectors(config: Path, directory: Path) -> AsyncIterator[Callable[[s
     finally:
         for c in made:
             await asyncio.to_thread(c.terminate)
+
+
+@contextlib.asynccontextmanager
+async def withholder(port: int, group: str, site: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """A member of the collectors' shared subscription (``group``) that takes its share of the
+    site's session events and stores nothing (a rogue or broken consumer); yields what it took."""
+    withheld: list[dict[str, Any]] = []
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"hole-{uuid.uuid4().hex[:6]}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as hole:
+        await hole.subscribe(f"$share/{group}/devicehub/v1/{site}/+/sessions/+/events",
+                             options=SubscribeOptions(qos=1))
+
+        async def swallow() -> None:
+            async for m in hole.messages:
+                withheld.append(json.loads(m.payload))
+
+        task = asyncio.create_task(swallow())
+        try:
+            yield withheld
+        finally:
+            task.cancel()
 
 
 def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
@@ -188,55 +164,12 @@ def assert_same_events(url: str, clinic: Any, sid: str, *, filled_ok: bool = Fal
     return rows
 
 
-class LinkProxy:
+class LinkProxy(CutProxy):
     """A TCP link to ``port`` that can be cut: :meth:`cut` aborts every connection and
     refuses new ones until :meth:`restore` (a bridge's network link going down and up)."""
 
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.port = 0
-        self.blocked = False
-        self._server: asyncio.base_events.Server | None = None
-        self._transports: list[asyncio.BaseTransport] = []
-
-    async def __aenter__(self) -> "LinkProxy":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-
-    def cut(self) -> None:
-        self.blocked = True
-        for t in self._transports:
-            t.abort()
-        self._transports.clear()
-
-    def restore(self) -> None:
-        self.blocked = False
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.blocked:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._transports += [writer.transport, up_writer.transport]
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+    def cut(self, *, block: bool = True) -> None:
+        super().cut(block=block)
 
 
 def bridge_conf(site: str, room: str, port: int) -> str:

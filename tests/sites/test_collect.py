@@ -46,8 +46,10 @@ async def test_two_hubs_every_event_once(site_broker, database, tmp_path: Path) 
     cfg = write_site_config(tmp_path / "site.yaml", database=database, port=site_broker.port, site=site,
                             gap_fill_after_s=600)  # nothing may need filling here
     with contextlib.ExitStack() as stack:
-        one = stack.enter_context(simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1"))
-        two = stack.enter_context(simulated_room(tmp_path / "room-2", site_broker.port, site=site, room="room-2"))
+        one = stack.enter_context(simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1",
+                                                       own_process=True))
+        two = stack.enter_context(simulated_room(tmp_path / "room-2", site_broker.port, site=site, room="room-2",
+                                                       own_process=True))
         async with collectors(cfg, tmp_path) as make:
             await make("collector-a").astart()
             async with hub_in(one) as hub1, hub_in(two) as hub2, \

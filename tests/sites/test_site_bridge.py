@@ -26,7 +26,8 @@ async def test_bridge_link_cut_and_restored(site_broker, database, tmp_path: Pat
         await asyncio.to_thread(room_broker.start)
         try:
             await make("collector-a").astart()
-            with simulated_room(tmp_path / "room-1", room_broker.port, site=site, room="room-1") as room:
+            with simulated_room(tmp_path / "room-1", room_broker.port, site=site, room="room-1",
+                                own_process=True) as room:
                 async with hub_in(room) as hub, Clinic(room_broker.port, root_of(site, "room-1")) as clinic, \
                         Clinic(site_broker.port, root_of(site, "room-1")) as far:
                     await hub.astart()

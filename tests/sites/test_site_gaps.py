@@ -13,13 +13,12 @@ from pathlib import Path
 import aiomqtt
 import psycopg
 import pytest
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devicehub.site.schema import MIGRATIONS, MigrationError, migrate, migrations
 from devicehub.mqtt.envelope import new_ulid
 from tests.hub.conftest import (Clinic, acli, auto_trigger, console, hub_in, new_site, root_of, run_to_awaiting,
                                 simulated_room)
-from tests.sites.conftest import collectors, query, until_db, write_site_config
+from tests.sites.conftest import collectors, query, until_db, withholder, write_site_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,37 +28,25 @@ async def test_unanswered_gap_marks_the_session_incomplete(site_broker, database
     group = f"g{uuid.uuid4().hex[:8]}"
     cfg = write_site_config(tmp_path / "site.yaml", database=database, port=site_broker.port, site=site,
                             group=group, events_timeout_s=1.0)
-    withheld: list[dict] = []
-    with simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1") as room:
+    with simulated_room(tmp_path / "room-1", site_broker.port, site=site, room="room-1",
+                        own_process=True) as room:
         async with collectors(cfg, tmp_path) as make, hub_in(room) as hub, \
                 Clinic(site_broker.port, root_of(site, "room-1")) as clinic:
             await make("collector-a").astart()
-            async with aiomqtt.Client("127.0.0.1", site_broker.port, identifier=f"hole-{uuid.uuid4().hex[:6]}",
-                                      protocol=aiomqtt.ProtocolVersion.V5) as hole:
-                await hole.subscribe(f"$share/{group}/devicehub/v1/{site}/+/sessions/+/events",
-                                     options=SubscribeOptions(qos=1))
+            async with withholder(site_broker.port, group, site) as withheld:
+                await hub.astart()
+                await auto_trigger(room, 20)
+                sid = await run_to_awaiting(clinic)
+                assert (await console(room, "confirm", session=sid, by="tech"))["ok"]
+                await clinic.wait_event(sid, "point_done")
 
-                async def swallow() -> None:
-                    async for m in hole.messages:
-                        withheld.append(json.loads(m.payload))
+                def hole_below_stored(q) -> bool:
+                    mine = {w["data"]["index"] for w in withheld if w["session"] == sid}
+                    top = q("SELECT max(idx) AS m FROM session_events WHERE session = %s", sid)[0]["m"] or 0
+                    return any(i < top for i in mine)
 
-                task = asyncio.create_task(swallow())
-                try:
-                    await hub.astart()
-                    await auto_trigger(room, 20)
-                    sid = await run_to_awaiting(clinic)
-                    assert (await console(room, "confirm", session=sid, by="tech"))["ok"]
-                    await clinic.wait_event(sid, "point_done")
-
-                    def hole_below_stored(q) -> bool:
-                        mine = {w["data"]["index"] for w in withheld if w["session"] == sid}
-                        top = q("SELECT max(idx) AS m FROM session_events WHERE session = %s", sid)[0]["m"] or 0
-                        return any(i < top for i in mine)
-
-                    await until_db(database, hole_below_stored, what="an event withheld below a stored one")
-                    hub.kill()  # the hub cannot answer `events` now
-                finally:
-                    task.cancel()
+                await until_db(database, hole_below_stored, what="an event withheld below a stored one")
+                hub.kill()  # the hub cannot answer `events` now
             await until_db(database, lambda q: q("SELECT incomplete FROM sessions WHERE session = %s",
                                                  sid)[0]["incomplete"], what="the session marked incomplete")
             listed = {s["session"]: s for s in json.loads(

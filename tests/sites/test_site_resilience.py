@@ -13,20 +13,20 @@ import contextlib
 import uuid
 from pathlib import Path
 
-import aiomqtt
 import pytest
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.hub.conftest import (Clinic, ack_prompts, auto_trigger, console, hub_in, new_site, root_of,
                                 run_to_awaiting, simulated_room)
-from tests.sites.conftest import assert_same_events, collectors, query, until_db, wire_events, write_site_config
+from tests.sites.conftest import (assert_same_events, collectors, query, until_db, wire_events, withholder,
+                                  write_site_config)
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @contextlib.asynccontextmanager
 async def one_room(tmp_path: Path, port: int, site: str):
-    with simulated_room(tmp_path / "room-1", port, site=site, room="room-1") as room:
+    with simulated_room(tmp_path / "room-1", port, site=site, room="room-1",
+                        own_process=True) as room:
         async with hub_in(room) as hub, Clinic(port, root_of(site, "room-1")) as clinic:
             await hub.astart()
             await auto_trigger(room, 20)
@@ -131,23 +131,9 @@ async def test_withheld_messages_filled_through_events(site_broker, database, tm
                             group=group)
     async with collectors(cfg, tmp_path) as make, one_room(tmp_path, site_broker.port, site) as (room, clinic):
         await make("collector-a").astart()
-        withheld: list[dict] = []
-        async with aiomqtt.Client("127.0.0.1", site_broker.port, identifier=f"hole-{uuid.uuid4().hex[:6]}",
-                                  protocol=aiomqtt.ProtocolVersion.V5) as hole:
-            await hole.subscribe(f"$share/{group}/devicehub/v1/{site}/+/sessions/+/events",
-                                 options=SubscribeOptions(qos=1))
-
-            async def swallow() -> None:
-                import json
-                async for m in hole.messages:
-                    withheld.append(json.loads(m.payload))
-
-            task = asyncio.create_task(swallow())
-            try:
-                sid, acks = await started(clinic, room)
-                await finished(clinic, sid, acks)
-            finally:
-                task.cancel()
+        async with withholder(site_broker.port, group, site) as withheld:
+            sid, acks = await started(clinic, room)
+            await finished(clinic, sid, acks)
         assert any(w["session"] == sid for w in withheld), "the rogue member took nothing: no gap was made"
         await until_db(database, stored(database, clinic, sid), what="the withheld events filled")
         rows = assert_same_events(database, clinic, sid, filled_ok=True)

@@ -1,4 +1,4 @@
-"""A private PostgreSQL for the tests: initdb and pg_ctl on a free port in a temp dir.
+"""A private PostgreSQL for the tests and the benchmarks: initdb and pg_ctl on a free port in a temp dir.
 
 Found on PATH or in /usr/lib/postgresql/*/bin (``make test`` installs Debian's
 postgresql when pg_ctl is missing). PostgreSQL refuses to run as root: as root the

@@ -1,0 +1,75 @@
+"""A TCP link that can be cut: a loopback port forwarding to a server (a broker), for the
+tests that need a connection to die without a goodbye (no MQTT DISCONNECT, no FIN from
+the server's side) or a server that stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+
+class CutProxy:
+    """Forwards a free loopback port (:attr:`port`) to ``host:port``.
+
+    - :meth:`cut` aborts every connection; with ``block`` new ones are refused too until
+      :meth:`restore` (a network link going down and up).
+    - While :attr:`swallow_downstream` is true, what the server sends is dropped on the
+      floor (for a broker: CONNACK, PUBACK, PINGRESP), a server that keeps the link up
+      and never answers.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.blocked = False
+        self.swallow_downstream = False
+        self._server: asyncio.base_events.Server | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def __aenter__(self) -> "CutProxy":
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+
+    def cut(self, *, block: bool = False) -> None:
+        self.blocked = self.blocked or block
+        for t in self._transports:
+            t.abort()
+        self._transports.clear()
+
+    def restore(self) -> None:
+        self.blocked = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        for w in (writer, up_writer):
+            sock = w.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._transports.append(w.transport)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, downstream: bool) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    if downstream and self.swallow_downstream:
+                        continue
+                    w.write(data)
+                    await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
