@@ -157,27 +157,27 @@ async def abort_rounds(room: Room, port: int, rounds: int) -> dict[str, Any]:
             t_sent = time.monotonic()
             await clinic.publish(f"{root}/cmd/abort", body, qos=1)
 
-            async def all_off() -> dict[str, Any] | None:
-                s = await room.states()
-                return None if any(v["output_on"] for v in s.values()) else s
-
-            states = await _until(all_off)
+            # nothing polls the simulators while the abort is under way (their replies to a
+            # poll would compete with the hub's off commands): the final event, then one read
+            sid = started["data"]["session"]
+            final = await _until(lambda: _final_seen(finals, sid))
+            states = await room.states()
+            on = [d for d, v in states.items() if v["output_on"]]
+            if on:
+                raise RuntimeError(f"round {i}: {on} still on after the session's final event")
             for d in per_device:
                 per_device[d].append((states[d]["output_changed_at"] - t_sent) * 1000.0)
             latencies.append(max(per_device[d][-1] for d in per_device))
-            # the session's end is published before the next start; its safe_state_ms is the hub's clock
-            sid = started["data"]["session"]
-
-            async def final_seen() -> dict[str, Any] | None:
-                return finals.get(sid)
-
-            final = await _until(final_seen)
-            if isinstance(final.get("safe_state_ms"), (int, float)):
+            if isinstance(final.get("safe_state_ms"), (int, float)):  # the hub's clock
                 hub_ms.append(float(final["safe_state_ms"]))
         follower.cancel()
     return {"to_outputs_off_ms": summary(latencies),
             "per_device_ms": {d: summary(v) for d, v in per_device.items()},
             "hub_safe_state_ms": summary(hub_ms) if hub_ms else None}
+
+
+async def _final_seen(finals: dict[str, dict[str, Any]], sid: str) -> dict[str, Any] | None:
+    return finals.get(sid)
 
 
 async def broker_rounds(port: int, rounds: int) -> dict[str, Any]:
