@@ -147,7 +147,12 @@ async def test_hub_reads_only_its_own_commands(secured):
         await clinic.client.publish(f"{R2}/cmd/start", b'{"request_id": "for-room-2"}', qos=1)
         await clinic.client.publish(f"{R1}/cmd/status", b'{"request_id": "for-room-1"}', qos=1)
         await hub.wait_for(lambda s: s.topic == f"{R1}/cmd/status")
-        assert [s.topic for s in hub.seen] == [f"{R1}/cmd/status"]
+        # the other room's messages went through the broker before this one (the same
+        # clinic connection, and hub2's publish was acknowledged first), so had the ACL let
+        # them through they would be here already. Two overlapping subscriptions may each
+        # deliver a copy (Mosquitto sends one per matching subscription; under load the
+        # second is read before this check): what counts is which topics came
+        assert {s.topic for s in hub.seen} == {f"{R1}/cmd/status"}
 
 
 async def test_the_hub_works_under_the_shipped_acl(secured, tmp_path):
