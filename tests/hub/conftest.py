@@ -92,7 +92,9 @@ def simulated_room(directory: Path, port: int, *, room: str = "room-1", site: st
 @pytest.fixture
 async def setup(broker, tmp_path) -> AsyncIterator[Setup]:
     """A simulated room and its hub (not started yet: the clinic subscribes first)."""
-    with simulated_room(tmp_path / "room", broker.port) as sr:
+    # the simulators in a process of their own: in this one they would share the GIL with
+    # the test's clinic, and on a loaded machine miss the hub's heartbeat deadlines
+    with simulated_room(tmp_path / "room", broker.port, own_process=True) as sr:
         async with hub_in(sr) as hub:
             yield Setup(sr, hub, broker.port)
 

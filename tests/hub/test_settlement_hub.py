@@ -62,7 +62,7 @@ async def full_session_completes(setup: Setup, clinic: Clinic) -> None:
                                                 "ep": {"pulses_per_point": 2}})
     try:
         done = await clinic.wait_state(("completed", "failed", "aborted"), session=sid, timeout=90)
-        assert done["data"]["state"] == "completed", done
+        assert done["data"]["state"] == "completed", (done["data"].get("state"), done["data"].get("reason"))
     finally:
         acks.cancel()
 
