@@ -73,6 +73,9 @@ class EpgDriver(EpgLines, Device):
         self._preempting = False
         self._last_fault: tuple[int, str] | None = None
         self._safe_task: asyncio.Future[SafeStateResult] | None = None
+        #: OUTP:TRIG lines written, and how many had been when a ``!PULSE`` or ``!DONE`` last came
+        self._triggers_written = 0
+        self._train_seen_at = 0
 
     # ================================================================== lifetime
     async def connect(self) -> None:
@@ -143,6 +146,16 @@ class EpgDriver(EpgLines, Device):
     async def trigger(self) -> None:
         """Start the armed train (ARMED -> RUNNING); the device times the pulses."""
         await self._command("OUTP:TRIG")
+
+    def trigger_mark(self) -> int:
+        """A mark of the triggers written so far, for :meth:`train_seen_since`."""
+        return self._triggers_written
+
+    def train_seen_since(self, mark: int) -> bool:
+        """Whether the device announced a pulse or a train's end (``!PULSE``, ``!DONE``)
+        after a trigger written since ``mark``: that train ran, even if the trigger's ``OK``
+        was lost or never awaited."""
+        return self._train_seen_at > mark
 
     async def stop(self) -> None:
         self._energised = False  # even if the stop is lost, the watchdog will turn the output off

@@ -62,6 +62,8 @@ class EpgLines:
                 self._on_event(msg)
 
     def _on_event(self, ev: PulseEvent | DoneEvent | FaultEvent) -> None:
+        if isinstance(ev, (PulseEvent, DoneEvent)):
+            self._train_seen_at = self._triggers_written  # a train of the last trigger written ran
         if isinstance(ev, PulseEvent):
             self._emit("pulse", index=ev.index, t_us=ev.t_us, peak_ma=ev.peak_ma)
         elif isinstance(ev, DoneEvent):
@@ -92,6 +94,8 @@ class EpgLines:
         if not self.connected or self._link is None:
             raise NotConnected(f"{self.endpoint}: not connected")
         self._link.write(text.encode("ascii"))
+        if text[:9].upper() == "OUTP:TRIG":
+            self._triggers_written += 1
 
     def _owe(self, kind: str) -> None:
         self._desynced = True

@@ -273,11 +273,13 @@ def test_summary_is_derived_from_events_and_deliveries(store: RecordStore) -> No
     assert step["started_at"] == "2026-03-02T09:00:06.000000Z" and step["done_at"] == "2026-03-02T09:00:10.000000Z"
 
 
-def test_totals_fall_back_to_the_delivered_sums(store: RecordStore) -> None:
+def test_totals_are_the_delivered_sums(store: RecordStore) -> None:
+    """The totals are what the result rows say, whatever the terminal event says or lacks:
+    amounts summed, a depth (or a peak, a timing error) is no total."""
     full(store, end="aborted", totals=False)
     s = store.session("S1")
     assert s["state"] == "aborted" and s["reason"] == "operator"
-    assert s["totals"] == {"inj-1": {"uL": 9.0, "depth_mm": 1.7}}
+    assert s["totals"] == {"inj-1": {"uL": 9.0}}
 
 
 def test_pause_resume_timeline_and_reasons(store: RecordStore) -> None:

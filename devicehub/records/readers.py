@@ -10,13 +10,12 @@ from typing import Any
 from devicehub.records.chain import VerifyResult, _check_delivery_chain, _check_event_chain, _genesis, _loads
 from devicehub.records.connection import StoreConnection
 from devicehub.records.derive import (
-    LATE_AMOUNTS,
     STATE_CHANGING_EVENTS,
     SUMMARY_EVENTS,
-    TERMINAL_EVENTS,
     TERMINAL_STATES,
     _add_numbers,
     _fold_states,
+    _is_max_field,
     _in_flight,
     _steps,
 )
@@ -111,23 +110,15 @@ class RecordReader(StoreConnection):
                 if started_at is None or e["ts"] < started_at:
                     started_at = e["ts"]
                 break
-        totals = folded["totals"]
-        if totals is not None:
-            # deliveries settled late, after the terminal event: the devices counted them too
-            end_idx = max((e["index"] for e in events if e["event"] in TERMINAL_EVENTS), default=None)
-            late = [e for e in events if e["event"] == "delivery_settled" and e["data"].get("late")
-                    and end_idx is not None and e["index"] > end_idx]
-            if late:
-                totals = {dev: dict(vals) for dev, vals in totals.items()}
-                for e in late:
-                    amounts = {k: v for k, v in (e["data"].get("delivered") or {}).items()
-                               if k in LATE_AMOUNTS}
-                    _add_numbers(totals.setdefault(str(e["data"].get("device")), {}), amounts)
-        if totals is None:
-            totals = {}
-            for d in deliveries:
-                if d["result_id"] is not None:
-                    _add_numbers(totals.setdefault(d["device"], {}), d["delivered"])
+        # what the devices counted, delivery by delivery: every result row, including those
+        # settled late after the terminal event (a result row is written once per intent)
+        totals: dict[str, dict[str, Any]] = {}
+        for d in deliveries:
+            if d["result_id"] is not None:
+                # amounts only: a row's depth, peak, timing error or settling time is no total
+                amounts = {k: v for k, v in (d["delivered"] or {}).items() if not _is_max_field(k)}
+                _add_numbers(totals.setdefault(d["device"], {}), amounts)
+        totals = {dev: {k: round(v, 6) for k, v in vals.items()} for dev, vals in totals.items() if vals}
         return {
             "session": row["session_id"],
             "program": row["program_id"],

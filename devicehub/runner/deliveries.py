@@ -51,6 +51,8 @@ class DeliveryBook:
         before = await settlement.read_counters(kind, device)
         d = Delivery(device_id=device_id, kind=kind, step=step.id, zone=point.zone if point else None,
                      point=point.point if point else None, before=before, planned=dict(planned), progress=point)
+        if kind == "epg":  # the train's own events after this mark say it ran (settlement.py)
+            d.trigger_mark = device.trigger_mark()
         self.open[device_id] = d
         fut = asyncio.ensure_future(self.runner.store.delivery_intent(
             self.runner.session_id, step_id=step.id, zone=d.zone, point=d.point, device=device_id,
@@ -79,9 +81,13 @@ class DeliveryBook:
                 delivery, self.runner.devices[delivery.device_id], _RunnerSink(self.runner), status=status, extra=extra,
                 announce=(_stopping or delivery.point is None) and not _defer, account=self._account)
         finally:
-            if _defer and delivery.settled and delivery.delivered is not None:
+            if _defer and delivery.settled and delivery.delivered is not None and not delivery.announced:
+                # a stop's settlement (or the step's own, met by the stop): announced after
+                # the stop's own events
+                delivery.announced = True
                 self.deferred.append(delivery.event_data(dict(delivery.delivered), False))
-            if delivery.settled and self.open.get(delivery.device_id) is delivery:
+            finished = delivery.settling is None or delivery.settling.done()
+            if delivery.settled and finished and self.open.get(delivery.device_id) is delivery:
                 self.open.pop(delivery.device_id, None)
         if delivered is None:
             if _stopping:
@@ -145,4 +151,9 @@ class _RunnerSink:
         await self.runner.store.delivery_result(intent_id, delivered=delivered, status=status)
 
     async def event(self, name: str, **data: Any) -> int:
+        if name == "delivery_settled" and self.runner.machine.stopping:
+            # a step's own settlement that a stop met: its event follows the stop's
+            # (the trigger's, safe_state, then paused or the final state)
+            self.runner.book.deferred.append(data)
+            return -1
         return await self.runner.event(name, **data)

@@ -28,6 +28,7 @@ function (``delivery_settled`` with ``late: true``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -77,6 +78,14 @@ class Delivery:
     intent_write: Any = None
     #: the step's own figures for the result, read when it is written (e.g. the EP timing error)
     details: Callable[[], dict[str, Any]] | None = None
+    #: EPG-1: the driver's trigger mark before this train (its pulse and end events after it
+    #: say the train ran, even when the trigger's OK was lost); None: not known (hub restart)
+    trigger_mark: int | None = None
+    #: the settlement under way: once the device is read, its result, event and accounting are
+    #: written to the end whatever happens to its caller; a stop waits for it
+    settling: asyncio.Future[dict[str, float] | None] | None = None
+    #: ``delivery_settled`` is in the record (or queued behind a stop's events)
+    announced: bool = False
 
     def event_data(self, delivered: dict[str, Any], late: bool) -> dict[str, Any]:
         return {"device": self.device_id, "step": self.step, "zone": self.zone, "point": self.point,
@@ -130,7 +139,10 @@ async def read_delivered(d: Delivery, device: Any) -> dict[str, float]:
             now = {"pulses": int(rep.pulses), "charge_uc": float(rep.charge_uc), "energy_mj": float(rep.energy_mj),
                    "peak_ma": float(rep.peak_ma)}
             moved = any(not math.isclose(now[k], float(d.before.get(k, -1.0)), abs_tol=1e-9) for k in now)
-            if not (d.started or moved):
+            # a step's trains are alike: a report equal to the last one does not say that
+            # this train did not run; the device's own events after its trigger do
+            seen = d.trigger_mark is not None and device.train_seen_since(d.trigger_mark)
+            if not (d.started or moved or seen):
                 return {"pulses": 0, "charge_uc": 0.0, "energy_mj": 0.0}
             return {"pulses": now["pulses"], "charge_uc": round(now["charge_uc"], 3),
                     "energy_mj": round(now["energy_mj"], 3), "peak_ma": round(now["peak_ma"], 3)}
@@ -191,8 +203,21 @@ async def settle(d: Delivery, device: Any, sink: RecordSink, *, status: str, lat
     record. ``account`` receives the amounts not yet accounted (may raise CapExceeded,
     after the result is written). ``announce``: append ``delivery_settled``.
     """
+    if d.settling is not None and not d.settling.done():
+        # one settlement at a time: a stop that meets the step's own settlement waits for it
+        return await asyncio.shield(d.settling)
     if d.settled:
         return d.delivered
+    d.settling = asyncio.ensure_future(_settle_once(d, device, sink, status=status, late=late, announce=announce,
+                                                    extra=extra, account=account))
+    # shielded: a stop that cancels the caller does not cut the settlement between its
+    # result row, its event and the totals (the one-hour soak's session #82)
+    return await asyncio.shield(d.settling)
+
+
+async def _settle_once(d: Delivery, device: Any, sink: RecordSink, *, status: str, late: bool, announce: bool,
+                       extra: dict[str, Any] | None,
+                       account: Callable[[Delivery, dict[str, float]], None] | None) -> dict[str, float] | None:
     if d.intent_id is None:
         log.warning("delivery on %s at %s/%s has no intent in the record: not settled", d.device_id, d.step, d.point)
         d.settled = True
@@ -219,6 +244,7 @@ async def settle(d: Delivery, device: Any, sink: RecordSink, *, status: str, lat
     row["settle_ms"] = round((time.monotonic() - t0) * 1000.0, 3)
     await sink.result(d.intent_id, row, status)
     if announce:
+        d.announced = True
         await sink.event("delivery_settled", **d.event_data({**delivered, **(extra or {})}, late))
     if account is not None:
         rest = {k: v - d.accounted.get(k, 0.0) for k, v in delivered.items() if k in _AMOUNTS}
@@ -226,7 +252,7 @@ async def settle(d: Delivery, device: Any, sink: RecordSink, *, status: str, lat
         if rest:
             for k, v in rest.items():
                 d.accounted[k] = d.accounted.get(k, 0.0) + v
-            account(d, rest)
+            account(d, rest)  # may raise CapExceeded: the result and its event are written first
     return delivered
 
 

@@ -73,3 +73,51 @@ class CutProxy:
             w.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+class ReplyDropper(CutProxy):
+    """A line-protocol link (EPG-1) that loses one reply: the reply to the ``nth`` host line
+    starting with ``prefix`` (an ``OK`` the device sent, lost on the wire). Event lines
+    (``!...``) pass; :attr:`dropped` is set once the reply is gone.
+
+    The host sends one line at a time and waits for its reply, so the first reply line
+    after the matching host line is its reply."""
+
+    def __init__(self, target_port: int, prefix: bytes, nth: int = 1) -> None:
+        super().__init__(target_port)
+        self.prefix = prefix
+        self.nth = nth
+        self.seen = 0
+        self._armed = False
+        self.dropped = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._transports += [writer.transport, up_writer.transport]
+
+        async def upstream() -> None:
+            with contextlib.suppress(Exception):
+                while line := await reader.readline():
+                    if line.strip().upper().startswith(self.prefix.upper()):
+                        self.seen += 1
+                        self._armed = self._armed or self.seen == self.nth
+                    up_writer.write(line)
+                    await up_writer.drain()
+            up_writer.transport.abort()
+
+        async def downstream() -> None:
+            with contextlib.suppress(Exception):
+                while line := await up_reader.readline():
+                    if self._armed and not line.startswith(b"!"):
+                        self._armed = False
+                        self.dropped.set()
+                        continue
+                    writer.write(line)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())

@@ -212,6 +212,12 @@ def test_amounts_are_shown_to_their_units_resolution(tmp_path: Path) -> None:
                              program_json=demo_program(), patient_ref="P-1", operator="dr-a", origin="mqtt",
                              params={}, acknowledgements=[], created_at=t)
         store.append_event(sid, "state", {"state": "running", "previous": "created"}, t)
+        # the totals are the result rows' sums: floats that do not add up exactly
+        for dev, delivered in (("led-1", {"fluence_j_cm2": 0.02, "exposure_s": 0.1}),
+                               ("led-1", {"fluence_j_cm2": 0.029999, "exposure_s": 0.2}),
+                               ("inj-1", {"volume_ul": 92.49999999})):
+            d = store.delivery_intent(sid, step_id="s", zone=None, point=None, device=dev, planned={})
+            store.delivery_result(d, delivered=delivered, status="interrupted")
         store.append_event(sid, "failed", {"reason": "soak", "totals": {
             "led-1": {"fluence_j_cm2": 0.049999, "exposure_s": 0.30000000000000004},
             "inj-1": {"volume_ul": 92.49999999}}}, t + timedelta(minutes=30))
