@@ -4,6 +4,14 @@ High: a device fault during output, a watchdog, safe state not confirmed, a dose
 reached. Medium: a device disconnected while idle, the outbox past 80 % of its bound.
 Low: advisories. A latched alarm stays listed until acknowledged at the console; an
 unlatched one leaves the list when its cause clears.
+
+An alarm belongs to the session it was raised for (``session``, absent for the room's
+own), and a session's record carries it as its ``alarm`` event: ``since`` is when it was
+raised for that session. So one cause (``key``) raised again by the same session is the
+same alarm, but raised by a later session it is a new alarm of that session (its id, its
+``since``): an earlier session's latched alarm, never acknowledged, is not that session's
+and stays listed beside it until acknowledged (issue 11). An earlier unlatched one of the
+same cause is the same standing cause: the new one takes its place.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ class Alarm:
 class AlarmBoard:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._active: dict[str, Alarm] = {}
+        #: (key, session) -> the alarm; one cause is one alarm per session
+        self._active: dict[tuple[str, str | None], Alarm] = {}
         self._ids = itertools.count(1)
 
     def active(self) -> list[dict[str, Any]]:
@@ -50,23 +59,27 @@ class AlarmBoard:
 
     def raise_alarm(self, *, priority: str, source: str, code: str, text: str, latched: bool | None = None,
                     session: str | None = None, key: str | None = None) -> Alarm:
-        """Raise (or refresh) an alarm; ``key`` de-duplicates one cause (default source/code)."""
+        """Raise (or refresh) an alarm; ``key`` de-duplicates one cause (default source/code)
+        within one ``session`` (or among the room's own alarms, ``session`` None)."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}")
         key = key or f"{source}:{code}"
-        if key in self._active:
-            return self._active[key]
+        if (key, session) in self._active:
+            return self._active[(key, session)]
+        for k in [k for k, a in self._active.items() if k[0] == key and not a.latched]:
+            del self._active[k]  # the same standing cause, now this session's alarm
         alarm = Alarm(id=f"A{next(self._ids)}-{key}", priority=priority, source=source, code=code, text=text,
                       latched=priority == "high" if latched is None else latched, session=session)
-        self._active[key] = alarm
+        self._active[(key, session)] = alarm
         self._publish()
         return alarm
 
     def clear(self, key: str) -> None:
         """The cause is gone: an unlatched alarm leaves the list; a latched one stays until acknowledged."""
-        alarm = self._active.get(key)
-        if alarm is not None and not alarm.latched:
-            del self._active[key]
+        gone = [k for k, a in self._active.items() if k[0] == key and not a.latched]
+        for k in gone:
+            del self._active[k]
+        if gone:
             self._publish()
 
     def acknowledge(self, alarm_id: str | None = None) -> int:
