@@ -85,7 +85,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             plan = draw(seed, i)
             out = await run_session(room, plan)
             faults.update(out.faults)
-            v1, times = checks.invariant_1(out)
+            v1, times = checks.invariant_1(out, room.read("events", out.session) if out.session else [])
             safe_ms += times
             v2 = checks.invariant_2(out, room)
             v2x = checks.invariant_2_exposures(out)

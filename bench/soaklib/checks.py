@@ -2,8 +2,10 @@
 by the record, never by what the hub says it did.
 
 1. every stop ends with every output off, within 50 ms of the trigger by the simulators'
-   ``output_changed_at`` (a device the hub could not reach, stalled or cut, is switched
-   off by its own watchdog: it must be off, not within 50 ms);
+   ``output_changed_at``, counting only the outputs that went off at or after it (a
+   device the hub could not reach, stalled or cut, is switched off by its own watchdog:
+   it must be off, not within 50 ms); a stop the hub started is timed from its own
+   trigger, found in the record (``bench/soaklib/triggers.py``);
 2. per point, delivered never exceeds planned beyond the device's tolerance, and the
    simulators' delivered totals (after minus before) equal the record's totals;
 3. the record verifies and ends in a final state; a hub restart marks the interrupted
@@ -18,6 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench.soaklib.session import FINAL, Outcome, Room
+from bench.soaklib.triggers import last_stop_trigger
 
 SAFE_STATE_S = 0.050
 DOSE_TOLERANCE = 0.05  # RunnerOptions.dose_tolerance: the gun's cap allows dose x (1 + tolerance)
@@ -36,8 +39,11 @@ def _changed_after(states: dict[str, dict[str, Any]], t: float, skip: set[str]) 
             if d not in skip and s.get("output_changed_at") is not None and s["output_changed_at"] >= t}
 
 
-def invariant_1(out: Outcome) -> tuple[list[str], list[float]]:
-    """Violations, and the safe-state times measured (ms)."""
+def invariant_1(out: Outcome, events: list[dict[str, Any]]) -> tuple[list[str], list[float]]:
+    """Violations, and the safe-state times measured (ms). ``events``: the session's record.
+
+    Pure: the soak's outcome (its stops, the simulators' states) and the record in, the
+    verdict out (tests/soak/test_safe_state_check.py)."""
     bad: list[str] = []
     times: list[float] = []
     skip = set(out.unreachable)
@@ -58,20 +64,23 @@ def invariant_1(out: Outcome) -> tuple[list[str], list[float]]:
             times.append(ms)
             if ms > SAFE_STATE_S * 1000.0:
                 bad.append(f"{stop.kind}: last output off {ms:.1f} ms after the trigger")
-    # a session a fault ended: from the faulting device's own off (its clock), else from the
-    # first device off after the injection (the hub's detection is inside the hub)
-    faults = [s for s in out.stops if s.kind.startswith(("fault:", "cut:")) and not s.states]
+    # a session the hub failed (a fault, a lost link, a limit): timed from the trigger of the
+    # stop that ended it, by the record; an output off before it does not count
     soak_stopped = any(s.states and s.kind.startswith("abort") for s in out.stops)
-    if out.state == "failed" and faults and not soak_stopped and not out.hub_killed:
-        last = faults[-1]
-        changed = _changed_after(out.after, last.t_trigger, skip)
-        dev = last.kind.split(":")[1]
-        if changed:
-            start = changed.get(dev, min(changed.values()))
-            ms = (max(changed.values()) - start) * 1000.0
-            times.append(ms)
-            if ms > SAFE_STATE_S * 1000.0:
-                bad.append(f"{last.kind}: last output off {ms:.1f} ms after the first")
+    if out.state == "failed" and not soak_stopped and not out.hub_killed:
+        trig = last_stop_trigger(events, session=out.session, wall_minus_mono=out.wall_minus_mono,
+                                 states=out.after, injections=out.injections(), steps=out.steps)
+        if trig is not None:
+            changed = _changed_after(out.after, trig.t, skip)
+            if trig.by == "device":
+                changed.pop(trig.device or "", None)
+            if changed:
+                ms = (max(changed.values()) - trig.t) * 1000.0
+                times.append(ms)
+                if ms > SAFE_STATE_S * 1000.0:
+                    last = max(changed, key=lambda d: changed[d])
+                    bad.append(f"{trig.what}: last output off ({last}) {ms:.1f} ms after the trigger "
+                               f"(by {trig.by})")
     return bad, times
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 from bench.soaklib.clients import Clinic, Follower, Technician, World
 from bench.soaklib.plan import DEVICE_FAULTS, Action, SessionPlan, kind_of
 from bench.soaklib.procs import Broker, Hub, TcpProxy
+from bench.soaklib.triggers import last_stop_trigger
 from devicehub.records.store import RecordStore
 
 FINAL = ("completed", "aborted", "failed")
@@ -76,6 +78,23 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    #: time.time() - time.monotonic() on this machine: the record's times on the simulators' clock
+    wall_minus_mono: float | None = None
+
+    def injections(self) -> list[tuple[str, float]]:
+        """(kind, time.monotonic()) of every fault the soak injected and link it cut."""
+        return [(s.kind, s.t_trigger) for s in self.stops if s.kind.startswith(("fault:", "cut:")) and not s.states]
+
+
+def wall_minus_monotonic() -> float:
+    """The wall clock less the monotonic clock, from the tightest of a few readings."""
+    best = (math.inf, 0.0)
+    for _ in range(5):
+        m0 = time.monotonic()
+        w = time.time()
+        m1 = time.monotonic()
+        best = min(best, (m1 - m0, w - (m0 + m1) / 2.0))
+    return best[1]
 
 
 async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0) -> Outcome:
@@ -119,6 +138,7 @@ async def run_session(room: Room, plan: SessionPlan, *, timeout_s: float = 150.0
     out.state, out.reason = summary.get("state", "unknown"), summary.get("reason")
     await _settle_outputs(room, out)
     out.after = await room.world.states()
+    out.wall_minus_mono = wall_minus_monotonic()
     return out
 
 
@@ -182,17 +202,19 @@ async def _until_final(room: Room, sid: str, out: Outcome, timeout: float) -> st
         if not recovery:  # paused by someone else (the soak resumes its own pauses): go on waiting
             await asyncio.sleep(0.2)
             continue
-        await _recover(room, sid, recovery, out)
+        await _recover(room, sid, recovery, out, events)
 
 
-async def _recover(room: Room, sid: str, recovery: dict[str, Any], out: Outcome) -> None:
+async def _recover(room: Room, sid: str, recovery: dict[str, Any], out: Outcome,
+                   events: list[dict[str, Any]]) -> None:
     dev = recovery.get("device", "")
     states = await room.world.states()
-    # the trigger by the faulting device's own clock: when it switched itself off
-    t_dev = (states.get(dev) or {}).get("output_changed_at")
-    last = next((s for s in reversed(out.stops) if s.kind.startswith("fault:") and not s.states), None)
-    if t_dev is not None and last is not None and t_dev >= last.t_trigger:
-        out.stops.append(Stop(f"fault-pause:{dev}", t_dev, states, from_device_clock=True))
+    # the stop's trigger, by the record (the faulting device's own switch-off, else the
+    # hub's alarm, else the injection): the pause is judged from there (invariant 1)
+    trig = last_stop_trigger(events, session=sid, wall_minus_mono=wall_minus_monotonic(), states=states,
+                             injections=out.injections(), steps=out.steps)
+    if trig is not None:
+        out.stops.append(Stop(f"fault-pause:{dev}", trig.t, states, from_device_clock=trig.by == "device"))
     out.notes.append(f"recovered {dev} fault {recovery.get('code')}")
     room.marks.append((round(time.monotonic(), 6), f"recover {dev} {sid}"))
     with contextlib.suppress(Exception):
