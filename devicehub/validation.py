@@ -34,8 +34,8 @@ from devicehub.models.program import (
 )
 
 __all__ = [
-    "Analysis", "Finding", "Problem", "ProgramError", "StepPlan", "analyse", "load_program",
-    "parse_program", "INJECTION_POINT_S", "SINGLE_SHOT_S", "EP_POINT_S", "CONFIRM_S",
+    "Analysis", "Finding", "Problem", "ProgramError", "StepPlan", "analyse", "limit_finding",
+    "load_program", "parse_program", "INJECTION_POINT_S", "SINGLE_SHOT_S", "EP_POINT_S", "CONFIRM_S",
 ]
 
 INJECTION_POINT_S = 2.0   # moving the gun to the next point and placing it
@@ -200,7 +200,8 @@ def _r(value: float) -> float:
     return round(float(value), 6)
 
 
-def _limit_finding(fid: str, field_: str, value: float, limit: Limit | LowerLimit, extra: str = "") -> Finding | None:
+def limit_finding(fid: str, field_: str, value: float, limit: Limit | LowerLimit, extra: str = "") -> Finding | None:
+    """The finding of ``value`` against ``limit`` (None within it), its message in the one form of every limit."""
     hit = limit.exceeded(value)
     if hit is None:
         return None
@@ -334,18 +335,18 @@ def analyse(program: Program, config: HubConfig | None, limits: Limits, *,
             if name == "energy_per_pulse_mj":
                 extra = (f" ({fmt_quantity(step.amplitude_v, 'V')}, {fmt_quantity(step.width_ms, 'ms')} "
                          f"into {fmt_number(plan.values['load_ohm'])} ohm)")
-            hit = _limit_finding(f"{step.id}.{name}", where, plan.values[name], limit, extra)
+            hit = limit_finding(f"{step.id}.{name}", where, plan.values[name], limit, extra)
             if hit:
                 findings.append(hit)
 
     # the grid and the course
     if program.grid is not None:
-        hit = _limit_finding("grid.spacing_mm", "grid.spacing_mm", program.grid.spacing_mm, limits.grid.spacing_mm)
+        hit = limit_finding("grid.spacing_mm", "grid.spacing_mm", program.grid.spacing_mm, limits.grid.spacing_mm)
         if hit:
             findings.append(hit)
     if program.course is not None and program.course.interval_days is not None:
-        hit = _limit_finding("course.interval_days", "course.interval_days.min",
-                             program.course.interval_days.min, limits.course.interval_days)
+        hit = limit_finding("course.interval_days", "course.interval_days.min",
+                            program.course.interval_days.min, limits.course.interval_days)
         if hit:
             findings.append(hit)
 
@@ -387,7 +388,7 @@ def analyse(program: Program, config: HubConfig | None, limits: Limits, *,
         if not step_ids:
             continue
         extra = f" (steps {', '.join(step_ids)})" if len(step_ids) > 1 else f" (step {step_ids[0]})"
-        hit = _limit_finding(f"session.{cap}", f"session.{cap}", value, getattr(limits.session, cap), extra)
+        hit = limit_finding(f"session.{cap}", f"session.{cap}", value, getattr(limits.session, cap), extra)
         if hit:
             findings.append(hit)
 

@@ -110,6 +110,3 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
     await asyncio.shield(proc.wait())
 
-
-#: the name room.py imports
-write_in_thread = write_in_child

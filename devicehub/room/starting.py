@@ -65,7 +65,7 @@ class RoomStarting:
     def _course_findings(self, prog: Any, patient_ref: str) -> list[Any]:
         """The course limit: days since this patient's last completed session."""
         from devicehub.clinical.course_verbs import start_checks
-        from devicehub.models.limits import Finding
+        from devicehub.validation import limit_finding
 
         course = start_checks(self, prog.id, patient_ref) if patient_ref else []  # an enrolled patient's phase
         last = self.store.read_last_session_for_patient(patient_ref) if patient_ref else None
@@ -76,15 +76,9 @@ class RoomStarting:
         except ValueError:
             return course
         days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
-        limit = self.limits.course.interval_days
-        hit = limit.exceeded(days)
-        if hit is None:
-            return course
-        severity, value = hit
-        text = (f"course.interval_days: {days:.1f} days since the last session is below the "
-                f"{severity} limit {value:g} days")
-        return [Finding(id="course.interval_days", severity=severity, field="course.interval_days",
-                        value=round(days, 2), limit=value, unit="days", message=text)] + course
+        hit = limit_finding("course.interval_days", "course.interval_days", days,
+                            self.limits.course.interval_days, " (since the patient's last session)")
+        return ([hit] if hit else []) + course
 
     def runtime_caps(self, acknowledged: list[str]) -> dict[str, float]:
         """The hard session caps, or the soft one where its limit was not acknowledged."""

@@ -43,10 +43,10 @@ class RoomSupervision:
     async def _write_report(self, session_id: str) -> Path | None:
         """The session's HTML report (devicehub/report), written when it ends and again when an
         adverse event is recorded after the end; off the event loop, one at a time."""
-        from devicehub.report.files import write_in_thread
+        from devicehub.report.files import write_in_child
 
         async with self._report_lock:
-            path = await write_in_thread(self.config, session_id)  # logs and returns None on failure
+            path = await write_in_child(self.config, session_id)  # logs and returns None on failure
             if path is not None:
                 self.reports[session_id] = path
             return path

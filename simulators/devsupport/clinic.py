@@ -6,7 +6,13 @@ and the benchmarks.
   ticks its checklist, up to the chair's confirmation.
 - :func:`console`: one request on the room's console socket (the technician);
   :func:`ack_prompts`: the technician acknowledging each confirm step as it comes.
-- :func:`sim_states`, :func:`wait_all_off`, :func:`auto_trigger`: the simulators' control ports.
+- :func:`sim_states`, :func:`wait_sim`, :func:`wait_all_off`, :func:`auto_trigger`: the
+  simulators' control ports.
+- The openings the tests share: :func:`room_started` (the hub started, the trigger pulled);
+  :func:`hub_followed` (that, with clinic software following the room from before the
+  hub's first message); :func:`confirmed` (a session started over MQTT and confirmed at
+  the chair); :func:`console_session` (a session started at the technician's console,
+  driven by Textual's pilot).
 
 Every run uses its own site id (:func:`new_site`), so topics and retained messages of one
 never reach another on a shared broker.
@@ -21,7 +27,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +268,19 @@ async def wait_all_off(room: SimulatedRoom, timeout: float = 10.0) -> dict[str, 
         await asyncio.sleep(0.02)  # poll interval
 
 
+async def wait_sim(room: SimulatedRoom, dev: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
+                   what: str = "") -> dict[str, Any]:
+    """Poll one simulator's own state until ``check`` holds (its control port)."""
+    deadline = time.monotonic() + timeout
+    async with ControlClient(room.sims[dev].control) as c:
+        while True:
+            st = await c.state()
+            if check(st):
+                return st
+            assert time.monotonic() < deadline, f"{what or dev} not reached: {st}"
+            await asyncio.sleep(0.01)  # poll interval
+
+
 async def auto_trigger(room: SimulatedRoom, rate_hz: float) -> None:
     async with ControlClient(room.sims["inj-1"].control) as c:
         await c.call("auto_trigger", rate_hz=rate_hz)
@@ -306,3 +325,58 @@ async def run_to_awaiting(clinic: Clinic, **extra: Any) -> str:
     return sid
 
 
+# ---------------------------------------------------------------------- the openings
+async def room_started(room: SimulatedRoom, hub: Any, trigger_hz: float | None = None) -> None:
+    """The hub (``hub.astart()``, e.g. a ServeProcess) started on the room; the gun's trigger
+    pulled ``trigger_hz`` times a second (None: not pulled, so an injection waits armed)."""
+    await hub.astart()
+    if trigger_hz is not None:
+        await auto_trigger(room, trigger_hz)
+
+
+@contextlib.asynccontextmanager
+async def hub_followed(room: SimulatedRoom, hub: Any, trigger_hz: float | None = None) -> AsyncIterator[Clinic]:
+    """Clinic software following the room, then :func:`room_started` (so the clinic sees
+    the hub's first messages); yields the clinic."""
+    async with Clinic(room.mqtt_port or 1883, root_of(room.site, room.room)) as clinic:
+        await room_started(room, hub, trigger_hz)
+        yield clinic
+
+
+@contextlib.asynccontextmanager
+async def confirmed(clinic: Clinic, room: SimulatedRoom, **extra: Any) -> AsyncIterator[str]:
+    """A session started over MQTT (:func:`run_to_awaiting` with ``extra``) and confirmed at
+    the chair; yields its id. The technician acknowledges each confirm step until the block ends."""
+    sid = await run_to_awaiting(clinic, **extra)
+    acks = asyncio.create_task(ack_prompts(clinic, room, sid))
+    try:
+        r = await console(room, "confirm", session=sid, by="tech")
+        assert r["ok"], r
+        yield sid
+    finally:
+        acks.cancel()
+
+
+async def start_at_the_chair(room: SimulatedRoom, params: dict[str, Any]) -> str:
+    """The demo started at the room's console socket, its checklist taken as done by the nurse; its id."""
+    reply = await console(room, "start", program="demo", patient_ref="P-0003", operator="dr-c",
+                          params=params, preflight_done_by="nurse")
+    assert reply["ok"], reply
+    return reply["data"]["session"]
+
+
+@contextlib.asynccontextmanager
+async def console_session(room: SimulatedRoom, hub: Any, app: Any, params: dict[str, Any], *,
+                          size: tuple[int, int], trigger_hz: float | None = None,
+                          timeout: float = 60.0) -> AsyncIterator[tuple[Any, str]]:
+    """The opening of a session at the chair: :func:`room_started`, the technician's console
+    ``app`` (devicehub.console's ConsoleApp) run under Textual's pilot until it is attached
+    to the room, then :func:`start_at_the_chair` with ``params``; yields (the pilot, the session id)."""
+    await room_started(room, hub, trigger_hz)
+    async with app.run_test(size=size) as pilot:
+        deadline = time.monotonic() + timeout  # only keeps a broken test from hanging
+        while not app.state.connected:
+            assert time.monotonic() < deadline, f"the console did not attach to the room: {app.state.lost_reason}"
+            await pilot.pause(0.05)
+        sid = await start_at_the_chair(room, params)
+        yield pilot, sid

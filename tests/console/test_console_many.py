@@ -7,7 +7,7 @@ from devicehub.console.screens.preflight import PreflightScreen
 from devicehub.console.screens.running import RunningScreen
 from devicehub.local_console import ConsoleClient
 from tests.console.conftest import SIZE, app_for, on_screen, until
-from tests.hub.conftest import Setup, auto_trigger, console, wait_all_off
+from tests.hub.conftest import Setup, console, room_started, wait_all_off
 
 
 async def test_two_consoles_see_the_same_session_and_closing_one_changes_nothing(setup: Setup) -> None:
@@ -41,9 +41,8 @@ async def test_two_consoles_see_the_same_session_and_closing_one_changes_nothing
 
 
 async def test_a_console_attached_mid_session_shows_what_was_done_before_it(setup: Setup) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    await auto_trigger(room, 10)
+    room = setup.room
+    await room_started(room, setup.hub, trigger_hz=10)
     reply = await console(room, "start", program="demo", patient_ref="P-0006", operator="dr-f",
                           preflight_done_by="nurse", params={"light": {"duration_s": 1}, "field": {"duration_s": 1}})
     assert reply["ok"], reply

@@ -7,18 +7,15 @@ from devicehub.console.screens.dialogs import ConfirmDialog
 from devicehub.console.screens.room import RoomScreen
 from devicehub.console.screens.running import RunningScreen
 from simulators.control import ControlClient
-from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until, until_shown
-from tests.console.test_console_safety import LONG_EP, start_at_the_chair, until_output
-from tests.hub.conftest import Setup, auto_trigger, console, outputs_on, wait_all_off
+from tests.console.conftest import SIZE, app_for, on_screen, until, until_shown
+from tests.console.test_console_safety import LONG_EP, until_output
+from tests.hub.conftest import Setup, console, console_session, outputs_on, wait_all_off
 
 
 async def test_a_fault_paused_session_is_recovered_and_resumed_at_the_console(setup: Setup, shots) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    app = app_for(setup)
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.connected, "the room")
-        await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: the injector stays armed
+    room, app = setup.room, app_for(setup)
+    # no trigger pulled: the injector stays armed
+    async with console_session(room, setup.hub, app, LONG_EP, size=SIZE) as (pilot, _):
         await until(pilot, lambda: on_screen(app, RunningScreen), "running")
         await until_output(pilot, room, "inj-1")
         async with ControlClient(room.sims["inj-1"].control) as inj:
@@ -44,13 +41,8 @@ async def test_a_fault_paused_session_is_recovered_and_resumed_at_the_console(se
 
 
 async def test_a_device_left_in_fault_is_cleared_from_the_room_screen(setup: Setup) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    await auto_trigger(room, 10)
-    app = app_for(setup)
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.connected, "the room")
-        sid = await start_at_the_chair(setup, LONG_EP)
+    room, app = setup.room, app_for(setup)
+    async with console_session(room, setup.hub, app, LONG_EP, size=SIZE, trigger_hz=10) as (pilot, sid):
         await until(pilot, lambda: app.state.prompt, "the confirm step")
         await pilot.press("c")
         await until_output(pilot, room, "epg-1")

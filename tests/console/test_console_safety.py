@@ -9,25 +9,10 @@ from devicehub.console.screens.dialogs import ConfirmDialog
 from devicehub.console.screens.ended import EndedScreen
 from devicehub.console.screens.running import RunningScreen
 from tests.console.conftest import SIZE, app_for, on_screen, screen_text, until, until_shown
-from tests.hub.conftest import (
-    Clinic,
-    Setup,
-    auto_trigger,
-    console,
-    outputs_on,
-    run_to_awaiting,
-    wait_all_off,
-)
+from tests.hub.conftest import Setup, console_session, hub_followed, outputs_on, run_to_awaiting, wait_all_off
 
 #: a demo whose electroporation lasts: 40 pulses of 50 ms at each of 8 points
 LONG_EP = {"light": {"duration_s": 1}, "field": {"duration_s": 1}, "ep": {"pulses_per_point": 40}}
-
-
-async def start_at_the_chair(setup: Setup, params: dict) -> str:
-    reply = await console(setup.room, "start", program="demo", patient_ref="P-0003", operator="dr-c",
-                          params=params, preflight_done_by="nurse")
-    assert reply["ok"], reply
-    return reply["data"]["session"]
 
 
 async def until_output(pilot, room, device: str) -> None:
@@ -37,13 +22,8 @@ async def until_output(pilot, room, device: str) -> None:
 
 
 async def test_ctrl_c_during_electroporation_turns_every_output_off(setup: Setup, shots) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    await auto_trigger(room, 10)
-    app = app_for(setup)
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.connected, "the room")
-        sid = await start_at_the_chair(setup, LONG_EP)
+    room, app = setup.room, app_for(setup)
+    async with console_session(room, setup.hub, app, LONG_EP, size=SIZE, trigger_hz=10) as (pilot, sid):
         await until(pilot, lambda: on_screen(app, RunningScreen) and app.state.prompt, "the confirm step")
         await pilot.press("c")  # one key confirms the step
         await until(pilot, lambda: (app.state.session or {}).get("step") == "ep", "electroporation")
@@ -60,13 +40,8 @@ async def test_ctrl_c_during_electroporation_turns_every_output_off(setup: Setup
 
 
 async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Setup, shots) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    await auto_trigger(room, 4)
-    app = app_for(setup)
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.connected, "the room")
-        await start_at_the_chair(setup, LONG_EP)
+    room, app = setup.room, app_for(setup)
+    async with console_session(room, setup.hub, app, LONG_EP, size=SIZE, trigger_hz=4) as (pilot, _):
         await until(pilot, lambda: on_screen(app, RunningScreen) and app.state.state == "running", "running")
         seen = app.state.telemetry
         await until(pilot, lambda: app.state.telemetry >= seen + 20, "telemetry streaming")
@@ -101,8 +76,7 @@ async def test_a_key_is_acted_on_within_100_ms_while_telemetry_arrives(setup: Se
 
 async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()  # no trigger pulled: the session stays in its injection
+    async with hub_followed(room, hub) as clinic:  # no trigger pulled: the session stays in its injection
         app = app_for(setup)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.state.connected, "the room")
@@ -137,12 +111,9 @@ async def test_a_remote_start_is_confirmed_at_the_console(setup: Setup, shots) -
 
 
 async def test_the_daemon_killed_the_console_says_it_lost_the_room(setup: Setup, shots) -> None:
-    room, hub = setup.room, setup.hub
-    await hub.astart()
-    app = app_for(setup)
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.state.connected, "the room")
-        sid = await start_at_the_chair(setup, LONG_EP)  # no trigger pulled: it waits in the injection
+    room, hub, app = setup.room, setup.hub, app_for(setup)
+    # no trigger pulled: the session waits in its injection
+    async with console_session(room, hub, app, LONG_EP, size=SIZE) as (pilot, sid):
         await until_shown(pilot, "RUNNING", "running",
                           lambda: on_screen(app, RunningScreen) and app.state.state == "running")
         hub.kill()

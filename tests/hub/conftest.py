@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from simulators.devsupport.clinic import (DEVICES, SHORT_DEMO, Clinic, ack_prompts,  # noqa: F401
-                                          auto_trigger, console, new_site, outputs_on, root_of,
-                                          run_to_awaiting, sim_states, start_body, wait_all_off)
+                                          auto_trigger, confirmed, console, console_session, hub_followed,
+                                          new_site, outputs_on, room_started, root_of, run_to_awaiting,
+                                          sim_states, start_at_the_chair, start_body, wait_all_off, wait_sim)
 from simulators.devsupport.processes import ROOT
 from simulators.devsupport.processes import ServeProcess as HubProcess
 from simulators.devsupport.processes import SimulatedRoomProcess, hub_in

@@ -7,11 +7,10 @@ import sys
 
 from tests.hub.conftest import (
     DEVICES,
-    Clinic,
     Setup,
     acli,
-    auto_trigger,
     console,
+    hub_followed,
     outputs_on,
     run_to_awaiting,
     running_with_output,
@@ -21,9 +20,7 @@ from tests.hub.conftest import (
 
 async def test_remote_pause_and_resume_is_confirmed_at_the_chair(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
-        await auto_trigger(room, 10)
+    async with hub_followed(room, hub, trigger_hz=10) as clinic:
         sid = await running_with_output(setup, clinic)
 
         paused = await clinic.request("pause", {"session": sid, "reason": "patient asked"})
@@ -72,9 +69,7 @@ async def test_console_cli_without_a_hub_says_so(setup: Setup) -> None:
 
 async def test_console_watch_streams_the_session(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
-        await auto_trigger(room, 10)
+    async with hub_followed(room, hub, trigger_hz=10) as clinic:
         sid = await run_to_awaiting(clinic)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "devicehub.cli", "console", "--plain", "--config", setup.config,

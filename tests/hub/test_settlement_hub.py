@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,64 +18,59 @@ import pytest
 
 from simulators.control import ControlClient
 from tests.hub.conftest import (
+    SHORT_DEMO,
     Clinic,
     HubProcess,
     Setup,
     acli,
-    ack_prompts,
-    auto_trigger,
-    console,
-    run_to_awaiting,
+    confirmed,
+    hub_followed,
     sim_states,
     wait_all_off,
+    wait_sim,
 )
 from tests.totals_check import assert_totals_match
 
 pytestmark = pytest.mark.timeout(180)
 
-
-async def wait_sim(setup: Setup, dev: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
-                   what: str = "") -> dict[str, Any]:
-    """Poll one simulator's own state until ``check`` holds (its control port)."""
-    deadline = time.monotonic() + timeout
-    async with ControlClient(setup.room.sims[dev].control) as c:
-        while True:
-            st = await c.state()
-            if check(st):
-                return st
-            assert time.monotonic() < deadline, f"{what or dev} not reached: {st}"
-            await asyncio.sleep(0.01)  # poll interval
+#: the demo with trains of 20 pulses at 200 ms: a hub killed or a fault injected mid-train
+LONG_TRAINS = {"ep": {"pulses_per_point": 20, "period_ms": 200}, "light": {"duration_s": 1},
+               "field": {"duration_s": 1}}
 
 
-async def confirmed(setup: Setup, clinic: Clinic, params: dict[str, Any]) -> tuple[str, asyncio.Task[None]]:
-    sid = await run_to_awaiting(clinic, params=params)
-    acks = asyncio.create_task(ack_prompts(clinic, setup.room, sid))
-    r = await console(setup.room, "confirm", session=sid, by="tech")
-    assert r["ok"], r
-    return sid, acks
+def mid_train(pulses: int) -> Callable[[dict[str, Any]], bool]:
+    """The EPG's own state: a train running, ``pulses`` of it delivered."""
+    return lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= pulses
 
 
 async def full_session_completes(setup: Setup, clinic: Clinic) -> None:
     """Right after a crash: a session of every device starts, and completes."""
-    sid, acks = await confirmed(setup, clinic, {"light": {"duration_s": 1}, "field": {"duration_s": 1},
-                                                "ep": {"pulses_per_point": 2}})
-    try:
+    async with confirmed(clinic, setup.room, params=SHORT_DEMO) as sid:
         done = await clinic.wait_state(("completed", "failed", "aborted"), session=sid, timeout=90)
         assert done["data"]["state"] == "completed", (done["data"].get("state"), done["data"].get("reason"))
-    finally:
-        acks.cancel()
+
+
+async def restarted_failed(setup: Setup, clinic: Clinic, sid: str, seen: int, boot: int) -> HubProcess:
+    """The hub back on the same config (terminated again if what follows does not hold): the
+    session failed with hub_restart, its record's totals what the devices counted."""
+    restarted = HubProcess(setup.room.config_path, setup.room.directory / "hub.log")
+    await restarted.astart()
+    try:
+        assert restarted.boot == boot + 1
+        failed = await clinic.wait_state("failed", session=sid, start=seen)
+        assert failed["data"]["reason"] == "hub_restart"
+        await clinic.wait_event(sid, "failed", start=seen)
+        await record_equals_devices(setup, clinic, sid)
+    except BaseException:
+        await asyncio.to_thread(restarted.terminate)
+        raise
+    return restarted
 
 
 async def restarted_and_settled(setup: Setup, clinic: Clinic, sid: str, seen: int, boot: int,
                                 devices: set[str]) -> HubProcess:
     """The hub back on the same config: the open deliveries settled late, then the session failed."""
-    restarted = HubProcess(setup.room.config_path, setup.room.directory / "hub.log")
-    await restarted.astart()
-    assert restarted.boot == boot + 1
-    failed = await clinic.wait_state("failed", session=sid, start=seen)
-    assert failed["data"]["reason"] == "hub_restart"
-    await clinic.wait_event(sid, "failed", start=seen)
-    await record_equals_devices(setup, clinic, sid)
+    restarted = await restarted_failed(setup, clinic, sid, seen, boot)
     events = [m["data"] for m in clinic.events(sid)]
     settled = [e for e in events if e["event"] == "delivery_settled"]
     assert {e["device"] for e in settled} == devices and all(e["late"] for e in settled), settled
@@ -107,19 +101,10 @@ async def record_equals_devices(setup: Setup, clinic: Clinic, sid: str) -> dict[
 
 async def test_hub_killed_mid_train_settles_from_the_train_report(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
+    async with hub_followed(room, hub, trigger_hz=20) as clinic:
         boot = hub.boot
-        await auto_trigger(room, 20)
-        # trains of 20 pulses at 200 ms: the hub is killed in the middle of the first one
-        params = {"ep": {"pulses_per_point": 20, "period_ms": 200}, "light": {"duration_s": 1},
-                  "field": {"duration_s": 1}}
-        sid, acks = await confirmed(setup, clinic, params)
-        try:
-            await wait_sim(setup, "epg-1", lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= 8,
-                           what="EPG mid-train")
-        finally:
-            acks.cancel()
+        async with confirmed(clinic, room, params=LONG_TRAINS) as sid:  # the hub killed in the first train
+            await wait_sim(room, "epg-1", mid_train(8), what="EPG mid-train")
         seen = len(clinic.messages)
         await asyncio.to_thread(hub.kill)
         states = await wait_all_off(room, timeout=5)  # the EPG's own watchdog ends the train
@@ -136,18 +121,13 @@ async def test_hub_killed_mid_train_settles_from_the_train_report(setup: Setup) 
 
 async def test_hub_killed_mid_exposure_settles_from_the_run_registers(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
+    async with hub_followed(room, hub, trigger_hz=20) as clinic:
         boot = hub.boot
-        await auto_trigger(room, 20)
         params = {"light": {"duration_s": 10}, "field": {"duration_s": 10}, "ep": {"pulses_per_point": 2}}
-        sid, acks = await confirmed(setup, clinic, params)
-        try:
+        async with confirmed(clinic, room, params=params) as sid:
             for dev in ("led-1", "pemf-1"):
-                await wait_sim(setup, dev, lambda s: s["output_on"] and s["run"]["elapsed_s"] >= 2.0,
+                await wait_sim(room, dev, lambda s: s["output_on"] and s["run"]["elapsed_s"] >= 2.0,
                                what=f"{dev} 2 s into its exposure")
-        finally:
-            acks.cancel()
         seen = len(clinic.messages)
         await asyncio.to_thread(hub.kill)
         states = await wait_all_off(room, timeout=5)  # the emitters' watchdogs end the exposures
@@ -168,7 +148,7 @@ async def test_clear_fault_refused_while_the_cause_is_there_then_accepted(setup:
     await hub.astart()
     async with ControlClient(room.sims["led-1"].control) as c:
         await c.inject("head_overheat", count=-1)  # a temperature fault latches in any state
-    await wait_sim(setup, "led-1", lambda s: s["fault"] == 1, what="LED-1 fault 1 latched")
+    await wait_sim(room, "led-1", lambda s: s["fault"] == 1, what="LED-1 fault 1 latched")
     args = ("console", "--clear-fault", "led-1", "--by", "tech", "--config", setup.config)
     refused = await acli(*args)
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -176,7 +156,7 @@ async def test_clear_fault_refused_while_the_cause_is_there_then_accepted(setup:
     assert (await sim_states(room))["led-1"]["fault"] == 1
     async with ControlClient(room.sims["led-1"].control) as c:
         await c.clear("head_overheat")
-    await wait_sim(setup, "led-1", lambda s: s["head_temp_c"] < 55.0, what="LED-1 head cooled")
+    await wait_sim(room, "led-1", lambda s: s["head_temp_c"] < 55.0, what="LED-1 head cooled")
     accepted = await acli(*args)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert (await sim_states(room))["led-1"]["fault"] in (None, 0)
@@ -187,15 +167,10 @@ async def test_clear_fault_refused_while_the_cause_is_there_then_accepted(setup:
 
 async def test_resume_over_mqtt_refused_while_the_led_does_not_answer(setup: Setup) -> None:
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
-        await auto_trigger(room, 20)
-        sid, acks = await confirmed(setup, clinic, {"light": {"duration_s": 5}, "field": {"duration_s": 5},
-                                                    "ep": {"pulses_per_point": 2}})
-        try:
-            await wait_sim(setup, "led-1", lambda s: s["output_on"], what="LED on")
-        finally:
-            acks.cancel()
+    async with hub_followed(room, hub, trigger_hz=20) as clinic:
+        params = {"light": {"duration_s": 5}, "field": {"duration_s": 5}, "ep": {"pulses_per_point": 2}}
+        async with confirmed(clinic, room, params=params) as sid:
+            await wait_sim(room, "led-1", lambda s: s["output_on"], what="LED on")
         paused = await clinic.request("pause", {"session": sid})
         assert paused["ok"] and paused["data"]["state"] == "paused", paused
         async with ControlClient(room.sims["led-1"].control) as c:
@@ -221,18 +196,10 @@ async def test_hub_killed_while_paused_by_a_fault(setup: Setup) -> None:
     it is failed (hub_restart) with the totals the devices counted; the fault the device
     latched is cleared at the chair, and the next session runs."""
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
+    async with hub_followed(room, hub, trigger_hz=20) as clinic:
         boot = hub.boot
-        await auto_trigger(room, 20)
-        params = {"ep": {"pulses_per_point": 20, "period_ms": 200}, "light": {"duration_s": 1},
-                  "field": {"duration_s": 1}}
-        sid, acks = await confirmed(setup, clinic, params)
-        try:
-            await wait_sim(setup, "epg-1", lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= 3,
-                           what="EPG mid-train")
-        finally:
-            acks.cancel()
+        async with confirmed(clinic, room, params=LONG_TRAINS) as sid:
+            await wait_sim(room, "epg-1", mid_train(3), what="EPG mid-train")
         async with ControlClient(room.sims["epg-1"].control) as c:
             await c.inject("open_circuit", count=-1)
         paused = await clinic.wait_event(sid, "paused")
@@ -244,13 +211,8 @@ async def test_hub_killed_while_paused_by_a_fault(setup: Setup) -> None:
         seen = len(clinic.messages)
         await asyncio.to_thread(hub.kill)
 
-        restarted = HubProcess(room.config_path, room.directory / "hub.log")
-        await restarted.astart()
+        restarted = await restarted_failed(setup, clinic, sid, seen, boot)
         try:
-            assert restarted.boot == boot + 1
-            failed = await clinic.wait_state("failed", session=sid, start=seen)
-            assert failed["data"]["reason"] == "hub_restart"
-            await record_equals_devices(setup, clinic, sid)
             # the open circuit latched in the EPG needs the chair: refused while it is there
             args = ("console", "--clear-fault", "epg-1", "--by", "tech", "--config", setup.config)
             assert (await acli(*args)).returncode == 1
@@ -268,31 +230,20 @@ async def test_hub_killed_while_paused_by_a_fault_is_failed_with_consistent_tota
     fault, for the technician: back up, the session is failed with hub_restart and its
     totals are what the devices counted; the fault is still the device's to clear."""
     room, hub = setup.room, setup.hub
-    async with Clinic(setup.port, setup.root) as clinic:
-        await hub.astart()
+    async with hub_followed(room, hub, trigger_hz=20) as clinic:
         boot = hub.boot
-        await auto_trigger(room, 20)
-        sid, acks = await confirmed(setup, clinic, {"light": {"duration_s": 1}, "field": {"duration_s": 1},
-                                                    "ep": {"pulses_per_point": 2}})
-        try:
+        async with confirmed(clinic, room, params=SHORT_DEMO) as sid:
             await clinic.wait_event(sid, "point_done")
-            await wait_sim(setup, "inj-1", lambda s: s["output_on"], what="the gun armed")
+            await wait_sim(room, "inj-1", lambda s: s["output_on"], what="the gun armed")
             async with ControlClient(room.sims["inj-1"].control) as c:
                 await c.call("inject", fault="empty", count=-1)
             paused = await clinic.wait_event(sid, "paused")
             assert paused["data"]["reason"] == "fault" and paused["data"]["recovery"]["code"] == 7
-        finally:
-            acks.cancel()
         await wait_all_off(room, timeout=5)
         seen = len(clinic.messages)
         await asyncio.to_thread(hub.kill)
-        restarted = HubProcess(setup.room.config_path, setup.room.directory / "hub.log")
-        await restarted.astart()
+        restarted = await restarted_failed(setup, clinic, sid, seen, boot)
         try:
-            assert restarted.boot == boot + 1
-            failed = await clinic.wait_state("failed", session=sid, start=seen)
-            assert failed["data"]["reason"] == "hub_restart"
-            await record_equals_devices(setup, clinic, sid)
             events = [m["data"]["event"] for m in clinic.events(sid)]
             assert events.count("recovered") == 0 and "failed" in events
         finally:

@@ -9,10 +9,12 @@ session's volume cap), and the hub's skin temperature limit stops the session.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from devicehub.models.limits import fmt_quantity
 from devicehub.room_api import CommandError
 
 from .conftest import DEVICES, FAST_DEMO, Hub, open_hub, write_limits
@@ -87,6 +89,12 @@ async def test_course_interval_is_a_hard_limit_after_a_completed_session(hub: Hu
             await hub.start("demo", params=FAST_DEMO, acknowledge=acks, patient="P-9")
         assert err.value.code == "hard_limit"
         assert [d["id"] for d in err.value.details] == ["course.interval_days"]
+        # in the one form of every limit's finding: the days since the patient's last session
+        course = err.value.details[0]
+        assert (course["field"], course["unit"]) == ("course.interval_days", "days") and course["value"] < 1
+        assert re.fullmatch(rf"course\.interval_days: {re.escape(fmt_quantity(course['value'], 'days'))} is below "
+                            rf"the hard limit {re.escape(fmt_quantity(course['limit'], 'days'))} "
+                            r"\(since the patient's last session\)", err.value.message), err.value.message
     assert [r["details"][0]["id"] for r in await hub.store.refusals()] == ["course.interval_days"] * 2
     # another patient is not concerned
     other = await hub.start("demo", params=FAST_DEMO, patient="P-10", preflight=False)
