@@ -54,6 +54,9 @@ class RunnerOptions:
     dose_tolerance: float = 0.05
     #: a single shot may report at most this much more than it was set to before the runner stops
     shot_overreport: float = 0.10
+    #: INJ-1: how much more than its set volume a shot may deliver (the gun's scatter, +/-2 %
+    #: in its ICD); the gun checks its cap against the set volume, so the cap keeps this room
+    shot_scatter: float = 0.02
     #: EP: extra time beyond the train's own length before a missing DONE is a failure
     train_margin_s: float = 2.0
     #: LED/PEMF: extra time beyond the exposure before a missing done is a failure

@@ -16,6 +16,7 @@ point's dose.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from devicehub.runner.context import StepContext, StepFailure
@@ -24,6 +25,14 @@ from drivers.inj import InjParams
 
 #: the gun's smallest shot (INJ-1 ICD): a point needing less than this is done
 MIN_SHOT_UL = 1.0
+
+
+def gun_cap(room_ul: float, shot_ul: float, scatter: float) -> float:
+    """What the gun may still deliver (SET_CAP, in its 0.1 uL) so that ``room_ul`` is never
+    passed: the gun fires a shot while its set volume fits what is left of the cap, and a
+    shot may deliver up to ``scatter`` more than set, so the last shot it allows could
+    carry the total past the cap by that much."""
+    return max(0.0, math.floor((room_ul - scatter * shot_ul) * 10 + 1e-6) / 10.0)
 
 
 def _shot_volume(step: Any) -> float:
@@ -64,15 +73,20 @@ async def run(runner: StepContext, step: Any) -> None:
                     # larger than what is left of its cap, so the technician could pull forever
                     rest = step.dose_ul - pp.get("volume_ul")
                     this_shot = shot_ul if rest >= shot_ul - 1e-9 else int(rest * 10 + 1e-6) / 10.0
+                    # never a shot whose scatter could pass the point's tolerance (the gun's
+                    # 0.1 uL steps can leave a hair less room than the rest needs)
+                    point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
+                    fits = math.floor(point_room / (1 + opts.shot_scatter) * 10 + 1e-6) / 10.0
+                    if fits < this_shot and fits >= MIN_SHOT_UL:
+                        this_shot = fits
                     if abs(this_shot - configured) > 1e-9:
                         if armed:
                             await gun.stop()  # the gun takes new parameters only when disarmed
                             armed = False
                         await gun.configure(_params(step, this_shot))
                         configured = this_shot
-                    point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
                     session_room = runner.totals.remaining("volume_ul")
-                    cap = min(point_room, session_room)
+                    cap = _cap(runner, step, pp, this_shot)
                     if cap + 1e-9 < this_shot:
                         raise StepFailure("dose_cap_reached", f"session volume cap leaves {session_room:.1f} uL, "
                                           f"less than one {this_shot:.1f} uL shot", alarm="dose_cap_reached")
@@ -83,9 +97,7 @@ async def run(runner: StepContext, step: Any) -> None:
                         armed = True
                     # shots until the dose is reached, or the gun would refuse the shot set
                     # (more than what is left of its cap): then a shot of the rest, above
-                    while not _point_complete(step, pp, tol) and min(
-                            step.dose_ul * (1 + tol) - pp.get("volume_ul"),
-                            runner.totals.remaining("volume_ul")) >= configured - 1e-9:
+                    while not _point_complete(step, pp, tol) and _cap(runner, step, pp, configured) >= configured - 1e-9:
                         ev = await q.get()
                         if ev.kind == "shot":
                             _count_shot(runner, dev_id, step, pt.id, pp, delivery, ev, configured)
@@ -97,6 +109,14 @@ async def run(runner: StepContext, step: Any) -> None:
                 _drop_shot_events(q)  # their shots are in the gun's totals just read
                 await _point_done(runner, step, dev_id, pp)
     await gun.stop()
+
+
+def _cap(runner: Any, step: Any, pp: Any, shot_ul: float) -> float:
+    """The gun's cap for ``pp`` now: neither the point's dose with its tolerance nor the
+    session's cap can be passed, even by the last shot's scatter."""
+    room = min(step.dose_ul * (1 + runner.options.dose_tolerance) - pp.get("volume_ul"),
+               runner.totals.remaining("volume_ul"))
+    return gun_cap(room, shot_ul, runner.options.shot_scatter)
 
 
 def _point_complete(step: Any, pp: Any, tol: float) -> bool:
