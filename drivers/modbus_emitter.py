@@ -55,6 +55,8 @@ IDLE, ON, DONE, FAULT = 0, 1, 2, 3
 STATE_NAMES = {IDLE: "idle", ON: "on", DONE: "done", FAULT: "fault"}
 
 COIL_OUTPUT = 0
+#: a safe state whose read-back finds the output on writes it off again, this many times in all
+SAFE_STATE_WRITES = 3
 COIL_FAULT_RESET = 1
 INPUT_MODEL = 100
 INPUT_FIRMWARE = 101
@@ -208,17 +210,22 @@ class ModbusEmitter(Device):
                 await asyncio.wait_for(self.link.open(), SAFE_STATE_CONNECT_S)
             except (DriverError, asyncio.TimeoutError) as exc:
                 return False, f"not connected: {exc}"
-        write_error: DriverError | None = None
-        try:
-            await self.link.write_coil_urgent(COIL_OUTPUT, False)
-        except DriverError as exc:  # e.g. the reply was dropped: the read-back decides
-            write_error = exc
-        coil = (await self.link.read_coils(COIL_OUTPUT, 1, retries=0))[0]
-        state = (await self.link.read_input(0, 1, retries=0))[0]
-        ok = not coil and state != ON
-        detail = f"OUTPUT={int(coil)} STATE={STATE_NAMES.get(state, state)}"
-        if write_error is not None:
-            detail += f" (write: {write_error})"
+        for _attempt in range(SAFE_STATE_WRITES):
+            write_error: DriverError | None = None
+            try:
+                await self.link.write_coil_urgent(COIL_OUTPUT, False)
+            except DriverError as exc:  # e.g. the reply was dropped: the read-back decides
+                write_error = exc
+            coil = (await self.link.read_coils(COIL_OUTPUT, 1, retries=0))[0]
+            state = (await self.link.read_input(0, 1, retries=0))[0]
+            ok = not coil and state != ON
+            detail = f"OUTPUT={int(coil)} STATE={STATE_NAMES.get(state, state)}"
+            if write_error is not None:
+                detail += f" (write: {write_error})"
+            if ok:
+                break
+            # on again after the off (a start that reached the device behind it, on another
+            # connection or late): off again at once, not at the stop path's second pass
         return ok, detail
 
     async def status(self) -> DeviceStatus:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 
 class CutProxy:
@@ -117,6 +118,59 @@ class ReplyDropper(CutProxy):
                         self.dropped.set()
                         continue
                     writer.write(line)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())
+
+
+class StartBehindStop(CutProxy):
+    """A Modbus TCP link on which a start reaches the device right behind the host's stop:
+    once :attr:`armed`, after forwarding the host's write of coil 0 (OUTPUT) to 0 the link
+    writes coil 0 to 1 itself (as a start sent on another connection, or delayed, would)
+    and drops that write's reply. :attr:`injected` is set once it has."""
+
+    STOP = bytes((0x05, 0x00, 0x00, 0x00, 0x00))
+    START = bytes((0x05, 0x00, 0x00, 0xFF, 0x00))
+    TID = 0xFFF0
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.armed = False
+        self.injected = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._transports += [writer.transport, up_writer.transport]
+
+        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+            while True:
+                head = await r.readexactly(6)
+                yield head + await r.readexactly(int.from_bytes(head[4:6], "big"))
+
+        async def upstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(reader):
+                    up_writer.write(frame)
+                    if self.armed and frame[7:] == self.STOP:
+                        self.armed = False
+                        pdu = self.START
+                        up_writer.write(self.TID.to_bytes(2, "big") + b"\x00\x00"
+                                        + (len(pdu) + 1).to_bytes(2, "big") + frame[6:7] + pdu)
+                        self.injected.set()
+                    await up_writer.drain()
+            up_writer.transport.abort()
+
+        async def downstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(up_reader):
+                    if int.from_bytes(frame[:2], "big") == self.TID:
+                        continue  # the reply to the link's own write: not the host's
+                    writer.write(frame)
                     await writer.drain()
             writer.transport.abort()
 

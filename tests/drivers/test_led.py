@@ -463,3 +463,22 @@ async def test_safe_state_opens_a_lost_connection_again() -> None:
         r = await d.safe_state()
         assert r.confirmed, r
         assert (await ctl.state())["output_on"] is False
+
+
+async def test_a_start_that_lands_behind_the_safe_states_off_is_switched_off_again() -> None:
+    """Soak session #309: the read-back after OUTPUT=0 found the LED on again (a start that
+    reached the device behind the off); the safe state was unconfirmed and the output stayed
+    on until the stop path's second pass, 62 ms later. It now writes the off again at once."""
+    from simulators.devsupport.proxy import StartBehindStop
+
+    async with run_simulator("led") as h, h.client() as ctl:
+        port = int(h.endpoint.rsplit(":", 1)[1].split("?")[0])
+        async with StartBehindStop(port) as wire, LedDriver(f"modbus-tcp://127.0.0.1:{wire.port}?unit=1") as d:
+            await d.configure(LONG)
+            await d.start()
+            wire.armed = True
+            r = await d.safe_state()
+            assert wire.injected.is_set()
+            assert r.confirmed, r
+            st = await ctl.state()
+            assert (st["output_on"], st["state"]) == (False, "idle")
