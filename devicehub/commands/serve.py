@@ -65,13 +65,23 @@ def _who(by: str | None) -> str:
         return os.environ.get("USER", "technician")
 
 
+#: the GIL's switch interval in ``serve`` (CPython's default is 0.005 s)
+SWITCH_INTERVAL_S = 0.0005
+
+
 async def _serve_frozen(serve: Any, config: Any) -> int:
     """``serve``, with everything alive once the room is open moved out of the garbage
     collector's reach (``gc.freeze``): what start-up loaded (pydantic, the drivers,
     matplotlib's modules) is never scanned again, so a full collection during a session
     is short and does not stand between an abort and the devices (docs/decisions/0011)."""
     import gc
+    import sys
 
+    # The record's, the outbox's and the idempotency store's worker threads run Python
+    # code (canonical JSON, hashes): a thread holding the GIL keeps the event loop out
+    # for up to the switch interval, 5 ms by default, right when an abort is read. A
+    # shorter interval bounds that wait (docs/decisions/0012).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     ready = asyncio.Event()
 
     async def freeze_when_ready() -> None:
