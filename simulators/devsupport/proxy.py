@@ -49,6 +49,17 @@ class CutProxy:
     def restore(self) -> None:
         self.blocked = False
 
+    async def _open_upstream(self, writer: asyncio.StreamWriter
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The server's side of a new connection (None, and the client's closed, when it refuses)."""
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return None
+        self._transports += [writer.transport, up_writer.transport]
+        return up_reader, up_writer
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blocked:
             writer.transport.abort()
@@ -93,12 +104,10 @@ class ReplyDropper(CutProxy):
         self.dropped = asyncio.Event()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
             return
-        self._transports += [writer.transport, up_writer.transport]
+        up_reader, up_writer = upstream_link
 
         async def upstream() -> None:
             with contextlib.suppress(Exception):
@@ -140,12 +149,10 @@ class StartBehindStop(CutProxy):
         self.injected = asyncio.Event()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
             return
-        self._transports += [writer.transport, up_writer.transport]
+        up_reader, up_writer = upstream_link
 
         async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
             while True:
