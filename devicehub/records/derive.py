@@ -22,10 +22,6 @@ SUMMARY_EVENTS = ("started", "step_started", "step_done", "delivery_settled")
 #: delivery statuses the runner is expected to use; ``done`` counts as a point done
 DELIVERY_DONE = "done"
 
-#: the amounts a late settlement adds to a session's totals (the runner's quantities)
-LATE_AMOUNTS = frozenset({"volume_ul", "shots", "pulses", "charge_uc", "energy_mj", "exposure_s", "fluence_j_cm2",
-                          "field_time_s", "field_pulses"})
-
 #: delivered fields that are not amounts: their total is the largest value seen
 MAX_FIELDS = frozenset({"depth_mm", "timing_error_us", "impedance_ohm", "settle_ms"})
 

@@ -40,7 +40,6 @@ from devicehub.records.chain import (  # noqa: F401 - re-exported
 )
 from devicehub.records.derive import (  # noqa: F401 - re-exported
     DELIVERY_DONE,
-    LATE_AMOUNTS,
     MAX_FIELDS,
     STATE_CHANGING_EVENTS,
     STATE_EVENT,

@@ -36,6 +36,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from devicehub.runner.totals import QUANTITIES
+
 log = logging.getLogger(__name__)
 
 #: device type of each step kind
@@ -257,8 +259,7 @@ async def _settle_once(d: Delivery, device: Any, sink: RecordSink, *, status: st
 
 
 #: the amounts a delivery adds to the session's totals (not peaks, depths or times to settle)
-_AMOUNTS = frozenset({"volume_ul", "shots", "pulses", "charge_uc", "energy_mj", "exposure_s", "fluence_j_cm2",
-                      "field_time_s", "field_pulses"})
+_AMOUNTS = frozenset(QUANTITIES)
 
 
 # ====================================================================== settling late
