@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from simulators.control import ControlClient
+from simulators.devsupport.waiting import poll
 from simulators.simroom import SimulatedRoom
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -271,14 +272,12 @@ async def wait_all_off(room: SimulatedRoom, timeout: float = 10.0) -> dict[str, 
 async def wait_sim(room: SimulatedRoom, dev: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
                    what: str = "") -> dict[str, Any]:
     """Poll one simulator's own state until ``check`` holds (its control port)."""
-    deadline = time.monotonic() + timeout
     async with ControlClient(room.sims[dev].control) as c:
-        while True:
+        async def probe() -> dict[str, Any] | None:
             st = await c.state()
-            if check(st):
-                return st
-            assert time.monotonic() < deadline, f"{what or dev} not reached: {st}"
-            await asyncio.sleep(0.01)  # poll interval
+            return st if check(st) else None
+
+        return await poll(probe, timeout=timeout, interval=0.01, what=what or f"{dev} state")
 
 
 async def auto_trigger(room: SimulatedRoom, rate_hz: float) -> None:
