@@ -252,3 +252,55 @@ class ModbusTap(CutProxy):
             writer.transport.abort()
 
         await asyncio.gather(upstream(), downstream())
+
+
+class InjReplyDropper(CutProxy):
+    """An INJ-1 link (frames over TCP) that loses one reply: :meth:`drop_reply` arms it
+    for the next host request with command ``cmd``; that request reaches the gun, which
+    does it, and the reply carrying its SEQ is dropped. Events (SEQ 0) pass. The returned
+    event is set once the reply is gone."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self._cmd: int | None = None
+        self._seq: int | None = None
+        self._dropped = asyncio.Event()
+
+    def drop_reply(self, cmd: int) -> asyncio.Event:
+        self._cmd, self._dropped = cmd, asyncio.Event()
+        return self._dropped
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
+            return
+        up_reader, up_writer = upstream_link
+
+        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+            while True:
+                if await r.readexactly(1) != b"\x7e":
+                    continue
+                length = await r.readexactly(1)
+                yield b"\x7e" + length + await r.readexactly(length[0] + 2)
+
+        async def upstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(reader):
+                    if self._cmd is not None and frame[3] == self._cmd:
+                        self._cmd, self._seq = None, frame[2]
+                    up_writer.write(frame)
+                    await up_writer.drain()
+            up_writer.transport.abort()
+
+        async def downstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(up_reader):
+                    if self._seq is not None and frame[2] == self._seq:
+                        self._seq = None
+                        self._dropped.set()
+                        continue
+                    writer.write(frame)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())
