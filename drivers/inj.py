@@ -139,6 +139,7 @@ class InjDriver(ConfirmedWrites, Device):
         link = SerialLink(self.endpoint, self._on_data, self._on_lost)
         await link.open()
         self._parser.reset()
+        self._acked_params = None  # a gun met again may have been switched off meanwhile
         self._link = link
         self.connected = True
 
