@@ -105,4 +105,4 @@ class ConfirmedWrites:
                         self.device_id, lost, _name(st.state))
 
 
-__all__ = ["ConfirmedWrites", "LOST"]
+__all__ = ["LOST", "ConfirmedWrites"]

@@ -39,7 +39,7 @@ def fc(code: int, address: int | None = None) -> Callable[[bytes], bool]:
 
 
 @contextlib.asynccontextmanager
-async def tapped(kind: str, driver: type[LedDriver] | type[PemfDriver]
+async def tapped(kind: str, driver: type[LedDriver | PemfDriver]
                  ) -> AsyncIterator[tuple[LedDriver | PemfDriver, ModbusTap, ControlClient]]:
     async with run_simulator(kind) as h, h.client() as ctl:
         port, unit = h.endpoint.rsplit(":", 1)[1].split("?")
