@@ -75,9 +75,12 @@ class RoomStarting:
             ended = parse_ts(str(last["ended_at"]))
         except ValueError:
             return course
-        days = (datetime.now(timezone.utc) - ended).total_seconds() / 86400.0
-        hit = limit_finding("course.interval_days", "course.interval_days", days,
-                            self.limits.course.interval_days, " (since the patient's last session)")
+        seconds = max(0.0, (datetime.now(timezone.utc) - ended).total_seconds())
+        # in the limit's unit to two decimals (a repeat visit reads "0 days", not "0.000412
+        # days"), and the time since said in the units a technician counts in
+        hit = limit_finding("course.interval_days", "course.interval_days", round(seconds / 86400.0, 2),
+                            self.limits.course.interval_days,
+                            f" ({_elapsed(seconds)} since the patient's last session ended)")
         return ([hit] if hit else []) + course
 
     def runtime_caps(self, acknowledged: list[str]) -> dict[str, float]:
@@ -182,3 +185,12 @@ class RoomStarting:
 
 
 _DEVICE_TYPE = {"injection": "inj", "electroporation": "epg", "led": "led", "pemf": "pemf"}
+
+
+def _elapsed(seconds: float) -> str:
+    """A time since, as a technician says it: "12 min", "5.5 h", "2.4 days"."""
+    if seconds < 3600:
+        return f"{max(1, round(seconds / 60))} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -75,8 +75,7 @@ async def run(runner: StepContext, step: Any) -> None:
                     this_shot = shot_ul if rest >= shot_ul - 1e-9 else int(rest * 10 + 1e-6) / 10.0
                     # never a shot whose scatter could pass the point's tolerance (the gun's
                     # 0.1 uL steps can leave a hair less room than the rest needs)
-                    point_room = step.dose_ul * (1 + tol) - pp.get("volume_ul")
-                    fits = math.floor(point_room / (1 + opts.shot_scatter) * 10 + 1e-6) / 10.0
+                    fits = math.floor(_point_room(runner, step, pp) / (1 + opts.shot_scatter) * 10 + 1e-6) / 10.0
                     if fits < this_shot and fits >= MIN_SHOT_UL:
                         this_shot = fits
                     if abs(this_shot - configured) > 1e-9:
@@ -114,9 +113,13 @@ async def run(runner: StepContext, step: Any) -> None:
 def _cap(runner: Any, step: Any, pp: Any, shot_ul: float) -> float:
     """The gun's cap for ``pp`` now: neither the point's dose with its tolerance nor the
     session's cap can be passed, even by the last shot's scatter."""
-    room = min(step.dose_ul * (1 + runner.options.dose_tolerance) - pp.get("volume_ul"),
-               runner.totals.remaining("volume_ul"))
+    room = min(_point_room(runner, step, pp), runner.totals.remaining("volume_ul"))
     return gun_cap(room, shot_ul, runner.options.shot_scatter)
+
+
+def _point_room(runner: Any, step: Any, pp: Any) -> float:
+    """What ``pp`` may still take: its dose with the tolerance, less what it has had."""
+    return step.dose_ul * (1 + runner.options.dose_tolerance) - pp.get("volume_ul")
 
 
 def _point_complete(step: Any, pp: Any, tol: float) -> bool:

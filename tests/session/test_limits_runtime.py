@@ -91,10 +91,11 @@ async def test_course_interval_is_a_hard_limit_after_a_completed_session(hub: Hu
         assert [d["id"] for d in err.value.details] == ["course.interval_days"]
         # in the one form of every limit's finding: the days since the patient's last session
         course = err.value.details[0]
-        assert (course["field"], course["unit"]) == ("course.interval_days", "days") and course["value"] < 1
-        assert re.fullmatch(rf"course\.interval_days: {re.escape(fmt_quantity(course['value'], 'days'))} is below "
+        # (to two decimals: minutes after the first session, 0 days; the time since in minutes)
+        assert (course["field"], course["unit"], course["value"]) == ("course.interval_days", "days", 0)
+        assert re.fullmatch(r"course\.interval_days: 0 days is below "
                             rf"the hard limit {re.escape(fmt_quantity(course['limit'], 'days'))} "
-                            r"\(since the patient's last session\)", err.value.message), err.value.message
+                            r"\(\d+ min since the patient's last session ended\)", err.value.message), err.value.message
     assert [r["details"][0]["id"] for r in await hub.store.refusals()] == ["course.interval_days"] * 2
     # another patient is not concerned
     other = await hub.start("demo", params=FAST_DEMO, patient="P-10", preflight=False)
