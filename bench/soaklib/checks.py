@@ -63,7 +63,7 @@ def invariant_1(out: Outcome, events: list[dict[str, Any]]) -> tuple[list[str], 
             ms = (max(changed.values()) - stop.t_trigger) * 1000.0
             times.append(ms)
             if ms > SAFE_STATE_S * 1000.0:
-                bad.append(f"{stop.kind}: last output off {ms:.1f} ms after the trigger")
+                bad.append(f"{stop.kind}: last output off {ms:.1f} ms after the trigger{_hub_says(stop.kind, events)}")
     # a session the hub failed (a fault, a lost link, a limit): timed from the trigger of the
     # stop that ended it, by the record; an output off before it does not count
     soak_stopped = any(s.states and s.kind.startswith("abort") for s in out.stops)
@@ -82,6 +82,16 @@ def invariant_1(out: Outcome, events: list[dict[str, Any]]) -> tuple[list[str], 
                     bad.append(f"{trig.what}: last output off ({last}) {ms:.1f} ms after the trigger "
                                f"(by {trig.by})")
     return bad, times
+
+
+def _hub_says(kind: str, events: list[dict[str, Any]]) -> str:
+    """For a stop the soak sent (``pause:mqtt``, ``abort:console``): the hub's own figure
+    from the record, from when it read the request, so that a violation shows whether the
+    time went before the hub had the request (the soak, the broker, the machine) or after."""
+    trigger = kind.split(":")[0]
+    own = [e["data"].get("ms") for e in events
+           if e.get("event") == "safe_state" and (e.get("data") or {}).get("trigger") == trigger]
+    return f" (the hub's own safe_state ms, from its read of the request: {own[-1]})" if own else ""
 
 
 def invariant_2(out: Outcome, room: Room) -> list[str]:

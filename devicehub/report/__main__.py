@@ -6,8 +6,17 @@ hub's memory; ``devicehub sessions report`` is the command for people."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+#: the child's scheduling niceness, raised before its imports: drawing a report is
+#: background work (a second or two of CPU, most of it loading matplotlib), and on a room's
+#: machine it must never take the CPU from the hub's stop path (docs/decisions/0013)
+REPORT_NICENESS = 10
+
+if __name__ == "__main__":
+    os.nice(REPORT_NICENESS)
 
 from devicehub.report.collect import ReportOptions
 from devicehub.report.files import write_from_path

@@ -117,3 +117,17 @@ def test_a_device_the_hub_could_not_reach_must_be_off_not_within_50_ms() -> None
     assert [round(t, 1) for t in times] == [3.0]
     out.after = {**after, "led-1": {"output_on": True, "output_changed_at": 499.0, "state": "running"}}
     assert invariant_1(out, events)[0] == ["led-1 output still on after the session"]
+
+
+def test_a_late_abort_says_how_long_the_hub_took_from_its_read() -> None:
+    # #597 of the 19:08 hour: the last output off 59 ms after the soak sent the abort, 5.2 ms
+    # after the hub read it; the verdict names both, so the time's place is in the report
+    out = Outcome(0, "aga-initial", "mqtt", session=SID, state="aborted", wall_minus_mono=WALL)
+    out.stops = [Stop("abort:mqtt", 300.000, {"epg-1": off(300.059), "inj-1": off(300.057), "led-1": off(250.0),
+                                              "pemf-1": off(250.0)})]
+    out.after = out.stops[0].states
+    events = [stop("pause", 280.0, 1.5), stop("abort", 300.062, 5.2)]
+    bad, times = invariant_1(out, events)
+    assert bad == ["abort:mqtt: last output off 59.0 ms after the trigger "
+                   "(the hub's own safe_state ms, from its read of the request: 5.2)"]
+    assert [round(t, 1) for t in times] == [59.0]
