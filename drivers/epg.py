@@ -17,6 +17,13 @@ out request is therefore never taken as the reply to the next one.
 once, makes the request in flight give up (DeviceTimeout "preempted"), then confirms
 with a probe and ``OUTP:STAT?`` sent together, all within about one reply timeout.
 
+A setting whose reply is lost (``SOUR:VOLT``, ``PULS:...``, ``CURR:LIM`` in ``configure``)
+may still have been set: ``configure`` carries on (once; a second lost reply stands) and
+its read-back of every setting decides. ``SYST:EVEN:PULS`` has no query: when its reply
+is lost it is sent once more (a setting, allowed in every state). Nothing that energises
+(``OUTP:ARM``, ``OUTP:TRIG``) is ever sent again, and nothing is carried on after a
+request that safe_state preempted (:class:`Preempted`).
+
 The request/reply pairing is in ``drivers.epg_lines``, the train and its report in
 ``drivers.epg_train``; this module holds the driver's lifetime and device commands.
 """
@@ -24,23 +31,27 @@ The request/reply pairing is in ``drivers.epg_lines``, the train and its report 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pydantic import BaseModel
 
 from drivers.base import (
     Device,
     DeviceStatus,
+    DeviceTimeout,
     Identity,
     ProtocolError,
     SafeStateResult,
     timed_safe_state,
 )
 from drivers.endpoints import Endpoint
-from drivers.epg_lines import _LOST, _PREEMPT, REPLY_TIMEOUT, EpgLines  # noqa: F401 - REPLY_TIMEOUT re-exported
+from drivers.epg_lines import _LOST, _PREEMPT, REPLY_TIMEOUT, EpgLines, Preempted  # noqa: F401 - REPLY_TIMEOUT re-exported
 from drivers.epg_train import EpgTrain, TrainReport  # noqa: F401 - EpgTrain re-exported
 from drivers.line_protocol import LineSplitter, parse_error_entry, parse_number
 from drivers.reply_timer import ReplyQueue
 from drivers.serial_link import SerialLink
+
+log = logging.getLogger(__name__)
 
 STATES = ("IDLE", "ARMED", "RUNNING", "FAULT")
 #: codes of the ICD's "fault" kind (the rest are command errors)
@@ -120,19 +131,39 @@ class EpgDriver(EpgLines, Device):
             timing.reverse()
         numeric = [("SOUR:VOLT", train.amplitude_v), *timing, ("PULS:COUN", train.pulses),
                    ("CURR:LIM", train.current_limit_ma)]
-        for header, value in numeric:
-            await self._command(f"{header} {_number(value)}")
-        await self._command(f"PULS:POL {train.polarity.upper()}")
+        lost: DeviceTimeout | None = None
+        for line in [f"{h} {_number(v)}" for h, v in numeric] + [f"PULS:POL {train.polarity.upper()}"]:
+            try:
+                await self._command(line)
+            except Preempted:
+                raise
+            except DeviceTimeout as exc:
+                if lost is not None:
+                    raise
+                lost = exc  # the setting may have been made: the read-back below decides
+                log.warning("%s: %s: reply lost (%s); the read-back decides", self.device_id, line, exc)
+        lost_note = f" (a reply was lost: {lost})" if lost is not None else ""
         for header, value in numeric:
             got = parse_number(await self._value(header + "?"))
             if abs(got - value) > 1e-9 * max(1.0, abs(value)):
-                raise ProtocolError(f"{self.device_id}: {header} reads back {got}, sent {value}")
+                raise ProtocolError(f"{self.device_id}: {header} reads back {got}, sent {value}{lost_note}")
         pol = await self._value("PULS:POL?")
         if pol.upper() != train.polarity.upper():
-            raise ProtocolError(f"{self.device_id}: PULS:POL reads back {pol!r}, sent {train.polarity!r}")
+            raise ProtocolError(f"{self.device_id}: PULS:POL reads back {pol!r}, sent {train.polarity!r}{lost_note}")
+        if lost is not None:
+            log.warning("%s: every setting reads back as sent: the configuration took", self.device_id)
 
     async def set_pulse_events(self, on: bool) -> None:
-        await self._command(f"SYST:EVEN:PULS {'ON' if on else 'OFF'}")
+        """``SYST:EVEN:PULS``: it has no query, so a lost reply sends it once more (a setting,
+        allowed in every state: sending it twice is sending it once)."""
+        line = f"SYST:EVEN:PULS {'ON' if on else 'OFF'}"
+        try:
+            await self._command(line)
+        except Preempted:
+            raise
+        except DeviceTimeout as exc:
+            log.warning("%s: %s: reply lost (%s): sent once more", self.device_id, line, exc)
+            await self._command(line)
 
     async def measure_impedance(self) -> float:
         """Applicator-to-skin impedance in ohms (above 20 000 means open circuit)."""

@@ -38,6 +38,11 @@ class _Signal:
 
 
 _PREEMPT = _Signal("preempted by safe_state")
+
+
+class Preempted(DeviceTimeout):
+    """A request that gave up because safe_state took the link: not a lost reply, so
+    nothing may be settled by a read-back and carried on after it."""
 _LOST = _Signal("connection lost")
 
 
@@ -112,7 +117,7 @@ class EpgLines:
         except TimeoutError:
             raise DeviceTimeout(f"{self.device_id}: no reply within {REPLY_TIMEOUT * 1000:.0f} ms") from None
         if item is _PREEMPT:
-            raise DeviceTimeout(f"{self.device_id}: {_PREEMPT.name}")
+            raise Preempted(f"{self.device_id}: {_PREEMPT.name}")
         if item is _LOST:
             raise NotConnected(f"{self.device_id}: connection lost")
         assert not isinstance(item, _Signal)
@@ -122,7 +127,7 @@ class EpgLines:
         if not self.connected:
             raise NotConnected(f"{self.endpoint}: not connected")
         if self._preempting:
-            raise DeviceTimeout(f"{self.device_id}: {_PREEMPT.name}")
+            raise Preempted(f"{self.device_id}: {_PREEMPT.name}")
 
     async def _resync(self, deadline: float, then: str = "") -> None:
         """Send a probe (and ``then`` right behind it); discard everything up to the probe's reply."""

@@ -13,6 +13,12 @@ Rules this driver keeps:
   with a fresh SEQ; a reply carrying an older SEQ is stale and ignored;
 - ARM is never retried blindly: when its reply is missing or unreadable the driver reads
   STATUS to learn whether the gun armed;
+- the other writes whose reply is missing are settled by STATUS too
+  (:mod:`drivers.inj_confirm`): SET_PARAMS took if the gun is idle with the volume and
+  depth sent (and the mode and rate the gun last acknowledged), else it is sent once
+  more while the gun is idle; SET_CAP is sent once more only when no shot can have used
+  the cap meanwhile (the gun idle, or a cap of 0); CLEAR_FAULT took if the gun shows no
+  fault;
 - a NAK becomes :class:`DeviceRefused` with the ICD code (3 out of range, 4 not allowed);
 - the cap is rounded down to 0.1 uL, never up.
 """
@@ -39,11 +45,11 @@ from drivers.base import (
     timed_safe_state,
 )
 from drivers.endpoints import Endpoint
+from drivers.inj_confirm import ConfirmedWrites
 from drivers.inj_frames import (
     RECOVERY_HINTS,
     REFUSAL_TEXT,
     Ack,
-    Cap,
     Cmd,
     FaultEvent,
     Frame,
@@ -106,7 +112,7 @@ class InjParams(BaseModel):
         return _tenths(v, "depth_mm")
 
 
-class InjDriver(Device):
+class InjDriver(ConfirmedWrites, Device):
     kind = "inj"
     heartbeat_interval = 0.3
     recovery_hints = RECOVERY_HINTS
@@ -133,6 +139,7 @@ class InjDriver(Device):
         link = SerialLink(self.endpoint, self._on_data, self._on_lost)
         await link.open()
         self._parser.reset()
+        self._acked_params = None  # a gun met again may have been switched off meanwhile
         self._link = link
         self.connected = True
 
@@ -277,7 +284,7 @@ class InjDriver(Device):
         """SET_PARAMS. The gun refuses it (DeviceRefused 4) while armed: disarm first."""
         p = params if isinstance(params, InjParams) else InjParams.model_validate(params.model_dump())
         wire = Params(round(p.volume_ul * 10), round(p.depth_mm * 10), MODES[p.mode], p.rate_hz)
-        await self._ack(Cmd.SET_PARAMS, wire.pack())
+        await self._send_params(wire)  # a lost reply: STATUS decides (drivers.inj_confirm)
         self.params = p
 
     async def set_cap(self, volume_ul: float) -> None:
@@ -287,7 +294,7 @@ class InjDriver(Device):
         x10 = math.floor(volume_ul * 10 + 1e-9)
         if not 0 <= x10 <= 0xFFFFFFFF:
             raise ValueError("volume_ul must be within 0..429496729.5")
-        await self._ack(Cmd.SET_CAP, Cap(x10).pack())
+        await self._send_cap(x10)  # a lost reply: STATUS decides (drivers.inj_confirm)
 
     async def start(self) -> None:
         """ARM. On a missing or unreadable reply, STATUS tells whether it armed (ARM is not retried)."""
@@ -332,7 +339,7 @@ class InjDriver(Device):
 
     async def clear_fault(self) -> None:
         """CLEAR_FAULT; DeviceRefused(4) while the cause is still present."""
-        await self._ack(Cmd.CLEAR_FAULT)
+        await self._send_clear_fault()  # a lost reply: STATUS decides (drivers.inj_confirm)
 
     async def heartbeat(self) -> None:
         state = await self._ack(Cmd.HEARTBEAT, retries=READ_ONLY_RETRIES)

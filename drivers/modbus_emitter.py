@@ -10,6 +10,13 @@ Behaviour:
 - ``configure`` writes all setpoints with one FC 0x10 and reads them back.
 - ``start`` writes OUTPUT=1, then reads STATE once: a fault found at the start (LED
   applicator too far) raises :class:`DeviceFault` after the ``fault`` event.
+- A write whose reply is lost is settled by reading back (the device may have done it;
+  only its reply was lost): setpoints and HEARTBEAT that read back as written took, else
+  they are written once more (``ModbusLink.write_registers(confirm=True)``); OUTPUT=1
+  took if coil 0 reads back on, and is never written again when it reads off (an
+  exposure that started and already ended must not start twice): the DeviceTimeout
+  stands. OUTPUT=0 that reads back on is written once more; FAULT_RESET took when STATE
+  is no longer fault, else it is written once more (a refusal then says why).
 - While energised, the heartbeat writes a changing HEARTBEAT value every quarter of
   WATCHDOG_MS (at most 0.25 s), reads the input registers and emits ``progress``
   (at most every 0.5 s), ``exposure_done`` when STATE turns done and ``fault`` when it
@@ -114,7 +121,7 @@ class ModbusEmitter(Device):
         self.watch_interval = watch_interval
         self._last_keepalive = 0.0
         self.link = ModbusLink(self.endpoint, timeout=timeout, read_retries=read_retries,
-                               on_lost=self._connection_lost)
+                               on_lost=self._connection_lost, name=self.device_id)
         self.heartbeat_interval = heartbeat_interval_for(2000)  # type: ignore[misc]
         self._hb_value = 0
         self._last_state: int | None = None
@@ -174,14 +181,19 @@ class ModbusEmitter(Device):
         regs = self.setpoint_registers(params)
         if len(regs) != self.setpoint_count:  # pragma: no cover - a subclass bug
             raise ValueError("setpoint register count mismatch")
-        await self.link.write_registers(0, regs)
+        await self.link.write_registers(0, regs, confirm=True)
         back = await self.link.read_holding(0, len(regs))
         if back != regs:
             raise ProtocolError(f"{self.endpoint}: setpoints read back as {back}, wrote {regs}")
         self.heartbeat_interval = heartbeat_interval_for(regs[self.watchdog_register])  # type: ignore[misc]
 
     async def start(self) -> None:
-        await self.link.write_coil(COIL_OUTPUT, True)
+        # a lost reply: coil 0 reading on says the start took; off, it is not written again
+        try:
+            await self.link.write_coil(COIL_OUTPUT, True, confirm=True, rewrite=False)
+        except DeviceTimeout:
+            await self._fault_at_start()
+            raise
         self._last_state = None
         self._last_progress = self._last_keepalive = time.monotonic()
         self._set_energised(True)
@@ -190,9 +202,22 @@ class ModbusEmitter(Device):
         if regs[0] == FAULT:
             raise DeviceFault(regs[1], self.fault_texts.get(regs[1], ""))
 
+    async def _fault_at_start(self) -> None:
+        """After a start left unconfirmed: a fault STATE shows (the start was refused or
+        latched a fault, e.g. the LED applicator too far) raises DeviceFault, as an
+        answered start would; anything else leaves the DeviceTimeout to stand."""
+        try:
+            regs = await self.link.read_input(0, self.input_count)
+        except DriverError:
+            return
+        log.warning("%s: OUTPUT=1 unconfirmed; STATE reads %s", self.device_id, STATE_NAMES.get(regs[0], regs[0]))
+        self._track(regs)
+        if regs[0] == FAULT:
+            raise DeviceFault(regs[1], self.fault_texts.get(regs[1], ""))
+
     async def stop(self) -> None:
         self._energised = False
-        await self.link.write_coil(COIL_OUTPUT, False)
+        await self.link.write_coil(COIL_OUTPUT, False, confirm=True, rewrite=True)
         await self.poll()
 
     async def safe_state(self) -> SafeStateResult:
@@ -244,13 +269,24 @@ class ModbusEmitter(Device):
         return st
 
     async def clear_fault(self) -> None:
-        await self.link.write_coil(COIL_FAULT_RESET, True)
+        try:
+            await self.link.write_coil(COIL_FAULT_RESET, True)
+        except DeviceTimeout as lost:
+            # FAULT_RESET is a command, not a state: STATE tells whether it took
+            regs = await self.poll()
+            if regs[0] != FAULT:
+                log.warning("%s: the reply to FAULT_RESET was lost; STATE reads %s: the fault is cleared",
+                            self.device_id, STATE_NAMES.get(regs[0], regs[0]))
+                return
+            log.warning("%s: the reply to FAULT_RESET was lost and STATE reads fault: written once more (%s)",
+                        self.device_id, lost)
+            await self.link.write_coil(COIL_FAULT_RESET, True)
         await self.poll()
 
     async def heartbeat(self) -> None:
         self._hb_value = (self._hb_value + 1) & 0xFFFF
         self._last_keepalive = time.monotonic()
-        await self.link.write_register(self.heartbeat_register, self._hb_value)
+        await self.link.write_register(self.heartbeat_register, self._hb_value, confirm=True)
         await self.poll()
 
     @property

@@ -10,8 +10,12 @@ pymodbus type:
 - a reply of the wrong kind or size -> :class:`ProtocolError`.
 
 Timeouts are short (0.3 s by default: a 10-register RTU read at 19200 baud takes 23 ms).
-pymodbus' own retries are off; reads may be retried once here, writes never (writing
-OUTPUT=1 twice could start a finished exposure again). pymodbus would close a TCP
+pymodbus' own retries are off; reads may be retried once here, writes are never re-sent
+blindly (writing OUTPUT=1 twice could start a finished exposure again). A write whose
+reply is lost may still have been done (a reply lost on the wire), so with ``confirm`` a
+lost reply is settled by reading back what was written (:meth:`write_registers`,
+:meth:`write_coil`): what reads back as written took; a holding register that does not
+is written once more, a coil only when ``rewrite`` allows (never OUTPUT=1). pymodbus would close a TCP
 connection after a few unanswered requests; that is turned off, because a device that
 stops answering is a device fault to report, not a connection to drop. A lost
 connection is re-opened on the next request.
@@ -87,6 +91,7 @@ class ModbusLink:
         timeout: float = DEFAULT_TIMEOUT,
         read_retries: int = 1,
         on_lost: Callable[[], None] | None = None,
+        name: str | None = None,
     ) -> None:
         if endpoint.scheme not in ("modbus-tcp", "modbus-rtu"):
             raise ValueError(f"{endpoint}: a Modbus link needs a modbus-tcp:// or modbus-rtu:// endpoint")
@@ -94,6 +99,8 @@ class ModbusLink:
         self.unit = endpoint.unit
         self.timeout = timeout
         self.read_retries = read_retries
+        #: how the log names this link's device (its id; the endpoint when not given)
+        self.name = name or str(endpoint)
         self._on_lost = on_lost
         self._closing = False
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -238,10 +245,35 @@ class ModbusLink:
             raise ProtocolError(f"{self.endpoint}: {what}: {len(regs)} registers in the reply")
         return regs
 
-    async def write_coil(self, address: int, value: bool) -> None:
+    async def write_coil(self, address: int, value: bool, *, confirm: bool = False, rewrite: bool = False) -> None:
+        """FC 0x05. With ``confirm``, a lost reply is settled by reading the coil back: if it
+        reads as written, the write took; if not, it is written once more only when
+        ``rewrite`` (a write that energises must never be), else the DeviceTimeout stands."""
         what = f"write coil {address}={int(value)}"
-        rr = await self._call(what, "write_coil", address, bool(value))
+        try:
+            rr = await self._call(what, "write_coil", address, bool(value))
+        except DeviceTimeout as lost:
+            if not confirm:
+                raise
+            back = await self._read_back(lost, self.read_coils, address, 1)
+            if back == [bool(value)]:
+                log.warning("%s: %s: reply lost; the coil reads back %d: the write took", self.name, what, value)
+                return
+            if not rewrite:
+                log.warning("%s: %s: reply lost; the coil reads back %d: not written again", self.name, what,
+                            back[0])
+                raise DeviceTimeout(f"{lost}; the coil reads back {int(back[0])}, not written again") from lost
+            log.warning("%s: %s: reply lost; the coil reads back %d: written once more", self.name, what, back[0])
+            await self.write_coil(address, value, confirm=True, rewrite=False)
+            return
         self._check_fc(rr, 0x05, what)
+
+    async def _read_back(self, lost: DeviceTimeout, read: Callable[..., Any], address: int, count: int) -> Any:
+        """A read-back after a lost reply; when it gets no reply either, the write's DeviceTimeout stands."""
+        try:
+            return await read(address, count)
+        except DeviceTimeout as exc:
+            raise lost from exc
 
     async def write_coil_urgent(self, address: int, value: bool) -> None:
         """``write_coil`` that does not queue behind a request in flight: pymodbus sends one
@@ -285,15 +317,44 @@ class ModbusLink:
         finally:
             side.close()
 
-    async def write_register(self, address: int, value: int) -> None:
-        what = f"write register {address}={value}"
-        rr = await self._call(what, "write_register", address, int(value))
-        self._check_fc(rr, 0x06, what)
+    async def write_register(self, address: int, value: int, *, confirm: bool = False) -> None:
+        """FC 0x06; ``confirm`` as for :meth:`write_registers`."""
+        await self._write_holding(f"write register {address}={value}", "write_register", 0x06,
+                                  address, [int(value)], confirm)
 
-    async def write_registers(self, address: int, values: Sequence[int]) -> None:
-        what = f"write registers {address}+{len(values)}"
-        rr = await self._call(what, "write_registers", address, [int(v) for v in values])
-        self._check_fc(rr, 0x10, what)
+    async def write_registers(self, address: int, values: Sequence[int], *, confirm: bool = False) -> None:
+        """FC 0x10. With ``confirm``, a lost reply is settled by reading the registers back:
+        if they hold what was written, the write took; if not, they are written once more
+        and read back again; only then the DeviceTimeout stands. (A holding register holds
+        a value: writing the same value twice does what writing it once does.)"""
+        await self._write_holding(f"write registers {address}+{len(values)}", "write_registers", 0x10,
+                                  address, [int(v) for v in values], confirm)
+
+    async def _write_holding(self, what: str, method: str, fc: int, address: int, values: list[int],
+                             confirm: bool) -> None:
+        arg: Any = values[0] if fc == 0x06 else values
+        lost: DeviceTimeout | None = None
+        for attempt in range(2 if confirm else 1):
+            try:
+                rr = await self._call(what, method, address, arg)
+            except DeviceTimeout as exc:
+                if not confirm:
+                    raise
+                lost = lost or exc
+                back = await self._read_back(lost, self.read_holding, address, len(values))
+                if back == values:
+                    log.warning("%s: %s: reply lost; the registers read back as written: the write took",
+                                self.name, what)
+                    return
+                log.warning("%s: %s: reply lost; the registers read back as %s, not %s%s", self.name, what,
+                            back, values, ": written once more" if attempt == 0 else "")
+                continue
+            self._check_fc(rr, fc, what)
+            if lost is not None:
+                log.warning("%s: %s: written once more, answered", self.name, what)
+            return
+        assert lost is not None
+        raise lost
 
     async def read_u32(self, address: int, *, input_registers: bool = True) -> int:
         """A 32-bit value at ``address`` (high word first), from input or holding registers."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 class CutProxy:
@@ -177,6 +177,128 @@ class StartBehindStop(CutProxy):
                 async for frame in frames(up_reader):
                     if int.from_bytes(frame[:2], "big") == self.TID:
                         continue  # the reply to the link's own write: not the host's
+                    writer.write(frame)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())
+
+
+class ModbusTap(CutProxy):
+    """A Modbus TCP link that keeps the host's requests and can lose one reply.
+
+    :attr:`requests` holds every request PDU the host sent, in order (function code
+    first). :meth:`drop_reply` arms the link to lose the reply to the next request whose
+    PDU ``match`` accepts: the request reaches the device, which does it; only its reply
+    never comes back. The returned event is set once that reply is gone.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.requests: list[bytes] = []
+        self._grown = asyncio.Event()
+        self._match: Callable[[bytes], bool] | None = None
+        self._dropped = asyncio.Event()
+        self._drop_tids: set[bytes] = set()
+
+    def drop_reply(self, match: Callable[[bytes], bool]) -> asyncio.Event:
+        self._match, self._dropped = match, asyncio.Event()
+        return self._dropped
+
+    async def request(self, match: Callable[[bytes], bool], start: int = 0) -> int:
+        """The index in :attr:`requests` of the first request from ``start`` on that
+        ``match`` accepts, once the host has sent it."""
+        while True:
+            for i in range(start, len(self.requests)):
+                if match(self.requests[i]):
+                    return i
+            start = len(self.requests)
+            self._grown.clear()
+            await self._grown.wait()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
+            return
+        up_reader, up_writer = upstream_link
+
+        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+            while True:
+                head = await r.readexactly(6)
+                yield head + await r.readexactly(int.from_bytes(head[4:6], "big"))
+
+        async def upstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(reader):
+                    pdu = frame[7:]
+                    if self._match is not None and self._match(pdu):
+                        self._match = None
+                        self._drop_tids.add(frame[:2])
+                    self.requests.append(pdu)
+                    self._grown.set()
+                    up_writer.write(frame)
+                    await up_writer.drain()
+            up_writer.transport.abort()
+
+        async def downstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(up_reader):
+                    if frame[:2] in self._drop_tids:
+                        self._drop_tids.discard(frame[:2])
+                        self._dropped.set()
+                        continue
+                    writer.write(frame)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())
+
+
+class InjReplyDropper(CutProxy):
+    """An INJ-1 link (frames over TCP) that loses one reply: :meth:`drop_reply` arms it
+    for the next host request with command ``cmd``; that request reaches the gun, which
+    does it, and the reply carrying its SEQ is dropped. Events (SEQ 0) pass. The returned
+    event is set once the reply is gone."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self._cmd: int | None = None
+        self._seq: int | None = None
+        self._dropped = asyncio.Event()
+
+    def drop_reply(self, cmd: int) -> asyncio.Event:
+        self._cmd, self._dropped = cmd, asyncio.Event()
+        return self._dropped
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
+            return
+        up_reader, up_writer = upstream_link
+
+        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+            while True:
+                if await r.readexactly(1) != b"\x7e":
+                    continue
+                length = await r.readexactly(1)
+                yield b"\x7e" + length + await r.readexactly(length[0] + 2)
+
+        async def upstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(reader):
+                    if self._cmd is not None and frame[3] == self._cmd:
+                        self._cmd, self._seq = None, frame[2]
+                    up_writer.write(frame)
+                    await up_writer.drain()
+            up_writer.transport.abort()
+
+        async def downstream() -> None:
+            with contextlib.suppress(Exception):
+                async for frame in frames(up_reader):
+                    if self._seq is not None and frame[2] == self._seq:
+                        self._seq = None
+                        self._dropped.set()
+                        continue
                     writer.write(frame)
                     await writer.drain()
             writer.transport.abort()
