@@ -269,9 +269,11 @@ class ModbusLink:
         self._check_fc(rr, 0x05, what)
 
     async def _read_back(self, lost: DeviceTimeout, read: Callable[..., Any], address: int, count: int) -> Any:
-        """A read-back after a lost reply; when it gets no reply either, the write's DeviceTimeout stands."""
+        """A read-back after a lost reply; when it gets no reply either, the write's DeviceTimeout
+        stands. Not retried: one lost reply is what this settles, and a device that answers
+        neither is silent, to be reported one reply timeout later, not two."""
         try:
-            return await read(address, count)
+            return await read(address, count, retries=0)
         except DeviceTimeout as exc:
             raise lost from exc
 
