@@ -19,10 +19,13 @@ with a probe and ``OUTP:STAT?`` sent together, all within about one reply timeou
 
 A setting whose reply is lost (``SOUR:VOLT``, ``PULS:...``, ``CURR:LIM`` in ``configure``)
 may still have been set: ``configure`` carries on (once; a second lost reply stands) and
-its read-back of every setting decides. ``SYST:EVEN:PULS`` has no query: when its reply
-is lost it is sent once more (a setting, allowed in every state). Nothing that energises
-(``OUTP:ARM``, ``OUTP:TRIG``) is ever sent again, and nothing is carried on after a
-request that safe_state preempted (:class:`Preempted`).
+its read-back of every setting decides. A query that changes nothing (``*IDN?``,
+``OUTP:STAT?``, ``TRAIN:REP?``, the settings' queries) is asked once more, and a command
+that does the same done twice (``SYST:EVEN:PULS``, which has no query; ``OUTP:STOP``;
+``SYST:HEART``) is sent once more. Nothing that energises (``OUTP:ARM``, ``OUTP:TRIG``,
+``MEAS:IMP?``'s test pulse) is ever sent again, nor ``SYST:ERR?`` (each read takes an
+entry off the queue), and nothing is carried on after a request that safe_state
+preempted (:class:`Preempted`).
 
 The request/reply pairing is in ``drivers.epg_lines``, the train and its report in
 ``drivers.epg_train``; this module holds the driver's lifetime and device commands.
@@ -115,7 +118,7 @@ class EpgDriver(EpgLines, Device):
         return await self._request(line)
 
     async def identify(self) -> Identity:
-        reply = await self._value("*IDN?")
+        reply = await self._read("*IDN?")
         parts = reply.split(",")
         if len(parts) != 4:
             raise ProtocolError(f"{self.device_id}: malformed identity {reply!r}")
@@ -125,7 +128,7 @@ class EpgDriver(EpgLines, Device):
         """Send every setting of an :class:`EpgTrain`, then read them all back."""
         train = params if isinstance(params, EpgTrain) else EpgTrain.model_validate(params.model_dump())
         # width and period are checked against each other: order them so every step is valid
-        width_now = parse_number(await self._value("PULS:WIDT?"))
+        width_now = parse_number(await self._read("PULS:WIDT?"))
         timing = [("PULS:PER", train.period_ms), ("PULS:WIDT", train.width_ms)]
         if train.period_ms < 2 * width_now:
             timing.reverse()
@@ -144,10 +147,10 @@ class EpgDriver(EpgLines, Device):
                 log.warning("%s: %s: reply lost (%s); the read-back decides", self.device_id, line, exc)
         lost_note = f" (a reply was lost: {lost})" if lost is not None else ""
         for header, value in numeric:
-            got = parse_number(await self._value(header + "?"))
+            got = parse_number(await self._read(header + "?"))
             if abs(got - value) > 1e-9 * max(1.0, abs(value)):
                 raise ProtocolError(f"{self.device_id}: {header} reads back {got}, sent {value}{lost_note}")
-        pol = await self._value("PULS:POL?")
+        pol = await self._read("PULS:POL?")
         if pol.upper() != train.polarity.upper():
             raise ProtocolError(f"{self.device_id}: PULS:POL reads back {pol!r}, sent {train.polarity!r}{lost_note}")
         if lost is not None:
@@ -156,17 +159,11 @@ class EpgDriver(EpgLines, Device):
     async def set_pulse_events(self, on: bool) -> None:
         """``SYST:EVEN:PULS``: it has no query, so a lost reply sends it once more (a setting,
         allowed in every state: sending it twice is sending it once)."""
-        line = f"SYST:EVEN:PULS {'ON' if on else 'OFF'}"
-        try:
-            await self._command(line)
-        except Preempted:
-            raise
-        except DeviceTimeout as exc:
-            log.warning("%s: %s: reply lost (%s): sent once more", self.device_id, line, exc)
-            await self._command(line)
+        await self._again(f"SYST:EVEN:PULS {'ON' if on else 'OFF'}")
 
     async def measure_impedance(self) -> float:
-        """Applicator-to-skin impedance in ohms (above 20 000 means open circuit)."""
+        """Applicator-to-skin impedance in ohms (above 20 000 means open circuit). Never
+        asked again when its reply is lost: each one is a test pulse through the skin."""
         return parse_number(await self._value("MEAS:IMP?"))
 
     async def start(self) -> None:
@@ -190,10 +187,10 @@ class EpgDriver(EpgLines, Device):
 
     async def stop(self) -> None:
         self._energised = False  # even if the stop is lost, the watchdog will turn the output off
-        await self._command("OUTP:STOP")
+        await self._again("OUTP:STOP")
 
     async def train_report(self) -> TrainReport:
-        reply = await self._value("TRAIN:REP?")
+        reply = await self._read("TRAIN:REP?")
         parts = reply.split(",")
         if len(parts) != 4:
             raise ProtocolError(f"{self.device_id}: malformed train report {reply!r}")
@@ -203,7 +200,7 @@ class EpgDriver(EpgLines, Device):
             raise ProtocolError(f"{self.device_id}: malformed train report {reply!r}") from None
 
     async def status(self) -> DeviceStatus:
-        state = (await self._value("OUTP:STAT?")).upper()
+        state = (await self._read("OUTP:STAT?")).upper()
         if state not in STATES:
             raise ProtocolError(f"{self.device_id}: unknown state {state!r}")
         if state != "FAULT":
@@ -231,7 +228,32 @@ class EpgDriver(EpgLines, Device):
         self._last_fault = None
 
     async def heartbeat(self) -> None:
-        await self._command("SYST:HEART")
+        await self._again("SYST:HEART")
+
+    # ================================================================== a lost reply
+    async def _read(self, line: str) -> str:
+        """A query that changes nothing, asked once more when its reply is lost (the reply
+        to the first is then discarded by the resync). Not ``SYST:ERR?`` (each read takes
+        an entry off the queue) nor ``MEAS:IMP?`` (each is a test pulse)."""
+        try:
+            return await self._value(line)
+        except Preempted:
+            raise
+        except DeviceTimeout as exc:
+            log.warning("%s: %s: reply lost (%s): asked once more", self.device_id, line, exc)
+            return await self._value(line)
+
+    async def _again(self, line: str) -> None:
+        """A command that does the same done twice (``OUTP:STOP``, ``SYST:HEART``,
+        ``SYST:EVEN:PULS``), sent once more when its reply is lost. Never ``OUTP:ARM`` or
+        ``OUTP:TRIG``: what energises is not sent again."""
+        try:
+            await self._command(line)
+        except Preempted:
+            raise
+        except DeviceTimeout as exc:
+            log.warning("%s: %s: reply lost (%s): sent once more", self.device_id, line, exc)
+            await self._command(line)
 
     # ================================================================== safe state
     async def safe_state(self) -> SafeStateResult:

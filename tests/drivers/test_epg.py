@@ -592,7 +592,8 @@ async def test_a_late_reply_is_never_taken_for_the_next_request() -> None:
             await driver.query("SOUR:VOLT?")
         assert await driver.query("CURR:LIM?") == "20"  # not the late "10"
         assert await driver.query("PULS:POL?") == "MONO"
-    server_late_idn, endpoint2 = await _late_replying_device({"*IDN?": [0, 0.4]})
+    # identify asks once more when its reply is late: both asks late
+    server_late_idn, endpoint2 = await _late_replying_device({"*IDN?": [0, 0.4, 0.4]})
     async with server_late_idn, EpgDriver(endpoint2) as driver:
         await driver.query("CURR:LIM?")
         with pytest.raises(DeviceTimeout):
@@ -727,7 +728,7 @@ async def test_over_a_pseudo_terminal() -> None:
                 done = await next_event(q, "train_done")
             assert done.data["charge_uc"] == pytest.approx(5 * 20 * 0.5, rel=1e-6)  # 20 mA x 0.5 ms
             assert (await client.state())["pulses"] == 5
-            await client.inject("drop_reply")
+            await client.inject("drop_reply", count=2)  # the heartbeat's reply, and its second's
             with pytest.raises(DeviceTimeout):
                 await driver.heartbeat()
             assert (await driver.safe_state()).confirmed
