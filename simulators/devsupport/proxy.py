@@ -87,13 +87,70 @@ class CutProxy:
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
 
-class ReplyDropper(CutProxy):
+async def _lines(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """EPG-1's wire: one line at a time."""
+    while line := await r.readline():
+        yield line
+
+
+async def _mbap_frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Modbus TCP: the MBAP header (its length field counts what follows it), then the rest."""
+    while True:
+        head = await r.readexactly(6)
+        yield head + await r.readexactly(int.from_bytes(head[4:6], "big"))
+
+
+async def _inj_frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """INJ-1: 0x7E, LEN, then SEQ, CMD, the payload and the CRC (LEN + 2 bytes)."""
+    while True:
+        if await r.readexactly(1) != b"\x7e":
+            continue
+        length = await r.readexactly(1)
+        yield b"\x7e" + length + await r.readexactly(length[0] + 2)
+
+
+class FramedProxy(CutProxy):
+    """A link that relays whole frames (:meth:`frames`) both ways and lets a subclass see
+    each: :meth:`to_device` says what reaches the device for a frame the host sent (it may
+    add frames of its own), :meth:`to_host` whether a frame the device sent reaches the host."""
+
+    def frames(self, r: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    def to_device(self, frame: bytes) -> list[bytes]:
+        return [frame]
+
+    def to_host(self, frame: bytes) -> bool:
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_link = await self._open_upstream(writer)
+        if upstream_link is None:
+            return
+        up_reader, up_writer = upstream_link
+
+        async def relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                        each: Callable[[bytes], list[bytes]]) -> None:
+            with contextlib.suppress(Exception):
+                async for frame in self.frames(src):
+                    for out in each(frame):
+                        dst.write(out)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(relay(reader, up_writer, self.to_device),
+                             relay(up_reader, writer, lambda f: [f] if self.to_host(f) else []))
+
+
+class ReplyDropper(FramedProxy):
     """A line-protocol link (EPG-1) that loses one reply: the reply to the ``nth`` host line
     starting with ``prefix`` (an ``OK`` the device sent, lost on the wire). Event lines
     (``!...``) pass; :attr:`dropped` is set once the reply is gone.
 
     The host sends one line at a time and waits for its reply, so the first reply line
     after the matching host line is its reply."""
+
+    frames = staticmethod(_lines)
 
     def __init__(self, target_port: int, prefix: bytes, nth: int = 1) -> None:
         super().__init__(target_port)
@@ -103,37 +160,21 @@ class ReplyDropper(CutProxy):
         self._armed = False
         self.dropped = asyncio.Event()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_link = await self._open_upstream(writer)
-        if upstream_link is None:
-            return
-        up_reader, up_writer = upstream_link
+    def to_device(self, frame: bytes) -> list[bytes]:
+        if frame.strip().upper().startswith(self.prefix.upper()):
+            self.seen += 1
+            self._armed = self._armed or self.seen == self.nth
+        return [frame]
 
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                while line := await reader.readline():
-                    if line.strip().upper().startswith(self.prefix.upper()):
-                        self.seen += 1
-                        self._armed = self._armed or self.seen == self.nth
-                    up_writer.write(line)
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            with contextlib.suppress(Exception):
-                while line := await up_reader.readline():
-                    if self._armed and not line.startswith(b"!"):
-                        self._armed = False
-                        self.dropped.set()
-                        continue
-                    writer.write(line)
-                    await writer.drain()
-            writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+    def to_host(self, frame: bytes) -> bool:
+        if self._armed and not frame.startswith(b"!"):
+            self._armed = False
+            self.dropped.set()
+            return False
+        return True
 
 
-class StartBehindStop(CutProxy):
+class StartBehindStop(FramedProxy):
     """A Modbus TCP link on which a start reaches the device right behind the host's stop:
     once :attr:`armed`, after forwarding the host's write of coil 0 (OUTPUT) to 0 the link
     writes coil 0 to 1 itself (as a start sent on another connection, or delayed, would)
@@ -143,48 +184,27 @@ class StartBehindStop(CutProxy):
     START = bytes((0x05, 0x00, 0x00, 0xFF, 0x00))
     TID = 0xFFF0
 
+    frames = staticmethod(_mbap_frames)
+
     def __init__(self, target_port: int) -> None:
         super().__init__(target_port)
         self.armed = False
         self.injected = asyncio.Event()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_link = await self._open_upstream(writer)
-        if upstream_link is None:
-            return
-        up_reader, up_writer = upstream_link
+    def to_device(self, frame: bytes) -> list[bytes]:
+        if not (self.armed and frame[7:] == self.STOP):
+            return [frame]
+        self.armed = False
+        pdu = self.START
+        start = self.TID.to_bytes(2, "big") + b"\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + frame[6:7] + pdu
+        self.injected.set()
+        return [frame, start]
 
-        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
-            while True:
-                head = await r.readexactly(6)
-                yield head + await r.readexactly(int.from_bytes(head[4:6], "big"))
-
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(reader):
-                    up_writer.write(frame)
-                    if self.armed and frame[7:] == self.STOP:
-                        self.armed = False
-                        pdu = self.START
-                        up_writer.write(self.TID.to_bytes(2, "big") + b"\x00\x00"
-                                        + (len(pdu) + 1).to_bytes(2, "big") + frame[6:7] + pdu)
-                        self.injected.set()
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(up_reader):
-                    if int.from_bytes(frame[:2], "big") == self.TID:
-                        continue  # the reply to the link's own write: not the host's
-                    writer.write(frame)
-                    await writer.drain()
-            writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+    def to_host(self, frame: bytes) -> bool:
+        return int.from_bytes(frame[:2], "big") != self.TID  # the reply to the link's own write is not the host's
 
 
-class ModbusTap(CutProxy):
+class ModbusTap(FramedProxy):
     """A Modbus TCP link that keeps the host's requests and can lose one reply.
 
     :attr:`requests` holds every request PDU the host sent, in order (function code
@@ -192,6 +212,8 @@ class ModbusTap(CutProxy):
     PDU ``match`` accepts: the request reaches the device, which does it; only its reply
     never comes back. The returned event is set once that reply is gone.
     """
+
+    frames = staticmethod(_mbap_frames)
 
     def __init__(self, target_port: int) -> None:
         super().__init__(target_port)
@@ -216,49 +238,30 @@ class ModbusTap(CutProxy):
             self._grown.clear()
             await self._grown.wait()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_link = await self._open_upstream(writer)
-        if upstream_link is None:
-            return
-        up_reader, up_writer = upstream_link
+    def to_device(self, frame: bytes) -> list[bytes]:
+        pdu = frame[7:]
+        if self._match is not None and self._match(pdu):
+            self._match = None
+            self._drop_tids.add(frame[:2])
+        self.requests.append(pdu)
+        self._grown.set()
+        return [frame]
 
-        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
-            while True:
-                head = await r.readexactly(6)
-                yield head + await r.readexactly(int.from_bytes(head[4:6], "big"))
-
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(reader):
-                    pdu = frame[7:]
-                    if self._match is not None and self._match(pdu):
-                        self._match = None
-                        self._drop_tids.add(frame[:2])
-                    self.requests.append(pdu)
-                    self._grown.set()
-                    up_writer.write(frame)
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(up_reader):
-                    if frame[:2] in self._drop_tids:
-                        self._drop_tids.discard(frame[:2])
-                        self._dropped.set()
-                        continue
-                    writer.write(frame)
-                    await writer.drain()
-            writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+    def to_host(self, frame: bytes) -> bool:
+        if frame[:2] in self._drop_tids:
+            self._drop_tids.discard(frame[:2])
+            self._dropped.set()
+            return False
+        return True
 
 
-class InjReplyDropper(CutProxy):
+class InjReplyDropper(FramedProxy):
     """An INJ-1 link (frames over TCP) that loses one reply: :meth:`drop_reply` arms it
     for the next host request with command ``cmd``; that request reaches the gun, which
     does it, and the reply carrying its SEQ is dropped. Events (SEQ 0) pass. The returned
     event is set once the reply is gone."""
+
+    frames = staticmethod(_inj_frames)
 
     def __init__(self, target_port: int) -> None:
         super().__init__(target_port)
@@ -270,37 +273,14 @@ class InjReplyDropper(CutProxy):
         self._cmd, self._dropped = cmd, asyncio.Event()
         return self._dropped
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_link = await self._open_upstream(writer)
-        if upstream_link is None:
-            return
-        up_reader, up_writer = upstream_link
+    def to_device(self, frame: bytes) -> list[bytes]:
+        if self._cmd is not None and frame[3] == self._cmd:
+            self._cmd, self._seq = None, frame[2]
+        return [frame]
 
-        async def frames(r: asyncio.StreamReader) -> AsyncIterator[bytes]:
-            while True:
-                if await r.readexactly(1) != b"\x7e":
-                    continue
-                length = await r.readexactly(1)
-                yield b"\x7e" + length + await r.readexactly(length[0] + 2)
-
-        async def upstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(reader):
-                    if self._cmd is not None and frame[3] == self._cmd:
-                        self._cmd, self._seq = None, frame[2]
-                    up_writer.write(frame)
-                    await up_writer.drain()
-            up_writer.transport.abort()
-
-        async def downstream() -> None:
-            with contextlib.suppress(Exception):
-                async for frame in frames(up_reader):
-                    if self._seq is not None and frame[2] == self._seq:
-                        self._seq = None
-                        self._dropped.set()
-                        continue
-                    writer.write(frame)
-                    await writer.drain()
-            writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+    def to_host(self, frame: bytes) -> bool:
+        if self._seq is not None and frame[2] == self._seq:
+            self._seq = None
+            self._dropped.set()
+            return False
+        return True
