@@ -101,5 +101,9 @@ class StepContext(Protocol):
     async def delivery_started(self, delivery: Delivery) -> None:
         """The device confirmed the run began (recorded, so a late settlement knows it too)."""
 
+    async def counted(self, delivery: Delivery) -> dict[str, float]:
+        """What the device has counted under ``delivery`` so far, by its own counters (a
+        device that cannot say fails the step)."""
+
     async def settle(self, delivery: Delivery, status: str = "done", **extra: Any) -> dict[str, float]:
         """The delivery's result from the device's own figures (see ``settlement.settle``)."""

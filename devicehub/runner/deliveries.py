@@ -70,6 +70,14 @@ class DeliveryBook:
         await self.runner.event("delivery_started", delivery=delivery.intent_id, device=delivery.device_id,
                          step=delivery.step, zone=delivery.zone, point=delivery.point)
 
+    async def counted(self, delivery: Delivery) -> dict[str, float]:
+        """The device's count under ``delivery`` so far, without settling it."""
+        try:
+            return await settlement.read_delivered(delivery, self.runner.devices[delivery.device_id])
+        except settlement.Unsettled as exc:
+            raise StepFailure("delivery_unsettled", f"{delivery.device_id} did not say what it delivered: {exc}",
+                              alarm="device_fault") from exc
+
     async def settle(self, delivery: Delivery, status: str = "done", _stopping: bool = False, _defer: bool = False,
                      **extra: Any) -> dict[str, float]:
         """The one settlement (devicehub/runner/settlement.py): the device's figures in the

@@ -16,12 +16,15 @@ point's dose.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from devicehub.runner.context import StepContext, StepFailure
 from drivers.inj import InjParams
 
+
+log = logging.getLogger(__name__)
 
 #: the gun's smallest shot (INJ-1 ICD): a point needing less than this is done
 MIN_SHOT_UL = 1.0
@@ -103,6 +106,12 @@ async def run(runner: StepContext, step: Any) -> None:
                         elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
                             raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
                                               device=dev_id, code=7)
+                        elif ev.kind == "trigger_refused" and ev.data.get("reason") == 2:
+                            # the gun's cap is used up though the point still has room for
+                            # a shot: a shot's report was lost on the wire. The gun's own
+                            # totals say what it delivered; the cap is set again from them
+                            await _catch_up(runner, dev_id, step, pp, delivery)
+                            break
                 await gun.set_cap(0.0)
                 await runner.settle(delivery, "done", **_depth(pp))
                 _drop_shot_events(q)  # their shots are in the gun's totals just read
@@ -145,6 +154,23 @@ def _count_shot(runner: Any, dev_id: str, step: Any, point_id: str, pp: Any, del
                           alarm="dose_cap_reached")
     if pp.get("volume_ul") > step.dose_ul * (1 + opts.dose_tolerance) + 1e-9:
         raise StepFailure("dose_cap_reached", f"{point_id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
+                          alarm="dose_cap_reached")
+
+
+async def _catch_up(runner: Any, dev_id: str, step: Any, pp: Any, delivery: Any) -> None:
+    """Enter what the gun counted under ``delivery`` and no shot report brought (a report
+    lost or garbled on the wire: the shot was delivered, the hub never heard of it)."""
+    counted = await runner.counted(delivery)
+    missing = {k: round(counted.get(k, 0.0) - delivery.accounted.get(k, 0.0), 3) for k in ("volume_ul", "shots")}
+    if missing["shots"] <= 0 and missing["volume_ul"] <= 0:
+        return
+    log.warning("%s at %s: the gun counted %d shot(s), %.1f uL, that no shot report brought: entered from its totals",
+                dev_id, pp.point, int(missing["shots"]), missing["volume_ul"])
+    for k, v in missing.items():
+        delivery.accounted[k] = delivery.accounted.get(k, 0.0) + v
+    runner.account(dev_id, pp, volume_ul=missing["volume_ul"], shots=int(missing["shots"]))
+    if pp.get("volume_ul") > step.dose_ul * (1 + runner.options.dose_tolerance) + 1e-9:
+        raise StepFailure("dose_cap_reached", f"{pp.point}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
                           alarm="dose_cap_reached")
 
 

@@ -349,6 +349,9 @@ class SessionRunner(SessionInfo, StopPath):
     async def delivery_started(self, delivery: Delivery) -> None:
         await self.book.delivery_started(delivery)
 
+    async def counted(self, delivery: Delivery) -> dict[str, float]:
+        return await self.book.counted(delivery)
+
     async def settle(self, delivery: Delivery, status: str = "done", **extra: Any) -> dict[str, float]:
         return await self.book.settle(delivery, status, **extra)
 

@@ -284,3 +284,26 @@ class InjReplyDropper(FramedProxy):
             self._dropped.set()
             return False
         return True
+
+
+class InjEventDropper(FramedProxy):
+    """An INJ-1 link that loses the ``nth`` unsolicited event frame (SEQ 0) with command
+    ``cmd`` (0x90: a SHOT report): what the gun did, the host never hears of.
+    :attr:`dropped` is set once it is gone."""
+
+    frames = staticmethod(_inj_frames)
+
+    def __init__(self, target_port: int, cmd: int, nth: int = 1) -> None:
+        super().__init__(target_port)
+        self.cmd = cmd
+        self.nth = nth
+        self.seen = 0
+        self.dropped = asyncio.Event()
+
+    def to_host(self, frame: bytes) -> bool:
+        if frame[2] == 0 and frame[3] == self.cmd:
+            self.seen += 1
+            if self.seen == self.nth:
+                self.dropped.set()
+                return False
+        return True
