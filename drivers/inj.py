@@ -19,7 +19,8 @@ Rules this driver keeps:
   more while the gun is idle; SET_CAP is sent once more only when no shot can have used
   the cap meanwhile (the gun idle, or a cap of 0); CLEAR_FAULT took if the gun shows no
   fault;
-- a NAK becomes :class:`DeviceRefused` with the ICD code (3 out of range, 4 not allowed);
+- a NAK becomes :class:`DeviceRefused` with the ICD code (3 out of range, 4 not allowed), but
+  NAK 4 from a gun in a known fault is that :class:`DeviceFault` (ARM: STATUS tells);
 - the cap is rounded down to 0.1 uL, never up.
 """
 
@@ -33,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.base import (
+    DeviceFault,
     DeviceRefused,
     DeviceStatus,
     DeviceTimeout,
@@ -51,6 +53,7 @@ from drivers.inj_frames import (
     REFUSAL_TEXT,
     Ack,
     Cmd,
+    Code,
     FaultEvent,
     Frame,
     FrameParser,
@@ -131,6 +134,8 @@ class InjDriver(ConfirmedWrites, Device):
         self._seq = 0
         self._pending: tuple[int, asyncio.Future[Frame]] | None = None
         self._reply_timer = ReplyTimer()
+        #: the fault the gun last announced (FAULT event) or STATUS showed; None when none
+        self._fault: int | None = None
 
     # ================================================================== lifetime
     async def connect(self) -> None:
@@ -140,6 +145,7 @@ class InjDriver(ConfirmedWrites, Device):
         await link.open()
         self._parser.reset()
         self._acked_params = None  # a gun met again may have been switched off meanwhile
+        self._fault = None
         self._link = link
         self.connected = True
 
@@ -208,6 +214,7 @@ class InjDriver(ConfirmedWrites, Device):
             elif frame.cmd == Cmd.FAULT:
                 code = FaultEvent.unpack(frame.payload).code
                 self._energised = False  # the gun disarmed itself; the heartbeat loop ends
+                self._fault = code
                 self._emit("fault", code=code, text=code_text(code))
             elif frame.cmd == Cmd.TRIGGER_REFUSED:
                 reason = TriggerRefused.unpack(frame.payload).reason
@@ -257,6 +264,10 @@ class InjDriver(ConfirmedWrites, Device):
         reply = frame.cmd
         if reply == _NAK:
             code = Nak.unpack(frame.payload).code
+            if code == Code.NOT_ALLOWED and self._fault is not None and cmd != Cmd.CLEAR_FAULT:
+                # refused because the gun faulted (its FAULT event came first): the fault is the
+                # answer (CLEAR_FAULT's refusal means the cause is still there: a refusal)
+                raise DeviceFault(self._fault, code_text(self._fault))
             raise DeviceRefused(code, f"{cmd.name}: {code_text(code)}")
         expected = EXPECTED_REPLY.get(cmd, _ACK)
         if reply != expected:
@@ -300,6 +311,9 @@ class InjDriver(ConfirmedWrites, Device):
         """ARM. On a missing or unreadable reply, STATUS tells whether it armed (ARM is not retried)."""
         try:
             state = await self._ack(Cmd.ARM)
+        except DeviceRefused as exc:
+            await self._arm_refused(exc)  # STATUS says why: a latched fault is the answer
+            raise
         except (DeviceTimeout, ProtocolError) as exc:
             status = await self.status()
             if not status.output_on:
@@ -322,6 +336,7 @@ class InjDriver(ConfirmedWrites, Device):
         if not armed and self._energised:
             self._energised = False  # the gun is not armed (a FAULT event may have been lost)
         fault = st.fault
+        self._fault = fault or None
         return DeviceStatus(
             STATE_NAMES.get(state) or state_name(state),
             armed,
@@ -340,6 +355,7 @@ class InjDriver(ConfirmedWrites, Device):
     async def clear_fault(self) -> None:
         """CLEAR_FAULT; DeviceRefused(4) while the cause is still present."""
         await self._send_clear_fault()  # a lost reply: STATUS decides (drivers.inj_confirm)
+        self._fault = None
 
     async def heartbeat(self) -> None:
         state = await self._ack(Cmd.HEARTBEAT, retries=READ_ONLY_RETRIES)

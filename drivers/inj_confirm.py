@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from drivers.base import DeviceTimeout, DriverError
-from drivers.inj_frames import Cap, Cmd, Params, State, Status
+from drivers.base import DeviceFault, DeviceRefused, DeviceTimeout, DriverError
+from drivers.inj_frames import Cap, Cmd, Code, Params, State, Status, code_text
 
 log = logging.getLogger("drivers.inj")
 
@@ -91,6 +91,20 @@ class ConfirmedWrites:
             log.warning("%s: SET_CAP %.1f uL unanswered (%s); the gun is %s: sent once more",
                         self.device_id, x10 / 10, lost, _name(st.state))
             await self._ack(Cmd.SET_CAP, Cap(x10).pack())
+
+    async def _arm_refused(self, refused: DeviceRefused) -> None:
+        """ARM refused (NAK 4): when STATUS shows a latched fault, that fault is raised (a
+        fault the technician can remove then pauses the session as its event would); else
+        the refusal stands."""
+        if refused.code != Code.NOT_ALLOWED:
+            return
+        try:
+            st = await self._read_status()
+        except DriverError:
+            return
+        if st.state == State.FAULT and st.fault:
+            log.warning("%s: ARM refused; STATUS shows fault %d (%s)", self.device_id, st.fault, code_text(st.fault))
+            raise DeviceFault(st.fault, code_text(st.fault)) from refused
 
     async def _send_clear_fault(self) -> None:
         try:

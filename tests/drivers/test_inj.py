@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as hst
 from pydantic import ValidationError
 
-from drivers.base import DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.base import DeviceFault, DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
 from drivers.crc import crc16_modbus_bytewise
 from drivers.inj import InjDriver, InjParams
 from drivers.inj_frames import (
@@ -621,13 +621,39 @@ async def test_occlusion_while_armed(inj, ctl):
     with pytest.raises(DeviceRefused) as err:
         await inj.clear_fault()  # the cause is still there
     assert err.value.code == 4
-    with pytest.raises(DeviceRefused):
-        await inj.start()
+    with pytest.raises(DeviceFault) as refused:
+        await inj.start()  # refused (NAK 4) because of the fault: the fault is the answer
+    assert refused.value.code == 6
     await ctl.clear("occlusion")
     await inj.clear_fault()
     s = await inj.status()
     assert (s.state, s.fault) == ("idle", None)
     await poll_state(ctl, lambda st: st["pressure_kpa"] < 400)
+
+
+async def test_an_arm_refused_by_a_fault_the_driver_never_heard_of_raises_that_fault(sim, ctl):
+    # the gun latched occlusion before this connection: ARM's refusal (NAK 4) is read
+    # with STATUS, and the fault it shows is raised, as its event would have told
+    first = InjDriver(sim.endpoint)
+    await first.connect()
+    try:
+        await armed_with_cap(first, InjParams(volume_ul=20.0, depth_mm=1.5), 100.0)
+        async with first.subscribe() as q:
+            await ctl.inject("occlusion")
+            await next_event(q, "fault")
+    finally:
+        await first.close()
+    later = InjDriver(sim.endpoint)
+    await later.connect()
+    try:
+        with pytest.raises(DeviceFault) as err:
+            await later.start()
+        assert err.value.code == 6 and "occlusion" in err.value.text
+        with pytest.raises(DeviceRefused) as still:
+            await later.clear_fault()  # the cause is still there: a refusal, not a fault
+        assert still.value.code == 4
+    finally:
+        await later.close()
 
 
 async def test_occlusion_while_idle_faults_at_the_next_shot(inj, ctl):
