@@ -197,6 +197,27 @@ async def open_hub(directory: Path, *, limits: Path | None = None,
                 await hub.release()  # before the room closes: no stalled device to wait for
 
 
+@contextlib.asynccontextmanager
+async def open_hub_through(directory: Path, device_id: str, wire_for: Callable[[int], Any]
+                           ) -> AsyncIterator[tuple[Hub, Any]]:
+    """:func:`open_hub` with one device reached through a test link: ``wire_for(port)``
+    builds it (a proxy of simulators/devsupport/proxy.py) on the device's own port; the
+    hub and the link are yielded."""
+    async with open_sims(directory) as sim:
+        config = HubConfig.load(sim.config_path)
+        dev = next(d for d in config.devices if d.id == device_id)
+        async with wire_for(dev.parsed_endpoint.port) as wire:
+            devices = [d.model_copy(update={"endpoint": f"socket://127.0.0.1:{wire.port}"}) if d is dev else d
+                       for d in config.devices]
+            proxied = config.model_copy(update={"devices": devices})
+            async with open_room(proxied) as (store, room, sub):
+                hub = Hub(sim=sim, config=proxied, store=store, room=room, sub=sub)
+                try:
+                    yield hub, wire
+                finally:
+                    await hub.release()
+
+
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     async with open_hub(tmp_path / "room") as h:

@@ -14,44 +14,33 @@ from typing import Any
 
 import pytest
 
-from devicehub.models.config import HubConfig
 from devicehub.runner import settlement
 from devicehub.runner.settlement import Delivery
 from drivers.base import DeviceStatus
 from simulators.devsupport.proxy import ReplyDropper
 
-from .conftest import FAST_DEMO, Hub, assert_totals_match, open_room, open_sims
+from .conftest import FAST_DEMO, assert_totals_match, open_hub_through
 
 
 async def test_a_train_whose_trigger_reply_was_lost_is_in_the_record(tmp_path: Path) -> None:
-    async with open_sims(tmp_path / "room") as sim:
-        config = HubConfig.load(sim.config_path)
-        epg = next(d for d in config.devices if d.id == "epg-1")
-        # the OK of the second OUTP:TRIG is lost on its way: the device runs the train,
-        # the hub never hears that it began
-        async with ReplyDropper(epg.parsed_endpoint.port, b"OUTP:TRIG", nth=2) as wire:
-            devices = [d.model_copy(update={"endpoint": f"socket://127.0.0.1:{wire.port}"}) if d is epg else d
-                       for d in config.devices]
-            proxied = config.model_copy(update={"devices": devices})
-            async with open_room(proxied) as (store, room, sub):
-                hub = Hub(sim=sim, config=proxied, store=store, room=room, sub=sub)
-                try:
-                    await hub.auto_trigger(20)
-                    runner = await hub.start("demo", params=FAST_DEMO)
-                    final = await hub.finish(runner)
-                    assert wire.dropped.is_set()
-                    sims = await hub.sim_states()
-                    assert sims["epg-1"]["pulses"] == 20  # two trains ran on the device
-                    summary = hub.store.read_session(runner.session_id)
-                    assert summary["in_flight"] == []
-                    assert_totals_match(summary["totals"], sims)
-                    # the terminal event's totals too (what the clinic and the site are sent)
-                    end = [e for e in await hub.store.events(runner.session_id) if e["event"] == final][-1]
-                    assert_totals_match(end["data"]["totals"], sims)
-                    rows = [r for r in await hub.store.deliveries(runner.session_id) if r["device"] == "epg-1"]
-                    assert [r["delivered"]["pulses"] for r in rows] == [10, 10]
-                finally:
-                    await hub.release()
+    # the OK of the second OUTP:TRIG is lost on its way: the device runs the train, the hub
+    # never hears that it began
+    async with open_hub_through(tmp_path / "room", "epg-1",
+                                lambda port: ReplyDropper(port, b"OUTP:TRIG", nth=2)) as (hub, wire):
+        await hub.auto_trigger(20)
+        runner = await hub.start("demo", params=FAST_DEMO)
+        final = await hub.finish(runner)
+        assert wire.dropped.is_set()
+        sims = await hub.sim_states()
+        assert sims["epg-1"]["pulses"] == 20  # two trains ran on the device
+        summary = hub.store.read_session(runner.session_id)
+        assert summary["in_flight"] == []
+        assert_totals_match(summary["totals"], sims)
+        # the terminal event's totals too (what the clinic and the site are sent)
+        end = [e for e in await hub.store.events(runner.session_id) if e["event"] == final][-1]
+        assert_totals_match(end["data"]["totals"], sims)
+        rows = [r for r in await hub.store.deliveries(runner.session_id) if r["device"] == "epg-1"]
+        assert [r["delivered"]["pulses"] for r in rows] == [10, 10]
 
 
 class _Emitter:
