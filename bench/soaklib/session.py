@@ -175,16 +175,20 @@ async def _confirm(room: Room, sid: str) -> None:
 
 
 async def _ack_prompts(room: Room, sid: str) -> None:
-    """The technician acknowledges each confirm step as it comes."""
-    acked = 0
+    """The technician acknowledges each prompt as it comes: the last prompt shown, when no
+    acknowledgement was recorded after it and this one was not acknowledged yet. A pause
+    that cuts a confirm step after the acknowledgement was taken, before it was recorded,
+    shows the prompt again after the resume (a new ``prompt`` event): that one is
+    acknowledged again (the 22:33 hour's #330 waited on it for ever, counting prompts)."""
+    acked: int | None = None  # the index of the last prompt acknowledged
     while True:
         events = await room.aread("events", sid)
-        prompts = sum(1 for e in events if e["event"] == "prompt")
-        done = sum(1 for e in events if e["event"] == "prompt_acknowledged")
-        if prompts > done and acked <= done:
+        last = max((i for i, e in enumerate(events) if e["event"] == "prompt"), default=None)
+        answered = last is not None and any(e["event"] == "prompt_acknowledged" for e in events[last:])
+        if last is not None and not answered and acked != last:
             reply = await room.tech.request("prompt_ack", by="tech")
             if reply and reply.get("ok"):
-                acked = done + 1
+                acked = last
         await asyncio.sleep(0.2)
 
 
