@@ -21,8 +21,9 @@ A setting whose reply is lost (``SOUR:VOLT``, ``PULS:...``, ``CURR:LIM`` in ``co
 may still have been set: ``configure`` carries on (once; a second lost reply stands) and
 its read-back of every setting decides. A query that changes nothing (``*IDN?``,
 ``OUTP:STAT?``, ``TRAIN:REP?``, the settings' queries) is asked once more, and a command
-that does the same done twice (``SYST:EVEN:PULS``, which has no query; ``OUTP:STOP``;
-``SYST:HEART``) is sent once more. Nothing that energises (``OUTP:ARM``, ``OUTP:TRIG``,
+that does the same done twice (``SYST:EVEN:PULS``, which has no query; ``OUTP:STOP``)
+is sent once more; ``SYST:HEART`` is not (a silent device is found by it, inside its
+watchdog). Nothing that energises (``OUTP:ARM``, ``OUTP:TRIG``,
 ``MEAS:IMP?``'s test pulse) is ever sent again, nor ``SYST:ERR?`` (each read takes an
 entry off the queue), and nothing is carried on after a request that safe_state
 preempted (:class:`Preempted`).
@@ -228,7 +229,9 @@ class EpgDriver(EpgLines, Device):
         self._last_fault = None
 
     async def heartbeat(self) -> None:
-        await self._again("SYST:HEART")
+        # not sent again when its reply is lost: the heartbeat is how a silent device is
+        # found, inside the device's own 500 ms watchdog (docs/decisions/0014)
+        await self._command("SYST:HEART")
 
     # ================================================================== a lost reply
     async def _read(self, line: str) -> str:
@@ -244,8 +247,8 @@ class EpgDriver(EpgLines, Device):
             return await self._value(line)
 
     async def _again(self, line: str) -> None:
-        """A command that does the same done twice (``OUTP:STOP``, ``SYST:HEART``,
-        ``SYST:EVEN:PULS``), sent once more when its reply is lost. Never ``OUTP:ARM`` or
+        """A command that does the same done twice (``OUTP:STOP``, ``SYST:EVEN:PULS``), sent
+        once more when its reply is lost. Never ``OUTP:ARM`` or
         ``OUTP:TRIG``: what energises is not sent again."""
         try:
             await self._command(line)

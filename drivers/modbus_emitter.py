@@ -11,7 +11,7 @@ Behaviour:
 - ``start`` writes OUTPUT=1, then reads STATE once: a fault found at the start (LED
   applicator too far) raises :class:`DeviceFault` after the ``fault`` event.
 - A write whose reply is lost is settled by reading back (the device may have done it;
-  only its reply was lost): setpoints and HEARTBEAT that read back as written took, else
+  only its reply was lost): setpoints that read back as written took, else
   they are written once more (``ModbusLink.write_registers(confirm=True)``); OUTPUT=1
   took if coil 0 reads back on, and is never written again when it reads off (an
   exposure that started and already ended must not start twice): the DeviceTimeout
@@ -286,7 +286,10 @@ class ModbusEmitter(Device):
     async def heartbeat(self) -> None:
         self._hb_value = (self._hb_value + 1) & 0xFFFF
         self._last_keepalive = time.monotonic()
-        await self.link.write_register(self.heartbeat_register, self._hb_value, confirm=True)
+        # not confirmed by a read-back when its reply is lost: the heartbeat is how a silent
+        # device is found, and a read-back would spend another reply timeout of the
+        # device's own watchdog (docs/decisions/0014)
+        await self.link.write_register(self.heartbeat_register, self._hb_value)
         await self.poll()
 
     @property

@@ -127,7 +127,11 @@ async def test_a_start_unconfirmed_with_a_fault_at_the_start_raises_the_fault() 
 # --------------------------------------------------------------------------- while on
 
 
-async def test_a_heartbeat_whose_reply_is_lost_is_read_back_and_the_run_goes_on() -> None:
+async def test_a_heartbeat_whose_reply_is_lost_is_reported_at_once_not_read_back() -> None:
+    # the heartbeat is how the hub learns that a device went silent, and the device's
+    # watchdog (1 s here) switches it off by itself: a read-back would spend another reply
+    # timeout, and a stalled emitter would go off by its own watchdog before the hub knew
+    # (the 22:33 hour's #555: the LED went off 77 ms after the stalled PEMF-1's watchdog)
     async with tapped("led", LedDriver) as (d, tap, ctl):
         await d.configure(LONG)
         async with d.subscribe() as q:
@@ -135,13 +139,10 @@ async def test_a_heartbeat_whose_reply_is_lost_is_read_back_and_the_run_goes_on(
             dropped = tap.drop_reply(fc(0x06, LedDriver.heartbeat_register))
             await asyncio.wait_for(dropped.wait(), 5.0)
             lost = await seen(tap, fc(0x06, LedDriver.heartbeat_register))
-            read_back = await seen(tap, fc(0x03, LedDriver.heartbeat_register), lost + 1)
-            await seen(tap, fc(0x06, LedDriver.heartbeat_register), read_back + 1)  # the next heartbeat
-            assert "heartbeat_failed" not in drained(q)
-        assert d.energised
-        assert tap.requests[lost:].count(tap.requests[lost]) == 1  # that value was written once
-        assert (await ctl.state())["output_on"] is True
+            await next_event(q, "heartbeat_failed")
+        assert not any(fc(0x03, LedDriver.heartbeat_register)(pdu) for pdu in tap.requests[lost + 1:])
         assert (await d.safe_state()).confirmed
+        assert (await ctl.state())["output_on"] is False
 
 
 async def test_a_stop_whose_reply_is_lost_is_read_back() -> None:
