@@ -102,7 +102,7 @@ async def run(runner: StepContext, step: Any) -> None:
                     while not _point_complete(step, pp, tol) and _cap(runner, step, pp, configured) >= configured - 1e-9:
                         ev = await q.get()
                         if ev.kind == "shot":
-                            _count_shot(runner, dev_id, step, pt.id, pp, delivery, ev, configured)
+                            _count_shot(runner, dev_id, step, pp, delivery, ev, configured)
                         elif ev.kind == "trigger_refused" and ev.data.get("reason") == 3:
                             raise StepFailure("reservoir_empty", f"{dev_id}: reservoir empty", alarm="device_fault",
                                               device=dev_id, code=7)
@@ -137,7 +137,7 @@ def _point_complete(step: Any, pp: Any, tol: float) -> bool:
     return got >= step.dose_ul * (1 - tol) or step.dose_ul - got < MIN_SHOT_UL
 
 
-def _count_shot(runner: Any, dev_id: str, step: Any, point_id: str, pp: Any, delivery: Any, ev: Any,
+def _count_shot(runner: Any, dev_id: str, step: Any, pp: Any, delivery: Any, ev: Any,
                 configured: float) -> None:
     """A shot the gun reported: into the point, the delivery and the session's totals; a gun
     that reports more than it was set to, or a point past its dose, stops the step."""
@@ -152,9 +152,7 @@ def _count_shot(runner: Any, dev_id: str, step: Any, point_id: str, pp: Any, del
     if vol > configured * (1 + opts.shot_overreport):
         raise StepFailure("device_overreport", f"{dev_id} reported {vol:.1f} uL for a {configured:.1f} uL shot",
                           alarm="dose_cap_reached")
-    if pp.get("volume_ul") > step.dose_ul * (1 + opts.dose_tolerance) + 1e-9:
-        raise StepFailure("dose_cap_reached", f"{point_id}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
-                          alarm="dose_cap_reached")
+    _check_point_dose(runner, step, pp)
 
 
 async def _catch_up(runner: Any, dev_id: str, step: Any, pp: Any, delivery: Any) -> None:
@@ -169,7 +167,12 @@ async def _catch_up(runner: Any, dev_id: str, step: Any, pp: Any, delivery: Any)
     for k, v in missing.items():
         delivery.accounted[k] = delivery.accounted.get(k, 0.0) + v
     runner.account(dev_id, pp, volume_ul=missing["volume_ul"], shots=int(missing["shots"]))
-    if pp.get("volume_ul") > step.dose_ul * (1 + runner.options.dose_tolerance) + 1e-9:
+    _check_point_dose(runner, step, pp)
+
+
+def _check_point_dose(runner: Any, step: Any, pp: Any) -> None:
+    """A point past its dose with the tolerance stops the step (the gun's cap should never let it)."""
+    if _point_room(runner, step, pp) < -1e-9:
         raise StepFailure("dose_cap_reached", f"{pp.point}: {pp.get('volume_ul'):.1f} uL exceeds the point's dose",
                           alarm="dose_cap_reached")
 
