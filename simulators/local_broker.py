@@ -2,6 +2,10 @@
 
 Never a mock: the Debian ``mosquitto`` binary, with ``set_tcp_nodelay true`` (see
 shared/measured.md) and a queue deep enough for clinic consumers.
+
+Its log goes to ``log_path``, a file in its own directory, never to a pipe: a pipe that
+nobody reads fills at 64 KiB and then mosquitto stops in the middle of a write, serving
+no one (a long test's warnings, a bridge that cannot connect, ``log_type all``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ class LocalBroker:
         self.allow_anonymous = allow_anonymous
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def log_tail(self, limit: int = 4000) -> str:
+        """The end of mosquitto's log (what it said before it exited, for an error)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:] if self.log_path else ""
+        except OSError:
+            return ""
 
     @property
     def url(self) -> str:
@@ -55,13 +67,14 @@ class LocalBroker:
             "log_type error\n"
             "log_type warning\n" + self.extra_conf
         )
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.log_path = Path(self._dir.name) / "mosquitto.log"
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
+                raise RuntimeError(f"mosquitto exited: {self.log_tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return self

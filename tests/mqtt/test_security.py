@@ -57,12 +57,14 @@ class SecuredBroker:
         (self.workdir / "mosquitto.conf").write_text(conf)
         shutil.copy(CONF_DIR / "acl", self.workdir / "acl")
         os.chmod(self.workdir / "acl", 0o644)
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = self.workdir / "mosquitto.log"  # a file, not a pipe nobody reads (see test_local_broker.py)
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
+                                         stdout=subprocess.DEVNULL, stderr=fh)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode(errors='replace')}")
+                raise RuntimeError(f"mosquitto exited: {log.read_text(errors='replace')[-4000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
