@@ -34,14 +34,16 @@ def mosquitto_binary() -> str:
 class LocalBroker:
     """``with LocalBroker() as b: ... b.port``; ``extra_conf`` adds lines (ACLs, passwords)."""
 
-    def __init__(self, port: int | None = None, extra_conf: str = "", allow_anonymous: bool = True) -> None:
+    def __init__(self, port: int | None = None, extra_conf: str = "", allow_anonymous: bool = True,
+                 log_path: Path | None = None) -> None:
         self.port = port or free_port()
+        self._keep_log = log_path  # given: the log outlives the broker and its restarts (appended)
         self.host = "127.0.0.1"
         self.extra_conf = extra_conf
         self.allow_anonymous = allow_anonymous
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path: Path | None = None
+        self.log_path: Path | None = log_path
 
     def log_tail(self, limit: int = 4000) -> str:
         """The end of mosquitto's log (what it said before it exited, for an error)."""
@@ -67,7 +69,7 @@ class LocalBroker:
             "log_type error\n"
             "log_type warning\n" + self.extra_conf
         )
-        self.log_path = Path(self._dir.name) / "mosquitto.log"
+        self.log_path = self._keep_log or Path(self._dir.name) / "mosquitto.log"
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                          stderr=log)

@@ -132,14 +132,16 @@ def upstream_of(endpoint: str) -> tuple[str, int]:
 class Broker:
     """Mosquitto on a fixed port with persistence (the followers' sessions outlive a restart)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, log_all: bool = False) -> None:
         # mosquitto drops root privileges before writing its database: a directory it can
         # reach (the run's own directory is private to this user)
         self.store = Path(tempfile.mkdtemp(prefix="devicehub-soak-mosq-"))
         os.chmod(self.store, 0o777)
         self.port = free_port()
-        self.broker = LocalBroker(port=self.port, extra_conf=(
-            f"persistence true\npersistence_location {self.store}/\nautosave_interval 3600\n"))
+        self.log_path = directory / "mosquitto.log"  # every start's log, kept with the run
+        self.broker = LocalBroker(port=self.port, log_path=self.log_path, extra_conf=(
+            f"persistence true\npersistence_location {self.store}/\nautosave_interval 3600\n"
+            + ("log_type all\n" if log_all else "")))
         self.restarts = 0
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +24,26 @@ from bench.soaklib.procs import Broker
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(120)]
 
 
+def _post_mortem(follower: Follower, broker: Broker, total: int) -> str:
+    """Which messages the follower lacks and what the broker logged of their publishers."""
+    got = {m.body.get("msg_id") for m in follower.messages if isinstance(m.body, dict)}
+    missing = [n for n in range(1, total + 1) if f"m{n}" not in got]
+    try:
+        log = broker.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        log = []
+    lines = [f"missing {len(missing)}: {missing[:40]}; follower connects {follower.connects}, "
+             f"session_present {follower.session_present}; broker log {broker.log_path}"]
+    for n in missing[:5]:  # its publisher's lines, each with the broker's next (where it went)
+        for i, ln in enumerate(log):
+            if f"soak-test-pub-{n} " in ln:
+                lines += [ln] + (log[i + 1:i + 2] if "Received PUBLISH" in ln else [])
+    return "\n".join(lines)
+
+
 async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
-    broker = Broker(Path(tempfile.mkdtemp(prefix="soak-follower-test-")))
+    run = Path(tempfile.mkdtemp(prefix="soak-follower-test-"))
+    broker = Broker(run, log_all=True)  # its whole log, for a failure's post-mortem
     broker.start()
     follower = Follower(broker.port, "t/room")
     total = 600
@@ -56,5 +75,9 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
         assert (report["gaps"], report["duplicates"], report["messages"]) == (0, 0, total), report
         assert follower.session_present[1:] == [True] * 3  # the session outlived each restart
     finally:
+        if len({m.body.get("msg_id") for m in follower.messages if isinstance(m.body, dict)}) < total:
+            print(_post_mortem(follower, broker, total))  # cut by the timeout: say what is known
+        else:
+            shutil.rmtree(run, ignore_errors=True)
         await follower.stop()
         broker.stop()
