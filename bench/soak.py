@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -169,6 +170,34 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     }
 
 
+class RigPauses:
+    """The soak's own process, watched: how long each full garbage collection held it. The
+    soak stamps the stops it sends and carries the hub's device traffic through its proxies,
+    so a pause of its own would be counted against the hub (the 00:47 hour's #326)."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.ms.append((time.perf_counter() - self._t0) * 1000.0)
+
+    def __enter__(self) -> "RigPauses":
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+    def report(self) -> dict[str, Any]:
+        return {"full_collections": len(self.ms), "max_ms": round(max(self.ms, default=0.0), 1)}
+
+
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nsoak seed {r['seed']}: {r['sessions']} sessions in {r['minutes']:g} min")
     print("\nsessions by end state")
@@ -188,6 +217,8 @@ def print_table(r: dict[str, Any]) -> None:
             print(f"      {line}")
     print(f"\nhub kills {r['hub_kills']}, broker restarts {r['broker_restarts']}, cuts {r['cuts']}, "
           f"seq {r['seq']['messages']} messages over {r['seq']['boots']} boots; resources {r['resources']}")
+    g = r.get("rig_gc") or {}
+    print(f"the soak's own full garbage collections: {g.get('full_collections')}, longest {g.get('max_ms')} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     niceness = _set_niceness(args.niceness)
     directory = Path(tempfile.mkdtemp(prefix="devicehub-soak-"))
     try:
-        result = asyncio.run(soak(args, directory))
+        with RigPauses() as pauses:
+            result = asyncio.run(soak(args, directory))
+        result["rig_gc"] = pauses.report()
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("soak stopped before its end: no table, nothing written", flush=True)
         return 130

@@ -8,25 +8,28 @@ now records each message inside paho's callback, before paho acknowledges it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from bench.soaklib.clients import Follower
 from bench.soaklib.procs import Broker
+from simulators.local_broker import LocalBroker
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(120)]
 
 
 def _post_mortem(follower: Follower, broker: Broker, total: int) -> str:
     """Which messages the follower lacks and what the broker logged of their publishers."""
-    got = {m.body.get("msg_id") for m in follower.messages if isinstance(m.body, dict)}
+    got = follower.msg_ids()
     missing = [n for n in range(1, total + 1) if f"m{n}" not in got]
     try:
         log = broker.log_path.read_text(errors="replace").splitlines()
@@ -69,15 +72,43 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(broker.restart, 0.3)
         await asyncio.wait_for(task, 60)
-        while len({m.body["msg_id"] for m in follower.messages}) < total:
+        while len(follower.msg_ids()) < total:
             await asyncio.sleep(0.05)  # bounded by the test's timeout
         report = follower.seq_report()
         assert (report["gaps"], report["duplicates"], report["messages"]) == (0, 0, total), report
         assert follower.session_present[1:] == [True] * 3  # the session outlived each restart
     finally:
-        if len({m.body.get("msg_id") for m in follower.messages if isinstance(m.body, dict)}) < total:
+        if len(follower.msg_ids()) < total:
             print(_post_mortem(follower, broker, total))  # cut by the timeout: say what is known
         else:
             shutil.rmtree(run, ignore_errors=True)
         await follower.stop()
         broker.stop()
+
+
+async def test_what_the_follower_keeps_adds_nothing_to_a_full_garbage_collection() -> None:
+    """Regression test of the 00:47 hour's #326 (an abort at the console 59 ms, the hub's own
+    figure 4.9 ms): the follower kept every message's dict, and a full collection of the
+    soak's process (one each time its heap grew by a quarter) took 70-150 ms there, between
+    the soak's stamp of a stop and its sending it. Its records are now plain tuples of
+    strings and numbers, which the collector stops tracking."""
+    total = 3000
+    with LocalBroker() as broker:
+        follower = Follower(broker.port, "t/room")
+        await follower.start()
+        try:
+            gc.collect()
+            before = len(gc.get_objects())
+            async with aiomqtt.Client(broker.host, broker.port, identifier="gc-pub") as pub:
+                for n in range(1, total + 1):
+                    body = {"type": "session.event", "boot": 1, "seq": n, "msg_id": f"m{n}", "session": "S",
+                            "data": {"event": "point_done", "delivered": {"volume_ul": 20.0}, "point": "p"}}
+                    await pub.publish("t/room/e", json.dumps(body), qos=1)
+            while len(follower.msg_ids()) < total:
+                await asyncio.sleep(0.05)  # bounded by the test's timeout
+            gc.collect()
+            grown = len(gc.get_objects()) - before
+            assert grown < total // 10, f"{grown} more objects for the collector to scan after {total} messages"
+            assert follower.seq_report()["messages"] == total
+        finally:
+            await follower.stop()
