@@ -8,6 +8,7 @@ now records each message inside paho's callback, before paho acknowledges it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import shutil
@@ -112,3 +113,87 @@ async def test_what_the_follower_keeps_adds_nothing_to_a_full_garbage_collection
             assert follower.seq_report()["messages"] == total
         finally:
             await follower.stop()
+
+
+class _SubscribeHolder:
+    """Bytes between an MQTT client and the broker, whole packets; the client's SUBSCRIBE
+    is held back until ``release()`` (a broker slow to take it)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = 0
+        self.held = asyncio.Event()
+        self._release = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> "_SubscribeHolder":
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self._writers += [writer, up_writer]
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        async def up() -> None:
+            while True:
+                first = await reader.readexactly(1)
+                length, shift, header = 0, 0, first
+                while True:
+                    b = await reader.readexactly(1)
+                    header += b
+                    length |= (b[0] & 0x7F) << shift
+                    shift += 7
+                    if not b[0] & 0x80:
+                        break
+                packet = header + await reader.readexactly(length)
+                if first[0] >> 4 == 8:  # SUBSCRIBE
+                    self.held.set()
+                    await self._release.wait()
+                up_writer.write(packet)
+                await up_writer.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(up(), down())
+
+    async def stop(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_the_follower_is_started_only_once_the_broker_has_its_subscription() -> None:
+    """Regression test of the follower test's flake (4 December, run 10; its post-mortem
+    caught it on 5 December): ``start`` returned at CONNACK, so a message published before
+    the broker had the follower's SUBSCRIBE went to nobody and the follower waited for it
+    for ever. Here the SUBSCRIBE is held back while a message is published."""
+    with LocalBroker() as broker:
+        holder = await _SubscribeHolder(broker.port).start()
+        follower = Follower(holder.port, "t/room")
+        starting = asyncio.create_task(follower.start())
+        try:
+            await holder.held.wait()
+            async with aiomqtt.Client(broker.host, broker.port, identifier="hold-pub") as pub:
+                await pub.publish("t/room/e", json.dumps({"seq": 1, "msg_id": "m1"}), qos=1)
+                returned_before_subscribed = starting.done()
+                holder.release()
+                await starting
+                await pub.publish("t/room/e", json.dumps({"seq": 2, "msg_id": "m2"}), qos=1)
+            while "m2" not in follower.msg_ids():
+                await asyncio.sleep(0.02)  # bounded by the test's timeout
+            assert not returned_before_subscribed, "start() returned before the broker had the subscription"
+            assert follower.msg_ids() == {"m2"}  # m1 went to nobody: it was published before start() returned
+        finally:
+            starting.cancel()
+            await follower.stop()
+            await holder.stop()
