@@ -64,6 +64,13 @@ class NotConnected(DriverError):
     """The connection is closed or was lost."""
 
 
+class Preempted(DeviceTimeout):
+    """A safe state took the device first: a request that gave up because safe_state took
+    the link (not a lost reply, so nothing may be settled by a read-back and carried on
+    after it), or a start refused because a safe state came after the configure it
+    belongs to. The stop that took it decides how the session ends."""
+
+
 # --------------------------------------------------------------------------- data
 
 

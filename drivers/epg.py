@@ -88,6 +88,12 @@ class EpgDriver(EpgLines, Device):
         self._preempting = False
         self._last_fault: tuple[int, str] | None = None
         self._safe_task: asyncio.Future[SafeStateResult] | None = None
+        #: safe states begun (counted before any await), the count when the last configure
+        #: began (the device's own settings count from the connection until the first), and,
+        #: while OUTP:ARM or OUTP:TRIG waits for the link, the count it needs
+        self._safe_states = 0
+        self._configured_at = 0
+        self._energise_gate: int | None = None
         #: OUTP:TRIG lines written, and how many had been when a ``!PULSE`` or ``!DONE`` last came
         self._triggers_written = 0
         self._train_seen_at = 0
@@ -128,6 +134,7 @@ class EpgDriver(EpgLines, Device):
     async def configure(self, params: BaseModel) -> None:
         """Send every setting of an :class:`EpgTrain`, then read them all back."""
         train = params if isinstance(params, EpgTrain) else EpgTrain.model_validate(params.model_dump())
+        self._configured_at = self._safe_states  # a safe state from here on voids this train
         # width and period are checked against each other: order them so every step is valid
         width_now = parse_number(await self._read("PULS:WIDT?"))
         timing = [("PULS:PER", train.period_ms), ("PULS:WIDT", train.width_ms)]
@@ -169,12 +176,27 @@ class EpgDriver(EpgLines, Device):
 
     async def start(self) -> None:
         """Arm (IDLE -> ARMED); from here the heartbeat keeps the device's watchdog fed."""
-        await self._command("OUTP:ARM")
+        await self._energising("OUTP:ARM")
         self._set_energised(True)
 
     async def trigger(self) -> None:
         """Start the armed train (ARMED -> RUNNING); the device times the pulses."""
-        await self._command("OUTP:TRIG")
+        await self._energising("OUTP:TRIG")
+
+    async def _energising(self, line: str) -> None:
+        """``OUTP:ARM`` or ``OUTP:TRIG`` for the train configured last, never after a safe
+        state that came since that configure: checked again on the link, right before the
+        line is written (a step that outlived a stop must not arm or fire; a line written
+        before the safe state's ``OUTP:STOP`` is undone by it, the device taking lines in
+        order)."""
+        gate = self._configured_at
+        if gate != self._safe_states:
+            raise Preempted(f"{self.device_id}: a safe state came after the configure: {line} not sent")
+        self._energise_gate = gate
+        try:
+            await self._command(line)
+        finally:
+            self._energise_gate = None
 
     def trigger_mark(self) -> int:
         """A mark of the triggers written so far, for :meth:`train_seen_since`."""
@@ -260,6 +282,7 @@ class EpgDriver(EpgLines, Device):
 
     # ================================================================== safe state
     async def safe_state(self) -> SafeStateResult:
+        self._safe_states += 1  # before any await: an OUTP:ARM or OUTP:TRIG under way sees it
         # concurrent callers share one attempt: a second one must not preempt the first
         task = self._safe_task
         if task is None or task.done():

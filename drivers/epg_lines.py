@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 
-from drivers.base import DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.base import DeviceRefused, DeviceTimeout, NotConnected, Preempted, ProtocolError  # noqa: F401 - Preempted re-exported
 from drivers.line_protocol import MAX_LINE, DoneEvent, FaultEvent, PulseEvent, decode_line, parse_err
 
 #: the driver's logger: its messages keep the name they had before this split
@@ -40,9 +40,6 @@ class _Signal:
 _PREEMPT = _Signal("preempted by safe_state")
 
 
-class Preempted(DeviceTimeout):
-    """A request that gave up because safe_state took the link: not a lost reply, so
-    nothing may be settled by a read-back and carried on after it."""
 _LOST = _Signal("connection lost")
 
 
@@ -154,6 +151,9 @@ class EpgLines:
                 await self._resync(loop.time() + REPLY_TIMEOUT)
                 self._check_usable()
             self._drain()
+            gate = self._energise_gate  # OUTP:ARM / OUTP:TRIG: no safe state since its configure
+            if gate is not None and gate != self._safe_states:
+                raise Preempted(f"{self.device_id}: a safe state came after the configure: {line} not sent")
             self._write(line + "\n")
             try:
                 item = await self._next(loop.time() + REPLY_TIMEOUT)

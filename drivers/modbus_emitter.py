@@ -25,6 +25,12 @@ Behaviour:
   itself off, and the hub must switch the room's other outputs off within 50 ms of
   that (bench/soak.py, invariant 1), not at the next heartbeat. A watch read that gets
   no reply is skipped (the next heartbeat decides); its link time is one reply timeout.
+- A start belongs to the configure before it: ``safe_state`` latches the device, and a
+  ``start`` after a safe state that came since its ``configure`` raises
+  :class:`Preempted` without writing OUTPUT=1; a safe state that comes while OUTPUT=1
+  is on its way has the start write OUTPUT=0 at once when its reply comes, and raise.
+  Nothing is switched on after a stop by a step that outlived it (the 01:15 soak
+  hour's #597: a resumed exposure started 55 ms after an abort's confirmed safe state).
 - ``safe_state`` stops the heartbeat first (so if the device cannot be reached, its
   own watchdog turns the output off within WATCHDOG_MS), writes OUTPUT=0 once (over TCP
   on a connection of its own if a request is waiting for its reply) and then
@@ -49,6 +55,7 @@ from drivers.base import (
     DeviceTimeout,
     DriverError,
     Identity,
+    Preempted,
     ProtocolError,
     SafeStateResult,
     timed_safe_state,
@@ -127,6 +134,8 @@ class ModbusEmitter(Device):
         self._last_state: int | None = None
         self._last_progress = 0.0
         self.last_status: DeviceStatus | None = None
+        self._safe_states = 0  # how many safe states began (counted before any await)
+        self._configured_at = 0  # the count when the last configure began (the connection's before)
 
     # ------------------------------------------------------------------ lifetime
     async def connect(self) -> None:
@@ -178,6 +187,7 @@ class ModbusEmitter(Device):
     async def configure(self, params: BaseModel) -> None:
         if not isinstance(params, self.params_type):
             raise TypeError(f"{type(self).__name__}.configure needs {self.params_type.__name__}")
+        self._configured_at = self._safe_states  # a safe state from here on voids this start
         regs = self.setpoint_registers(params)
         if len(regs) != self.setpoint_count:  # pragma: no cover - a subclass bug
             raise ValueError("setpoint register count mismatch")
@@ -188,12 +198,19 @@ class ModbusEmitter(Device):
         self.heartbeat_interval = heartbeat_interval_for(regs[self.watchdog_register])  # type: ignore[misc]
 
     async def start(self) -> None:
+        armed = self._configured_at
+        if armed != self._safe_states:
+            raise Preempted(f"{self.device_id}: a safe state came after the configure: not started")
         # a lost reply: coil 0 reading on says the start took; off, it is not written again
         try:
             await self.link.write_coil(COIL_OUTPUT, True, confirm=True, rewrite=False)
         except DeviceTimeout:
+            if armed != self._safe_states:
+                await self._off_behind_safe_state()
             await self._fault_at_start()
             raise
+        if armed != self._safe_states:
+            await self._off_behind_safe_state()
         self._last_state = None
         self._last_progress = self._last_keepalive = time.monotonic()
         self._set_energised(True)
@@ -201,6 +218,16 @@ class ModbusEmitter(Device):
         self._track(regs)
         if regs[0] == FAULT:
             raise DeviceFault(regs[1], self.fault_texts.get(regs[1], ""))
+
+    async def _off_behind_safe_state(self) -> None:
+        """A safe state came while OUTPUT=1 was on its way: the on may reach the device
+        after the safe state's off (another connection, a late frame), so the off again
+        now; raises Preempted."""
+        try:
+            await self.link.write_coil_urgent(COIL_OUTPUT, False)
+        except DriverError:
+            pass  # the stop's own safe state (its second pass) confirms the off
+        raise Preempted(f"{self.device_id}: a safe state came while starting: switched off again")
 
     async def _fault_at_start(self) -> None:
         """After a start left unconfirmed: a fault STATE shows (the start was refused or
@@ -224,6 +251,7 @@ class ModbusEmitter(Device):
         # Stopping the heartbeat first is the fallback: an unreachable device's own
         # watchdog switches the output off. The running heartbeat is not cancelled
         # mid-request (on RTU a cancelled request's late reply would be taken for ours).
+        self._safe_states += 1  # before any await: a start under way sees it
         self._energised = False
         return await timed_safe_state(self._raw_safe_state)
 

@@ -36,7 +36,7 @@ from devicehub.runner.states import SessionState, StateMachine
 from devicehub.runner.stopping import StopPath
 from devicehub.runner.totals import CapExceeded, Totals
 from devicehub.safety import SafeStateReport
-from drivers.base import Device, DeviceFault, DriverError
+from drivers.base import Device, DeviceFault, DriverError, Preempted
 
 __all__ = ["SessionRunner", "RunnerOptions", "StepFailure", "InvalidState", "NotFound"]
 
@@ -309,6 +309,8 @@ class SessionRunner(SessionInfo, StopPath):
             alarm = self.raise_alarm(source="runner", code="dose_cap_reached", text=str(exc))
             await self._stop("failed", trigger="dose_cap_reached", reason="dose_cap_reached", alarm=alarm)
         except DriverError as exc:
+            if isinstance(exc, Preempted) and await self.stop_follows():
+                return  # a safe state took the device first: the stop that took it decides
             # a device that failed a request mid-step (a timeout, a refusal, a lost link)
             text = str(exc)
             dev = next((d for d, dv in self.devices.items() if dv.device_id in text or str(dv.endpoint) in text),

@@ -17,12 +17,26 @@ from devicehub.safety import SafeStateReport, safe_state_all
 #: the runner's own logger: the stop path's messages stay where they were before the split
 log = logging.getLogger("devicehub.runner.session")
 
+#: how long a step whose device a safe state took first waits for the stop behind it
+PREEMPT_GRACE_S = 2.0
+
 
 class StopPath:
     """The stopping methods of :class:`devicehub.runner.session.SessionRunner` (its
     attributes are set by the runner's ``__init__``)."""
 
     # ================================================================== stopping
+    async def stop_follows(self, grace_s: float = PREEMPT_GRACE_S) -> bool:
+        """After a step's device refused to start because a safe state came first
+        (drivers.base.Preempted): whether a stop of this session is under way or comes.
+        The room's own safe state at an abort or an e-stop runs before the stop reaches
+        the runner, whose stop then cancels this wait; a safe state no stop follows is a
+        device error after ``grace_s``."""
+        if self.machine.stopping or self.finished:
+            return True
+        await asyncio.sleep(grace_s)
+        return self.machine.stopping or self.finished
+
     async def _stop(self, kind: str, *, trigger: str, reason: str | None, t_trigger: float | None = None,
                     alarm: dict[str, Any] | None = None, first: SafeStateReport | None = None,
                     recovery: dict[str, Any] | None = None,

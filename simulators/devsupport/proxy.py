@@ -204,6 +204,44 @@ class StartBehindStop(FramedProxy):
         return int.from_bytes(frame[:2], "big") != self.TID  # the reply to the link's own write is not the host's
 
 
+class StartHeld(FramedProxy):
+    """A Modbus TCP link that holds the host's start on the wire: once :attr:`armed`, the
+    host's write of coil 0 (OUTPUT) to 1 is kept back (:attr:`held` set) until
+    :meth:`release`, then reaches the device, behind whatever went meanwhile on other
+    connections (a safe state's off)."""
+
+    START = StartBehindStop.START
+    frames = staticmethod(_mbap_frames)
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.armed = False
+        self.held = asyncio.Event()
+        self._kept: tuple[bytes, asyncio.StreamWriter] | None = None
+        self._upstreams: list[asyncio.StreamWriter] = []
+
+    async def _open_upstream(self, writer: asyncio.StreamWriter
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        link = await super()._open_upstream(writer)
+        if link is not None:
+            self._upstreams.append(link[1])
+        return link
+
+    def to_device(self, frame: bytes) -> list[bytes]:
+        if not (self.armed and frame[7:] == self.START):
+            return [frame]
+        self.armed = False
+        self._kept = (frame, self._upstreams[0])  # the host's first connection carries its start
+        self.held.set()
+        return []
+
+    def release(self) -> None:
+        assert self._kept is not None
+        frame, up = self._kept
+        self._kept = None
+        up.write(frame)
+
+
 class ModbusTap(FramedProxy):
     """A Modbus TCP link that keeps the host's requests and can lose one reply.
 

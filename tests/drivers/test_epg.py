@@ -636,7 +636,8 @@ async def test_safe_state_from_every_state(drv: EpgDriver, ctl: ControlClient) -
     r = await drv.safe_state()
     assert r.confirmed and not drv.energised
     assert (await ctl.state())["output_on"] is False
-    # RUNNING: the train stops
+    # RUNNING: the train stops (configured anew: a start after a safe state needs its configure)
+    await drv.configure(EpgTrain(amplitude_v=10, width_ms=1, period_ms=10, pulses=1000))
     await drv.start()
     await drv.trigger()
     await until(ctl, lambda s: s["state"] == "running" and s["last_train"]["pulses"] >= 1)
@@ -757,3 +758,26 @@ async def test_bad_control_requests_change_nothing(ctl: ControlClient) -> None:
     json.dumps(after)  # strictly JSON (no Infinity)
     assert (await ctl.set("load_ohm", 2000))["ok"] is True
     assert (await ctl.state())["load_ohm"] == 2000
+
+
+async def test_no_train_is_armed_or_fired_after_a_safe_state_that_came_since_its_configure(
+        drv: EpgDriver, ctl: ControlClient) -> None:
+    """The 01:15 soak hour's #597 showed a step outliving a stop and starting its device
+    afterwards (an LED there). An EP step between its configure and OUTP:ARM when a stop
+    comes must not arm or fire after the stop: the safe state voids that configure."""
+    from drivers.base import Preempted
+
+    await drv.configure(FAST)
+    before = (await ctl.state())["pulses"]
+    assert (await drv.safe_state()).confirmed
+    with pytest.raises(Preempted):
+        await drv.start()
+    with pytest.raises(Preempted):
+        await drv.trigger()
+    state = await ctl.state()
+    assert (state["state"], state["output_on"], state["pulses"]) == ("idle", False, before)
+    await drv.configure(FAST)  # a train configured after the stop runs
+    await drv.start()
+    await drv.trigger()
+    await until(ctl, lambda s: s["pulses"] > before)
+    await drv.safe_state()

@@ -481,3 +481,45 @@ async def test_a_start_that_lands_behind_the_safe_states_off_is_switched_off_aga
             assert r.confirmed, r
             st = await ctl.state()
             assert (st["output_on"], st["state"]) == (False, "idle")
+
+
+async def test_a_start_after_a_safe_state_that_came_since_its_configure_is_refused() -> None:
+    """The 01:15 soak hour's #597 (and #326, #580): a stop came while a resumed exposure
+    was between its configure and its start; the safe state was confirmed (5.2 ms), then
+    the step, which outlived it, switched the LED on, until the stop's second pass 55 ms
+    later. A start now belongs to its configure: a safe state in between voids it."""
+    from drivers.base import Preempted
+
+    async with run_simulator("led") as h, h.client() as ctl, LedDriver(h.endpoint) as d:
+        await d.configure(LONG)
+        assert (await d.safe_state()).confirmed
+        with pytest.raises(Preempted):
+            await d.start()
+        st = await ctl.state()
+        assert (st["output_on"], st["state"]) == (False, "idle")
+        await d.configure(LONG)  # configured anew, by a run that began after the stop
+        await d.start()
+        assert (await ctl.state())["output_on"] is True
+        await d.safe_state()
+
+
+async def test_a_start_that_reaches_the_device_after_a_safe_state_switches_itself_off() -> None:
+    """The same with the start already on the wire when the safe state comes: its OUTPUT=1
+    reaches the device behind the safe state's off (held back on the link here), so the
+    start writes the off again as soon as its reply comes, and raises."""
+    from drivers.base import Preempted
+    from simulators.devsupport.proxy import StartHeld
+
+    async with run_simulator("led") as h, h.client() as ctl:
+        port = int(h.endpoint.rsplit(":", 1)[1].split("?")[0])
+        async with StartHeld(port) as wire, LedDriver(f"modbus-tcp://127.0.0.1:{wire.port}?unit=1") as d:
+            await d.configure(LONG)
+            wire.armed = True
+            starting = asyncio.create_task(d.start())
+            await wire.held.wait()
+            assert (await d.safe_state()).confirmed  # on a connection of its own: the start holds the link
+            wire.release()
+            with pytest.raises(Preempted):
+                await starting
+            st = await ctl.state()
+            assert (st["output_on"], st["state"]) == (False, "idle")
