@@ -32,8 +32,8 @@ def seen(topic: str, body: Any, at: float | None = None) -> tuple[Any, ...]:
     """One message as the follower keeps it: ``(at, topic, *ENVELOPE, event)``, a plain
     tuple of strings and numbers. The garbage collector stops tracking such a tuple, so a
     follower of 100 000 messages adds nothing to a full collection; kept as the message's
-    dict (the 00:47 hour's #326), a full collection of the soak's process took 70-150 ms,
-    and in it the soak stamped a stop's trigger and then sent it 54 ms late."""
+    dict, a full collection of the soak's process took 70-150 ms, able to hold a stop's
+    send or the proxies that carry the hub's off commands (bench/README, the 01:15 hour)."""
     b = body if isinstance(body, dict) else {}
     data = b.get("data")
     event = data.get("event") if isinstance(data, dict) else None

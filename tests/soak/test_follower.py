@@ -88,11 +88,11 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
 
 
 async def test_what_the_follower_keeps_adds_nothing_to_a_full_garbage_collection() -> None:
-    """Regression test of the 00:47 hour's #326 (an abort at the console 59 ms, the hub's own
-    figure 4.9 ms): the follower kept every message's dict, and a full collection of the
-    soak's process (one each time its heap grew by a quarter) took 70-150 ms there, between
-    the soak's stamp of a stop and its sending it. Its records are now plain tuples of
-    strings and numbers, which the collector stops tracking."""
+    """The soak's own process must not stall (it stamps the stops it sends and carries the
+    hub's device traffic): the follower kept every message's dict, and a full collection
+    of the soak's process (one each time its heap grew by a quarter) took 70-150 ms over
+    an hour's messages. Its records are now plain tuples of strings and numbers, which the
+    collector stops tracking."""
     total = 3000
     with LocalBroker() as broker:
         follower = Follower(broker.port, "t/room")
