@@ -292,15 +292,38 @@ async def run_through(path: str | Path, args: argparse.Namespace, params: dict[s
                         await asyncio.wait([final], timeout=0.25)
                         live.update(view.render())
                 ended = final.result()
+            state = ended.get("state", "failed")
+            print(f"result: session {sid} {state}" + (f" ({ended['reason']})" if ended.get("reason") else ""))
+            print(f"record: {store} (devicehub sessions show {sid} --config {args.config})")
+            # the room is safe and the record final: an interrupted run ends here. The report
+            # is drawn by a child process that a loaded machine may starve for many seconds
+            # (decision 0013); a Ctrl-C never waits for it, before or during the wait
+            report = None if interrupted.is_set() else await _unless_interrupted(
+                ctl.request("report", session=sid), interrupted)
         finally:
             for t in tasks:
                 t.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        state = ended.get("state", "failed")
-        report = await ctl.request("report", session=sid)
-        print(f"result: session {sid} {state}" + (f" ({ended['reason']})" if ended.get("reason") else ""))
-        print(f"record: {store} (devicehub sessions show {sid} --config {args.config})")
-        if report.get("ok"):
+        if report is not None and report.get("ok"):
             print(f"report: {report['data']['path']}")
+        else:
+            why = "not waited for (interrupted)" if report is None else \
+                f"not written ({(report.get('error') or {}).get('message', 'no reason given')})"
+            print(f"report: {why}; write it with: devicehub sessions report {sid} "
+                  f"--config {args.config} --out {Path(store).parent / 'reports'}")
         return EXIT.get(state, 4)
+
+
+async def _unless_interrupted(request: Any, interrupted: asyncio.Event) -> dict[str, Any] | None:
+    """The reply to ``request``, or None when SIGINT/SIGTERM came first (the request is dropped)."""
+    reply = asyncio.ensure_future(request)
+    stop = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait([reply, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if reply.done():
+        return reply.result()
+    reply.cancel()
+    return None
