@@ -38,6 +38,8 @@ class DeviceManager:
         self.types: dict[str, str] = {}
         self.identity: dict[str, dict[str, str]] = {}
         self.last_status: dict[str, DeviceStatus | None] = {}
+        #: each device's state when this hub first connected to it (before it sent anything)
+        self.found: dict[str, str] = {}
         self._last_state: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.running = False  # a session is running: poll faster
@@ -174,7 +176,11 @@ class DeviceManager:
             await dev.connect()
             ident = await dev.identify()
             self.identity[dev_id] = asdict(ident)
-            self._note_status(dev_id, await dev.status())
+            st = await dev.status()
+            # as this hub first found it, before it sent anything: what an earlier hub left
+            # (evidence for a late settlement, devicehub/runner/settlement.py)
+            self.found.setdefault(dev_id, st.state)
+            self._note_status(dev_id, st)
         except (DriverError, OSError) as exc:
             log.info("%s: not available: %s", dev_id, exc)
             with contextlib.suppress(Exception):

@@ -67,7 +67,8 @@ class LateSettlement:
 
         try:
             done = await settlement.settle_late(store, room.bus, dev_id, kind, room.devices.devices[dev_id],
-                                                read_open, read_started)
+                                                read_open, read_started, found=room.devices.found.get(dev_id),
+                                                restarted=room.restarted_sessions)
         except Exception:  # noqa: BLE001 - left open; tried again the next time the device answers
             log.exception("late settlement on %s failed", dev_id)
             return []

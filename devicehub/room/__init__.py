@@ -72,6 +72,8 @@ class Room(RoomLifetime, RoomStarting, RoomSupervision, RoomVerbs, RoomSafeState
         self._last: SessionRunner | None = None
         self._start_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
+        #: the sessions an earlier hub left unfinished, found when this one opened (late settlement)
+        self.restarted_sessions: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._recorded_last: dict[str, Any] | None = None
         #: grows by one the moment an abort arrives: a start under way when it did stops there

@@ -38,6 +38,7 @@ class RoomLifetime:
         # whatever a previous hub left behind: every output off before anything else
         await safe_state_all(self.devices.devices, "hub_start")
         unfinished = await self.store.unfinished_sessions()
+        self.restarted_sessions = set(unfinished)  # what an earlier hub left (late settlement)
         for sid in unfinished:  # before anything is appended to them (a late settlement)
             await self._publish_unpublished(sid)
         for dev_id in self.devices.devices:

@@ -53,6 +53,7 @@ class DeliveryBook:
                      point=point.point if point else None, before=before, planned=dict(planned), progress=point)
         if kind == "epg":  # the train's own events after this mark say it ran (settlement.py)
             d.trigger_mark = device.trigger_mark()
+            before["armed"] = bool(device.energised)  # armed for this train (electroporation.py)
         self.open[device_id] = d
         fut = asyncio.ensure_future(self.runner.store.delivery_intent(
             self.runner.session_id, step_id=step.id, zone=d.zone, point=d.point, device=device_id,

@@ -66,6 +66,11 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
                      polarity=step.polarity, current_limit_ma=step.current_limit_ma)
     await epg.configure(train)
     timing = TrainTiming(step.period_ms, runner.options.pulse_timing)
+    # armed before the intent: a train's intent then always finds its device armed, which
+    # a hub killed before it heard whether the trigger arrived leaves the next hub to read
+    # in the device's state (an armed device left alone faults on its watchdog; only a
+    # trigger makes it idle again without one; devicehub/runner/settlement.py)
+    await epg.start()
     # the intent, with the device's last-train report as it is before this train: after a
     # stop (or a hub restart) the train is what the report says, counted only if this
     # train was triggered (devicehub/runner/settlement.py)
@@ -76,7 +81,6 @@ async def _deliver_train(runner: Any, step: Any, dev_id: str, epg: Any, pp: Any,
     runner.publish_state()
     timeout = pulses * step.period_ms / 1000.0 + runner.options.train_margin_s
     async with epg.subscribe() as q:
-        await epg.start()
         await epg.trigger()
         await runner.delivery_started(delivery)  # the device answered OK to OUTP:TRIG
         done = None

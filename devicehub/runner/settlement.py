@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -83,6 +83,9 @@ class Delivery:
     #: EPG-1: the driver's trigger mark before this train (its pulse and end events after it
     #: say the train ran, even when the trigger's OK was lost); None: not known (hub restart)
     trigger_mark: int | None = None
+    #: EPG-1, settled late after a hub restart: the device's state (``OUTP:STAT?``) as the
+    #: new hub found it on connecting, before it sent anything (:func:`_ran_unheard`)
+    found: str | None = None
     #: the settlement under way: once the device is read, its result, event and accounting are
     #: written to the end whatever happens to its caller; a stop waits for it
     settling: asyncio.Future[dict[str, float] | None] | None = None
@@ -144,7 +147,7 @@ async def read_delivered(d: Delivery, device: Any) -> dict[str, float]:
             # a step's trains are alike: a report equal to the last one does not say that
             # this train did not run; the device's own events after its trigger do
             seen = d.trigger_mark is not None and device.train_seen_since(d.trigger_mark)
-            if not (d.started or moved or seen):
+            if not (d.started or moved or seen or _ran_unheard(d)):
                 return {"pulses": 0, "charge_uc": 0.0, "energy_mj": 0.0}
             return {"pulses": now["pulses"], "charge_uc": round(now["charge_uc"], 3),
                     "energy_mj": round(now["energy_mj"], 3), "peak_ma": round(now["peak_ma"], 3)}
@@ -168,6 +171,18 @@ async def read_delivered(d: Delivery, device: Any) -> dict[str, float]:
         return {"field_time_s": 0.0, "field_pulses": 0}
     seconds, _ = _placed(d, st.state, elapsed, None)
     return {"field_time_s": round(seconds, 3), "field_pulses": pulses}
+
+
+def _ran_unheard(d: Delivery) -> bool:
+    """A train its hub armed, then died before it heard whether the trigger arrived (soak
+    #430): did it run? Its report cannot say when it equals the train before (a step's
+    trains are alike); the device's state as the next hub found it can. The intent was
+    written with the device armed (``armed``); an armed device left alone latches its
+    watchdog fault after 500 ms (EPG-1 ICD), and only the trigger makes it idle again
+    without a fault (the dead hub's own ``OUTP:STOP`` comes before a settlement it never
+    wrote: a stop and a kill within the same milliseconds, the one case this misreads).
+    Found idle or running, the train ran."""
+    return d.found in ("idle", "running") and bool(d.before.get("armed"))
 
 
 def _placed(d: Delivery, state: str, elapsed: float, fluence: float | None) -> tuple[float, float]:
@@ -284,28 +299,32 @@ class StoreSink:
         return idx
 
 
-def delivery_from_row(row: dict[str, Any], kind: str, started: bool) -> Delivery:
+def delivery_from_row(row: dict[str, Any], kind: str, started: bool, found: str | None = None) -> Delivery:
     """An open delivery as the record holds it (its intent row), for a late settlement."""
     planned = dict(row.get("planned") or {})
     return Delivery(device_id=row["device"], kind=kind, step=row["step_id"], zone=row.get("zone"),
                     point=row.get("point"), before=dict(planned.get("device_before") or {}), planned=planned,
-                    intent_id=int(row["id"]), started=started)
+                    intent_id=int(row["id"]), started=started, found=found)
 
 
 async def settle_late(store: Any, bus: Any, device_id: str, kind: str, device: Any,
                       read_open: Callable[[str], Awaitable[list[dict[str, Any]]]],
-                      read_started: Callable[[str], Awaitable[set[int]]]) -> list[dict[str, Any]]:
+                      read_started: Callable[[str], Awaitable[set[int]]], found: str | None = None,
+                      restarted: Container[str] = ()) -> list[dict[str, Any]]:
     """Settle every open delivery of ``device_id`` from the device's counters (it answers again).
 
-    Returns the ``delivery_settled`` data of each one settled; one the device still cannot
-    say stays open."""
+    ``found``: the device's state as this hub found it when it first connected, before it
+    sent anything; it is evidence for the deliveries of ``restarted``, the sessions an
+    earlier hub left running (:func:`_ran_unheard`). Returns the ``delivery_settled`` data
+    of each one settled; one the device still cannot say stays open."""
     done: list[dict[str, Any]] = []
     started_by_session: dict[str, set[int]] = {}
     for row in await read_open(device_id):
         sid = row["session"]
         if sid not in started_by_session:
             started_by_session[sid] = await read_started(sid)
-        d = delivery_from_row(row, kind, int(row["id"]) in started_by_session[sid])
+        d = delivery_from_row(row, kind, int(row["id"]) in started_by_session[sid],
+                              found if sid in restarted else None)
         delivered = await settle(d, device, StoreSink(store, bus, sid), status="late", late=True)
         if delivered is None and not d.settled:
             break  # the device stopped answering again: the rest waits for the next time

@@ -174,6 +174,35 @@ class ReplyDropper(FramedProxy):
         return True
 
 
+class OnHostLine(FramedProxy):
+    """A line-protocol link (EPG-1) that calls :attr:`action` when the ``nth`` host line
+    starting with ``prefix`` passes, before that line goes on to the device: a test stops
+    the host's process there (SIGSTOP), and the device carries the line out with no host
+    left to hear the reply. With ``forward=False`` that line never reaches the device (the
+    host died as it was writing it). :attr:`seen_line` is set once the action ran."""
+
+    frames = staticmethod(_lines)
+
+    def __init__(self, target_port: int, prefix: bytes, action: Callable[[], None], nth: int = 1,
+                 forward: bool = True) -> None:
+        super().__init__(target_port)
+        self.prefix = prefix
+        self.action = action
+        self.nth = nth
+        self.forward = forward
+        self.seen = 0
+        self.seen_line = asyncio.Event()
+
+    def to_device(self, frame: bytes) -> list[bytes]:
+        if frame.strip().upper().startswith(self.prefix.upper()):
+            self.seen += 1
+            if self.seen == self.nth:
+                self.action()
+                self.seen_line.set()
+                return [frame] if self.forward else []
+        return [frame]
+
+
 class StartBehindStop(FramedProxy):
     """A Modbus TCP link on which a start reaches the device right behind the host's stop:
     once :attr:`armed`, after forwarding the host's write of coil 0 (OUTPUT) to 0 the link
