@@ -147,6 +147,10 @@ class Device(ABC):
         self._energised = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.connected = False
+        #: the start latch (decision 0015): safe states begun, counted before any await,
+        #: and that count when the settings the next start belongs to were sent
+        self._safe_states = 0
+        self._configured_at = 0
 
     # -- lifetime
     async def __aenter__(self) -> "Device":
@@ -198,6 +202,29 @@ class Device(ABC):
     @abstractmethod
     async def heartbeat(self) -> None:
         """One heartbeat; the base class sends it periodically while energised."""
+
+    # -- the start latch (decision 0015)
+    def _safe_state_begins(self) -> None:
+        """First thing in :meth:`safe_state`, before any await: a start under way, and any
+        start of the settings sent before now, sees it."""
+        self._safe_states += 1
+
+    def _settings_sent(self) -> None:
+        """When a start's settings begin to go out (a configure, INJ-1's cap): a start is
+        for these settings, and a safe state from here on voids them."""
+        self._configured_at = self._safe_states
+
+    def _start_gate(self, what: str) -> int:
+        """The latch's count for a start (arm, trigger, output on); :class:`Preempted`, and
+        nothing sent, when a safe state came since its settings were sent: a step that
+        outlived a stop must not energise the device after the stop's safe state."""
+        if self._configured_at != self._safe_states:
+            raise Preempted(f"{self.device_id}: a safe state came after the configure: {what} not sent")
+        return self._configured_at
+
+    def _preempted_since(self, gate: int) -> bool:
+        """A safe state began since ``gate`` (a start's :meth:`_start_gate`) was taken."""
+        return gate != self._safe_states
 
     # -- events
     @contextlib.asynccontextmanager

@@ -88,11 +88,8 @@ class EpgDriver(EpgLines, Device):
         self._preempting = False
         self._last_fault: tuple[int, str] | None = None
         self._safe_task: asyncio.Future[SafeStateResult] | None = None
-        #: safe states begun (counted before any await), the count when the last configure
-        #: began (the device's own settings count from the connection until the first), and,
-        #: while OUTP:ARM or OUTP:TRIG waits for the link, the count it needs
-        self._safe_states = 0
-        self._configured_at = 0
+        #: while OUTP:ARM or OUTP:TRIG waits for the link, the start latch's count it needs
+        #: (drivers.base.Device._start_gate, decision 0015)
         self._energise_gate: int | None = None
         #: OUTP:TRIG lines written, and how many had been when a ``!PULSE`` or ``!DONE`` last came
         self._triggers_written = 0
@@ -134,7 +131,7 @@ class EpgDriver(EpgLines, Device):
     async def configure(self, params: BaseModel) -> None:
         """Send every setting of an :class:`EpgTrain`, then read them all back."""
         train = params if isinstance(params, EpgTrain) else EpgTrain.model_validate(params.model_dump())
-        self._configured_at = self._safe_states  # a safe state from here on voids this train
+        self._settings_sent()  # a safe state from here on voids this train
         # width and period are checked against each other: order them so every step is valid
         width_now = parse_number(await self._read("PULS:WIDT?"))
         timing = [("PULS:PER", train.period_ms), ("PULS:WIDT", train.width_ms)]
@@ -189,10 +186,7 @@ class EpgDriver(EpgLines, Device):
         line is written (a step that outlived a stop must not arm or fire; a line written
         before the safe state's ``OUTP:STOP`` is undone by it, the device taking lines in
         order)."""
-        gate = self._configured_at
-        if gate != self._safe_states:
-            raise Preempted(f"{self.device_id}: a safe state came after the configure: {line} not sent")
-        self._energise_gate = gate
+        self._energise_gate = self._start_gate(line)
         try:
             await self._command(line)
         finally:
@@ -282,7 +276,7 @@ class EpgDriver(EpgLines, Device):
 
     # ================================================================== safe state
     async def safe_state(self) -> SafeStateResult:
-        self._safe_states += 1  # before any await: an OUTP:ARM or OUTP:TRIG under way sees it
+        self._safe_state_begins()  # before any await: an OUTP:ARM or OUTP:TRIG under way sees it
         # concurrent callers share one attempt: a second one must not preempt the first
         task = self._safe_task
         if task is None or task.done():

@@ -152,7 +152,7 @@ class EpgLines:
                 self._check_usable()
             self._drain()
             gate = self._energise_gate  # OUTP:ARM / OUTP:TRIG: no safe state since its configure
-            if gate is not None and gate != self._safe_states:
+            if gate is not None and self._preempted_since(gate):
                 raise Preempted(f"{self.device_id}: a safe state came after the configure: {line} not sent")
             self._write(line + "\n")
             try:

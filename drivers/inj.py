@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from drivers.base import (
     DeviceFault,
@@ -42,6 +42,7 @@ from drivers.base import (
     DriverError,
     Identity,
     NotConnected,
+    Preempted,
     ProtocolError,
     SafeStateResult,
     timed_safe_state,
@@ -70,6 +71,7 @@ from drivers.inj_frames import (
     code_text,
     encode,
 )
+from drivers.inj_params import InjParams
 from drivers.reply_timer import ReplyTimer
 from drivers.serial_link import SerialLink
 
@@ -86,33 +88,6 @@ _ACK, _NAK, _ARMED, _FIRING = int(Cmd.ACK), int(Cmd.NAK), int(State.ARMED), int(
 def state_name(code: int) -> str:
     """The lower-case state name DeviceStatus uses, for any byte the gun may send."""
     return STATE_NAMES.get(code, f"unknown({code})")  # type: ignore[call-overload]
-
-
-def _tenths(value: float, what: str) -> float:
-    if abs(value * 10 - round(value * 10)) > 1e-6:
-        raise ValueError(f"{what} must be a multiple of 0.1")
-    return round(value, 1)
-
-
-class InjParams(BaseModel):
-    """One shot set-up: what SET_PARAMS carries, in the ICD's ranges and resolution."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    volume_ul: float = Field(ge=1.0, le=200.0, description="shot volume, uL, resolution 0.1")
-    depth_mm: float = Field(ge=0.5, le=6.0, description="needle depth, mm, step 0.1")
-    mode: Literal["single", "burst", "nappage"] = "single"
-    rate_hz: int = Field(3, ge=1, le=10, description="shots/s while the trigger is held (burst, nappage)")
-
-    @field_validator("volume_ul")
-    @classmethod
-    def _volume_resolution(cls, v: float) -> float:
-        return _tenths(v, "volume_ul")
-
-    @field_validator("depth_mm")
-    @classmethod
-    def _depth_step(cls, v: float) -> float:
-        return _tenths(v, "depth_mm")
 
 
 class InjDriver(ConfirmedWrites, Device):
@@ -228,11 +203,12 @@ class InjDriver(ConfirmedWrites, Device):
         self._seq = self._seq % 255 + 1  # 1..255; 0 belongs to events
         return self._seq
 
-    async def _request(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> Any:
+    async def _request(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0, gate: int | None = None) -> Any:
         """Send one request and return its reply's typed payload (Ack, Info or Status).
 
         A NAK raises DeviceRefused; a reply of the wrong type or size is a ProtocolError,
-        retried like a timeout when ``retries`` allows.
+        retried like a timeout when ``retries`` allows. ``gate``: an ARM's start latch,
+        checked again on the link right before the frame is written (decision 0015).
         """
         error: DriverError | None = None
         async with self._lock:
@@ -240,6 +216,8 @@ class InjDriver(ConfirmedWrites, Device):
                 link = self._link
                 if link is None or not self.connected:
                     raise NotConnected(f"{self.device_id}: not connected")
+                if gate is not None and self._preempted_since(gate):
+                    raise Preempted(f"{self.device_id}: a safe state came after the cap: {cmd.name} not sent")
                 seq = self._next_seq()
                 fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
                 self._pending = (seq, fut)
@@ -275,9 +253,9 @@ class InjDriver(ConfirmedWrites, Device):
                                 f"expected 0x{expected:02X}")
         return PAYLOAD_TYPES[reply].unpack(frame.payload)  # type: ignore[attr-defined]
 
-    async def _ack(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0) -> int:
+    async def _ack(self, cmd: Cmd, payload: bytes = b"", *, retries: int = 0, gate: int | None = None) -> int:
         """Send a request answered by ACK; returns the state the ACK carries."""
-        ack: Ack = await self._request(cmd, payload, retries=retries)
+        ack: Ack = await self._request(cmd, payload, retries=retries, gate=gate)
         return ack.state
 
     async def _read_status(self, retries: int = READ_ONLY_RETRIES) -> Status:
@@ -294,6 +272,7 @@ class InjDriver(ConfirmedWrites, Device):
     async def configure(self, params: BaseModel) -> None:
         """SET_PARAMS. The gun refuses it (DeviceRefused 4) while armed: disarm first."""
         p = params if isinstance(params, InjParams) else InjParams.model_validate(params.model_dump())
+        self._settings_sent()  # a safe state from here on voids the next ARM (decision 0015)
         wire = Params(round(p.volume_ul * 10), round(p.depth_mm * 10), MODES[p.mode], p.rate_hz)
         await self._send_params(wire)  # a lost reply: STATUS decides (drivers.inj_confirm)
         self.params = p
@@ -305,16 +284,27 @@ class InjDriver(ConfirmedWrites, Device):
         x10 = math.floor(volume_ul * 10 + 1e-9)
         if not 0 <= x10 <= 0xFFFFFFFF:
             raise ValueError("volume_ul must be within 0..429496729.5")
+        self._settings_sent()  # the next ARM is for this cap; a safe state from here on voids it
         await self._send_cap(x10)  # a lost reply: STATUS decides (drivers.inj_confirm)
 
     async def start(self) -> None:
-        """ARM. On a missing or unreadable reply, STATUS tells whether it armed (ARM is not retried)."""
+        """ARM. On a missing or unreadable reply, STATUS tells whether it armed (ARM is not retried).
+
+        Never after a safe state that came since the last cap or parameters were sent
+        (:class:`Preempted`, nothing sent: a step that outlived a stop must not leave the gun
+        armed; decision 0015). An ARM already written when a safe state begins is undone by
+        that safe state's DISARM, written behind it."""
+        gate = self._start_gate("ARM")
         try:
-            state = await self._ack(Cmd.ARM)
+            state = await self._ack(Cmd.ARM, gate=gate)
         except DeviceRefused as exc:
             await self._arm_refused(exc)  # STATUS says why: a latched fault is the answer
             raise
+        except Preempted:
+            raise
         except (DeviceTimeout, ProtocolError) as exc:
+            if self._preempted_since(gate):  # the safe state's DISARM and read-back decide
+                raise Preempted(f"{self.device_id}: a safe state came while arming ({exc})") from exc
             status = await self.status()
             if not status.output_on:
                 raise DeviceTimeout(f"{self.device_id}: ARM unanswered ({exc}); the gun is {status.state}") from exc
@@ -322,6 +312,8 @@ class InjDriver(ConfirmedWrites, Device):
             return
         if state not in (State.ARMED, State.FIRING):
             raise ProtocolError(f"{self.device_id}: ARM acknowledged in state {state}")
+        if self._preempted_since(gate):  # the safe state's DISARM follows this ARM on the wire
+            raise Preempted(f"{self.device_id}: a safe state came while arming: disarmed behind it")
         self._set_energised(True)
 
     async def stop(self) -> None:
@@ -364,6 +356,7 @@ class InjDriver(ConfirmedWrites, Device):
 
     async def safe_state(self) -> SafeStateResult:
         """DISARM, then confirm by GET_STATUS that the gun is neither armed nor firing."""
+        self._safe_state_begins()  # before any await: an ARM under way, or to come, sees it
         return await timed_safe_state(self._safe_state_raw)
 
     async def _safe_state_raw(self) -> tuple[bool, str]:

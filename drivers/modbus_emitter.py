@@ -134,8 +134,6 @@ class ModbusEmitter(Device):
         self._last_state: int | None = None
         self._last_progress = 0.0
         self.last_status: DeviceStatus | None = None
-        self._safe_states = 0  # how many safe states began (counted before any await)
-        self._configured_at = 0  # the count when the last configure began (the connection's before)
 
     # ------------------------------------------------------------------ lifetime
     async def connect(self) -> None:
@@ -187,7 +185,7 @@ class ModbusEmitter(Device):
     async def configure(self, params: BaseModel) -> None:
         if not isinstance(params, self.params_type):
             raise TypeError(f"{type(self).__name__}.configure needs {self.params_type.__name__}")
-        self._configured_at = self._safe_states  # a safe state from here on voids this start
+        self._settings_sent()  # a safe state from here on voids this start
         regs = self.setpoint_registers(params)
         if len(regs) != self.setpoint_count:  # pragma: no cover - a subclass bug
             raise ValueError("setpoint register count mismatch")
@@ -198,18 +196,16 @@ class ModbusEmitter(Device):
         self.heartbeat_interval = heartbeat_interval_for(regs[self.watchdog_register])  # type: ignore[misc]
 
     async def start(self) -> None:
-        armed = self._configured_at
-        if armed != self._safe_states:
-            raise Preempted(f"{self.device_id}: a safe state came after the configure: not started")
+        armed = self._start_gate("OUTPUT=1")
         # a lost reply: coil 0 reading on says the start took; off, it is not written again
         try:
             await self.link.write_coil(COIL_OUTPUT, True, confirm=True, rewrite=False)
         except DeviceTimeout:
-            if armed != self._safe_states:
+            if self._preempted_since(armed):
                 await self._off_behind_safe_state()
             await self._fault_at_start()
             raise
-        if armed != self._safe_states:
+        if self._preempted_since(armed):
             await self._off_behind_safe_state()
         self._last_state = None
         self._last_progress = self._last_keepalive = time.monotonic()
@@ -251,7 +247,7 @@ class ModbusEmitter(Device):
         # Stopping the heartbeat first is the fallback: an unreachable device's own
         # watchdog switches the output off. The running heartbeat is not cancelled
         # mid-request (on RTU a cancelled request's late reply would be taken for ours).
-        self._safe_states += 1  # before any await: a start under way sees it
+        self._safe_state_begins()  # before any await: a start under way sees it
         self._energised = False
         return await timed_safe_state(self._raw_safe_state)
 

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as hst
 from pydantic import ValidationError
 
-from drivers.base import DeviceFault, DeviceRefused, DeviceTimeout, NotConnected, ProtocolError
+from drivers.base import DeviceFault, DeviceRefused, DeviceTimeout, NotConnected, Preempted, ProtocolError
 from drivers.crc import crc16_modbus_bytewise
 from drivers.inj import InjDriver, InjParams
 from drivers.inj_frames import (
@@ -942,7 +942,9 @@ async def test_safe_state_from_every_state(inj, ctl):
     r = await inj.safe_state()
     assert r.confirmed and not inj.energised
     assert (await ctl.state())["output_on"] is False
-    # firing, in a held burst: the burst stops too
+    # firing, in a held burst: the burst stops too (the cap sent anew: an ARM after a safe
+    # state needs its cap, decision 0015)
+    await inj.set_cap(1000.0)
     await inj.start()
     await ctl.call("trigger", hold_s=3.0)
     await poll_state(ctl, lambda s: s["state"] == "firing")
@@ -956,6 +958,7 @@ async def test_safe_state_from_every_state(inj, ctl):
         assert (await ctl.state())["shots"] == shots
         await asyncio.sleep(0.03)
     # fault
+    await inj.set_cap(1000.0)
     await inj.start()
     await ctl.inject("cartridge_missing")
     await poll_state(ctl, lambda s: s["state"] == "fault")
@@ -964,6 +967,24 @@ async def test_safe_state_from_every_state(inj, ctl):
     # idempotent
     r2 = await inj.safe_state()
     assert r2.confirmed
+
+
+async def test_no_arm_after_a_safe_state_that_came_since_its_cap(inj, ctl):
+    """Decision 0015 for INJ-1: a step that outlived a stop must not arm the gun after the
+    stop's safe state (the technician's trigger would fire it)."""
+    await inj.configure(InjParams(volume_ul=20.0, depth_mm=1.5, mode="single", rate_hz=1))
+    await inj.set_cap(100.0)
+    assert (await inj.safe_state()).confirmed
+    arms = (await ctl.state())["requests"].get("ARM", 0)
+    with pytest.raises(Preempted):
+        await inj.start()
+    st = await ctl.state()
+    assert st["requests"].get("ARM", 0) == arms and st["state"] == "idle" and not inj.energised
+    # a cap sent after the safe state is a start of its own: it arms
+    await inj.set_cap(100.0)
+    await inj.start()
+    assert (await ctl.state())["state"] == "armed" and inj.energised
+    assert (await inj.safe_state()).confirmed
 
 
 async def test_safe_state_before_connect(sim, ctl):
