@@ -10,6 +10,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class Follower:
         self.connects = 0
         self.session_present: list[bool] = []
         self.connected = asyncio.Event()
+        self._arrived = asyncio.Event()  # set on the loop after each message is kept
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
 
@@ -105,9 +107,19 @@ class Follower:
         except ValueError:
             body = None
         self.messages.append(seen(m.topic, body))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._arrived.set)
 
     def msg_ids(self) -> set[str]:
         return {m[5] for m in self.messages if m[5] is not None}
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` holds, looked at again as each message arrives (no polling)."""
+        while not done():
+            self._arrived.clear()
+            if done():
+                return
+            await self._arrived.wait()
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -55,6 +55,9 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
         await follower.start()
         published = 0
 
+        loop = asyncio.get_running_loop()
+        progress: asyncio.Queue[int] = asyncio.Queue()  # each message PUBACKed, as it is
+
         def publish() -> None:  # each message on a connection of its own, again until PUBACKed
             nonlocal published
             while published < total:
@@ -64,17 +67,17 @@ async def test_the_follower_sees_every_message_across_broker_restarts() -> None:
                     mqtt_publish.single("t/room/e", json.dumps(body), qos=1, hostname="127.0.0.1",
                                         port=broker.port, client_id=f"soak-test-pub-{n}")
                     published = n
+                    loop.call_soon_threadsafe(progress.put_nowait, n)
                 except (OSError, mqtt.WebsocketConnectionError, ValueError):
                     time.sleep(0.05)  # the broker is away: the same message again once back
 
         task = asyncio.create_task(asyncio.to_thread(publish))
         for at in (120, 280, 440):
-            while published < at:
-                await asyncio.sleep(0.01)
+            while await progress.get() < at:
+                pass
             await asyncio.to_thread(broker.restart, 0.3)
         await asyncio.wait_for(task, 60)
-        while len(follower.msg_ids()) < total:
-            await asyncio.sleep(0.05)  # bounded by the test's timeout
+        await follower.until(lambda: len(follower.msg_ids()) >= total)  # bounded by the test's timeout
         report = follower.seq_report()
         assert (report["gaps"], report["duplicates"], report["messages"]) == (0, 0, total), report
         assert follower.session_present[1:] == [True] * 3  # the session outlived each restart
@@ -105,8 +108,7 @@ async def test_what_the_follower_keeps_adds_nothing_to_a_full_garbage_collection
                     body = {"type": "session.event", "boot": 1, "seq": n, "msg_id": f"m{n}", "session": "S",
                             "data": {"event": "point_done", "delivered": {"volume_ul": 20.0}, "point": "p"}}
                     await pub.publish("t/room/e", json.dumps(body), qos=1)
-            while len(follower.msg_ids()) < total:
-                await asyncio.sleep(0.05)  # bounded by the test's timeout
+            await follower.until(lambda: len(follower.msg_ids()) >= total)  # bounded by the test's timeout
             gc.collect()
             grown = len(gc.get_objects()) - before
             assert grown < total // 10, f"{grown} more objects for the collector to scan after {total} messages"
@@ -189,8 +191,7 @@ async def test_the_follower_is_started_only_once_the_broker_has_its_subscription
                 holder.release()
                 await starting
                 await pub.publish("t/room/e", json.dumps({"seq": 2, "msg_id": "m2"}), qos=1)
-            while "m2" not in follower.msg_ids():
-                await asyncio.sleep(0.02)  # bounded by the test's timeout
+            await follower.until(lambda: "m2" in follower.msg_ids())  # bounded by the test's timeout
             assert not returned_before_subscribed, "start() returned before the broker had the subscription"
             assert follower.msg_ids() == {"m2"}  # m1 went to nobody: it was published before start() returned
         finally:
