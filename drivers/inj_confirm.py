@@ -94,8 +94,13 @@ class ConfirmedWrites:
 
     async def _arm_refused(self, refused: DeviceRefused) -> None:
         """ARM refused (NAK 4): when STATUS shows a latched fault, that fault is raised (a
-        fault the technician can remove then pauses the session as its event would); else
-        the refusal stands."""
+        fault the technician can remove then pauses the session as its event would).
+
+        A gun idle with no fault latched that still may not arm cannot fire: its reservoir
+        is empty or its needle cartridge missing (fault 7 or 8, which the gun latches only
+        while armed; STATUS has no cartridge field). Both are causes the technician removes
+        at the chair, so the refusal is raised as that fault: 7 when STATUS reads the
+        reservoir at 0, else 8, its text naming both. Any other refusal stands."""
         if refused.code != Code.NOT_ALLOWED:
             return
         try:
@@ -105,6 +110,12 @@ class ConfirmedWrites:
         if st.state == State.FAULT and st.fault:
             log.warning("%s: ARM refused; STATUS shows fault %d (%s)", self.device_id, st.fault, code_text(st.fault))
             raise DeviceFault(st.fault, code_text(st.fault)) from refused
+        if st.state == State.IDLE and not st.fault:
+            code = Code.EMPTY if st.reservoir_x10 == 0 else Code.CARTRIDGE_MISSING
+            log.warning("%s: ARM refused with the gun idle and no fault latched; taken as %d (%s)", self.device_id,
+                        code, code_text(code))
+            raise DeviceFault(int(code), f"the gun will not arm: {code_text(code)} (check the needle cartridge "
+                                         f"and the reservoir)") from refused
 
     async def _send_clear_fault(self) -> None:
         try:

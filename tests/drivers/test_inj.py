@@ -700,9 +700,10 @@ async def test_reservoir_running_low_and_empty(inj, ctl):
     await ctl.set("reservoir_ul", 100)
     await inj.clear_fault()
     await ctl.set("reservoir_ul", 0)
-    with pytest.raises(DeviceRefused) as err:
-        await inj.start()  # an empty gun does not arm
-    assert err.value.code == 4
+    with pytest.raises(DeviceFault) as err:
+        await inj.start()  # an empty gun does not arm (NAK 4): the cause is the empty reservoir
+    assert err.value.code == 7 and isinstance(err.value.__cause__, DeviceRefused) and err.value.__cause__.code == 4
+    assert (await ctl.state())["state"] == "idle"
 
 
 async def test_last_shot_empties_the_reservoir(inj, ctl):
@@ -734,9 +735,9 @@ async def test_cartridge_missing(inj, ctl):
     await ctl.clear("cartridge_missing")
     await inj.clear_fault()
     await ctl.inject("cartridge_missing")
-    with pytest.raises(DeviceRefused) as err:
-        await inj.start()  # idle with no cartridge: ARM refused, nothing latched
-    assert err.value.code == 4
+    with pytest.raises(DeviceFault) as err:
+        await inj.start()  # idle with no cartridge: ARM refused (NAK 4), nothing latched; the cause named
+    assert err.value.code == 8 and isinstance(err.value.__cause__, DeviceRefused) and err.value.__cause__.code == 4
     assert (await ctl.state())["state"] == "idle"
 
 

@@ -193,3 +193,39 @@ async def test_led_applicator_too_far_at_the_side_by_side_start_pauses_then_comp
     assert totals["led-1"]["exposure_s"] <= 2.0 + 0.1 and totals["pemf-1"]["field_time_s"] <= 2.0 + 0.1
     # the refused LED start delivered nothing; the record equals what the devices counted
     assert_totals_match(totals, await hub.sim_states(), before)
+
+
+@pytest.mark.parametrize("cause,code,fix", [
+    ("cartridge_missing", 8, None),
+    ("reservoir_empty", 7, ("reservoir_ul", 10000)),
+])
+async def test_a_gun_that_will_not_arm_from_idle_pauses_the_session_then_completes(
+        hub: Hub, cause: str, code: int, fix: tuple[str, float] | None) -> None:
+    """The cause is there before the gun is armed: the gun stays idle with no fault latched
+    (it latches 7/8 only while armed) and refuses ARM (NAK 4). A cause the technician
+    removes at the chair pauses the session as the fault would (shared/mqtt-api.md,
+    "recover or fail"); it failed it ``device_error:inj-1`` before (the soak's notes)."""
+    before = await hub.sim_states()
+    await hub.auto_trigger(20)
+    if cause == "cartridge_missing":
+        await hub.control("inj-1").inject("cartridge_missing", count=-1)
+    else:
+        await hub.control("inj-1").set("reservoir_ul", 0)
+    runner = await hub.start("demo", params={"ep": {"period_ms": 10}, "light": {"duration_s": 1},
+                                             "field": {"duration_s": 1}})
+    sid = runner.session_id
+    paused = await hub.next_event("paused", timeout=30)
+    assert paused["reason"] == "fault", paused
+    assert (paused["recovery"]["device"], paused["recovery"]["code"]) == ("inj-1", code), paused["recovery"]
+    assert (await hub.sim_state("inj-1"))["state"] == "idle"
+    if fix is None:
+        await hub.control("inj-1").clear(cause)
+    else:
+        await hub.control("inj-1").set(*fix)
+    await _recover_when_cleared(hub, sid, "inj-1")
+    await hub.room.resume(session=sid, origin="console", by="tech")
+    assert await hub.finish(runner, 60) == "completed"
+    summary = hub.store.read_session(sid)
+    assert summary["in_flight"] == []
+    assert_totals_match(summary["totals"], await hub.sim_states(), before)
+    assert (await hub.store.verify(sid)).ok
