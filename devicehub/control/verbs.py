@@ -99,7 +99,7 @@ async def abort(room: Any, m: Any, caller: Caller) -> Any:
 async def prompt_ack(room: Any, m: Any, caller: Caller) -> Any:
     """Acknowledge the confirm step waiting at the chair."""
     runner = room.active_session()
-    if runner is None or not runner.acknowledge_prompt(m.by):
+    if runner is None or not await runner.acknowledge_prompt(m.by):
         raise CommandError("invalid_state", "no prompt is waiting")
     return {"session": runner.session_id}
 

@@ -110,6 +110,8 @@ class SessionRunner(SessionInfo, StopPath):
         self._finished = asyncio.Event()
         self._prompt: asyncio.Future[str] | None = None
         self._prompt_step: str | None = None
+        #: confirm steps acknowledged (recorded), by whom: not asked again after a pause
+        self._acknowledged: dict[str, str] = {}
         self._event_lock = asyncio.Lock()
         self._last_progress_event: dict[str, float] = {}
         self._escalate: tuple[str | None, str] | None = None
@@ -272,11 +274,18 @@ class SessionRunner(SessionInfo, StopPath):
         await self._finished.wait()
         return self.state
 
-    def acknowledge_prompt(self, by: str) -> bool:
-        if self._prompt is not None and not self._prompt.done():
-            self._prompt.set_result(by)
-            return True
-        return False
+    async def acknowledge_prompt(self, by: str) -> bool:
+        """The confirm step waiting at the chair, acknowledged and recorded before the reply:
+        a pause that comes in the same moment cancels the step before it could write it,
+        and a reply of ok must mean the record holds it. False when no prompt waits (or
+        the session is stopping)."""
+        step = self._prompt_step
+        if self._prompt is None or self._prompt.done() or step is None or self.machine.stopping or self.finished:
+            return False
+        self._acknowledged[step] = by
+        self._prompt.set_result(by)
+        await self.event("prompt_acknowledged", step=step, by=by)  # queued now, ahead of any stop's events
+        return True
 
     @property
     def prompt_pending(self) -> str | None:
@@ -329,19 +338,22 @@ class SessionRunner(SessionInfo, StopPath):
             await self._stop("failed", trigger="internal_error", reason=f"internal_error: {type(exc).__name__}: {exc}")
 
     async def run_confirm(self, step: Any) -> None:
-        """A confirm step: the prompt at the chair, until acknowledged."""
+        """A confirm step: the prompt at the chair, until acknowledged (recorded by the
+        acknowledgement itself, :meth:`acknowledge_prompt`); one acknowledged before a
+        pause cut the step is not asked again."""
+        if step.id in self._acknowledged:
+            return
         loop = asyncio.get_running_loop()
         self._prompt = loop.create_future()
         self._prompt_step = step.id
         await self.event("prompt", step=step.id, text=step.prompt)
         self.publish_state()
-        if self.options.auto_acknowledge_prompts:
-            self._prompt.set_result(f"{self.operator} (auto)")
         try:
-            by = await self._prompt
+            if self.options.auto_acknowledge_prompts:
+                await self.acknowledge_prompt(f"{self.operator} (auto)")
+            await self._prompt
         finally:
             self._prompt, self._prompt_step = None, None
-        await self.event("prompt_acknowledged", step=step.id, by=by)
 
     # ================================================================== accounting
     async def open_delivery(self, device_id: str, step: Any, *, point: PointProgress | None,
