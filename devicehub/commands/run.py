@@ -178,14 +178,19 @@ async def _ask(prompt: str) -> str:
     return await answer
 
 
+async def _unless(aw: Any, first: asyncio.Future[Any]) -> Any:
+    """What ``aw`` gives, or None (``aw`` dropped) when ``first`` is done before it."""
+    task = asyncio.ensure_future(aw)
+    await asyncio.wait([task, first], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
 async def _ask_unless(prompt: str, ended: asyncio.Future[Any]) -> str | None:
     """The answer, or None when the session ended first (aborted at the console, say)."""
-    ask = asyncio.ensure_future(_ask(prompt))
-    await asyncio.wait([ask, ended], return_when=asyncio.FIRST_COMPLETED)
-    if ask.done():
-        return ask.result()
-    ask.cancel()
-    return None
+    return await _unless(_ask(prompt), ended)
 
 
 def _print_refusal(error: dict[str, Any]) -> None:
@@ -317,13 +322,8 @@ async def run_through(path: str | Path, args: argparse.Namespace, params: dict[s
 
 async def _unless_interrupted(request: Any, interrupted: asyncio.Event) -> dict[str, Any] | None:
     """The reply to ``request``, or None when SIGINT/SIGTERM came first (the request is dropped)."""
-    reply = asyncio.ensure_future(request)
     stop = asyncio.ensure_future(interrupted.wait())
     try:
-        await asyncio.wait([reply, stop], return_when=asyncio.FIRST_COMPLETED)
+        return await _unless(request, stop)
     finally:
         stop.cancel()
-    if reply.done():
-        return reply.result()
-    reply.cancel()
-    return None
